@@ -1,0 +1,208 @@
+"""The `curata` command line: thin wrappers over library functions (no logic lives only here).
+
+Exit codes: 0 success, 2 bad input (unreadable source, missing column, bad option; with --strict
+also any rejected item), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from curata import __version__
+from curata.imageio import ImageError
+from curata.ingest.download import DownloadPolicy
+from curata.ingest.pipeline import FORMATS, IngestOptions, ingest
+from curata.ingest.records import SourceError
+from curata.ingest.report import IngestReport
+from curata.ingest.table import ColumnMap
+from curata.progress import rich_reporter
+from curata.workspace import Workspace, default_workspace
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+app = typer.Typer(
+    name="curata",
+    help="Classify, describe and search visual collections from their images and their text.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+WorkspaceOpt = Annotated[
+    Path,
+    typer.Option("--workspace", "-w", envvar="CURATA_WORKSPACE",
+                 help="Workspace folder holding the collection, features, models, index and reports."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+class BadInput(Exception):
+    """A user mistake: reported in one line, exit code 2."""
+
+
+def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Map exceptions to exit codes: bad input -> 2 with a one-line message, bugs -> 1."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except (BadInput, SourceError, ImageError, FileNotFoundError, ValueError) as e:
+            err.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+        except Exception as e:  # an internal error: say so, keep the trace for bug reports
+            err.print_exception(show_locals=False)
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {e}")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper
+
+
+def emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def print_ingest_report(report: IngestReport, max_rows: int = 30) -> None:
+    summary = report.summary()
+    console.print(
+        f"[bold]{report.source}[/] ({report.format}): {summary['ok']} ok, "
+        f"[red]{summary['errors']} rejected[/], {summary['with_notes']} with notes; "
+        f"{summary['added']} added, {summary['updated']} updated, {summary['unchanged']} unchanged "
+        f"in {summary['seconds']:.1f} s"
+    )
+    notes = Counter(note for e in report.ok for note in e.notes)
+    for note, count in notes.most_common():
+        console.print(f"  [yellow]note[/] {count} x {note}")
+    if not report.errors:
+        return
+    table = Table(title=f"Rejected items ({len(report.errors)})")
+    for column in ("item", "code", "reason"):
+        table.add_column(column, overflow="fold")
+    for entry in report.errors[:max_rows]:
+        table.add_row(entry.ref, f"[red]{entry.code}[/]", entry.reason)
+    console.print(table)
+    if len(report.errors) > max_rows:
+        console.print(f"... and {len(report.errors) - max_rows} more in reports/ingest-latest.json")
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"curata {__version__}")
+        raise typer.Exit()
+
+
+@app.command("ingest")
+@handle_errors
+def ingest_cmd(
+    sources: Annotated[list[Path], typer.Argument(help="Folders, tables (CSV/TSV/Parquet/JSONL), NFT metadata "
+                                                      "folders or _metadata.json, or text files of URLs.")],
+    workspace: WorkspaceOpt = default_workspace(),
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"Source format: {', '.join(FORMATS)}.")] = "auto",
+    image_col: Annotated[str | None, typer.Option(help="Table column with image paths (relative to the "
+                                                       "table) or URLs. Default: image/path/file/url.")] = None,
+    text_col: Annotated[str | None, typer.Option(help="Table column with the item text.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Table column with the single label.")] = None,
+    tags_col: Annotated[str | None, typer.Option(help="Table column with multi-label tags.")] = None,
+    tags_sep: Annotated[str, typer.Option(help="Separator inside the tags column.")] = ";",
+    captions_col: Annotated[str | None, typer.Option(help="Table column with several captions.")] = None,
+    captions_sep: Annotated[str, typer.Option(help="Separator inside the captions column.")] = "|",
+    id_col: Annotated[str | None, typer.Option(help="Table column with a stable item id. Default: id, "
+                                                    "else the image path.")] = None,
+    split_col: Annotated[str | None, typer.Option(help="Table column with a train/val/test split.")] = None,
+    label_trait: Annotated[str | None, typer.Option(help="NFT metadata: use this trait as the label.")] = None,
+    source_name: Annotated[str | None, typer.Option(help="Name prefixed to item ids. Default: the "
+                                                         "source's folder name.")] = None,
+    collection: Annotated[str | None, typer.Option(help="Collection name for these items.")] = None,
+    max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this "
+                                                 "(decompression-bomb guard).")] = IngestOptions.max_pixels,
+    ipfs_gateway: Annotated[list[str] | None, typer.Option(help="IPFS gateway URL prefix, repeatable; tried in "
+                                                                "order.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Concurrent downloads for URL sources.")] = 8,
+    strict: Annotated[bool, typer.Option(help="Exit with code 2 when any item is rejected.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Ingest image sources into the workspace, verifying every image.
+
+    Re-ingesting the same source is idempotent; each rejected item is listed with its reason
+    (on screen and in reports/ingest-latest.json) and never stops the others.
+    """
+    policy = DownloadPolicy(concurrency=concurrency)
+    if ipfs_gateway:
+        policy = DownloadPolicy(concurrency=concurrency, ipfs_gateways=tuple(ipfs_gateway))
+    columns = ColumnMap(image=image_col, text=text_col, label=label_col, tags=tags_col, tags_sep=tags_sep,
+                        captions=captions_col, captions_sep=captions_sep, id=id_col, split=split_col)
+    ws = Workspace(workspace)
+    reports = []
+    with rich_reporter(not quiet and not as_json) as reporter:
+        for source in sources:
+            options = IngestOptions(format=fmt, source_name=source_name, collection=collection, columns=columns,
+                                    label_trait=label_trait, max_pixels=max_pixels, download=policy)
+            reports.append(ingest(source, ws, options, reporter))
+    if as_json:
+        emit_json([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict())
+    else:
+        for report in reports:
+            print_ingest_report(report)
+    if strict and any(r.errors for r in reports):
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command("info")
+@handle_errors
+def info_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt = False) -> None:
+    """Summarise the workspace: items per source, collection and label."""
+    ws = Workspace(workspace)
+    if not ws.exists:
+        raise BadInput(f"no collection in workspace {ws.root} (run `curata ingest` or `curata demo` first)")
+    items = ws.items()
+    summary = {
+        "workspace": str(ws.root),
+        "items": len(items),
+        "sources": items["source"].value_counts().to_dict(),
+        "collections": items["collection"].value_counts().to_dict(),
+        "labels": items["label"].value_counts().head(50).to_dict(),
+        "with_text": int((items["text"].str.len() > 0).sum()),
+        "with_tags": int(items["tags"].map(len).gt(0).sum()),
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    table = Table(title=f"workspace {ws.root}: {len(items)} items")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key in ("sources", "collections", "labels"):
+        for name, count in summary[key].items():
+            table.add_row(f"{key[:-1]}: {name}", str(count))
+    table.add_row("items with text", str(summary["with_text"]))
+    table.add_row("items with tags", str(summary["with_tags"]))
+    console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The items table: one row per item, stored as Parquet in the workspace.
+
+Columns are fixed (see `COLUMNS`) so every stage can rely on them; anything a source carries beyond
+them goes into `meta` (a JSON object string) rather than growing the schema per source.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),  # stable item id, unique in the workspace
+        ("source", pa.string()),  # source name the item was ingested from
+        ("collection", pa.string()),  # collection name (NFT collection, catalogue, demo, ...)
+        ("image", pa.string()),  # absolute path of the image file
+        ("image_sha256", pa.string()),  # content hash of the image bytes: the feature cache key
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("image_mode", pa.string()),  # original PIL mode (RGB, RGBA, P, CMYK, I;16, ...)
+        ("image_format", pa.string()),
+        ("text", pa.string()),  # main text: product description, NFT caption, first caption
+        ("captions", pa.list_(pa.string())),  # all captions (NFT1000-style, human captions)
+        ("label", pa.string()),  # single label when the source has one
+        ("tags", pa.list_(pa.string())),  # multi-label tags, e.g. "hair=short_black"
+        ("attributes", pa.string()),  # JSON list of {trait_type, value} for NFT metadata
+        ("split", pa.string()),
+        ("meta", pa.string()),  # JSON object of any other source fields
+    ]
+)
+COLUMNS = [f.name for f in SCHEMA]
+
+
+@dataclass
+class Item:
+    """One ingested item before it becomes a row."""
+
+    id: str
+    source: str
+    collection: str
+    image: str
+    image_sha256: str = ""
+    width: int = 0
+    height: int = 0
+    image_mode: str = ""
+    image_format: str = ""
+    text: str = ""
+    captions: list[str] = field(default_factory=list)
+    label: str | None = None
+    tags: list[str] = field(default_factory=list)
+    attributes: list[dict[str, Any]] = field(default_factory=list)
+    split: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["attributes"] = json.dumps(self.attributes, ensure_ascii=False)
+        row["meta"] = json.dumps(self.meta, ensure_ascii=False, default=str)
+        return row
+
+
+def empty_frame() -> pd.DataFrame:
+    return SCHEMA.empty_table().to_pandas()
+
+
+def items_to_frame(items: list[Item]) -> pd.DataFrame:
+    if not items:
+        return empty_frame()
+    table = pa.Table.from_pylist([it.to_row() for it in items], schema=SCHEMA)
+    return table.to_pandas()
+
+
+def read_collection(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return empty_frame()
+    return pq.read_table(path, schema=SCHEMA).to_pandas()
+
+
+def write_collection(frame: pd.DataFrame, path: Path) -> None:
+    """Write atomically: a crash mid-write must not corrupt the existing collection."""
+    table = pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def upsert(existing: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, int, int, int]:
+    """Merge `new` into `existing` by id. Returns (merged, added, updated, unchanged).
+
+    Rows whose content is identical count as unchanged, so re-ingesting a source is idempotent.
+    """
+    if existing.empty:
+        return new.reset_index(drop=True), len(new), 0, 0
+    old = existing.set_index("id", drop=False)
+    added = updated = unchanged = 0
+    replacements: dict[str, dict[str, Any]] = {}
+    additions: list[dict[str, Any]] = []
+    for row in new.to_dict("records"):
+        rid = row["id"]
+        if rid not in old.index:
+            additions.append(row)
+            added += 1
+        elif _same(old.loc[rid].to_dict(), row):
+            unchanged += 1
+        else:
+            replacements[rid] = row
+            updated += 1
+    merged = existing
+    if replacements:
+        keep = ~existing["id"].isin(list(replacements))
+        merged = pd.concat([existing[keep], pd.DataFrame(list(replacements.values()))], ignore_index=True)
+    if additions:
+        merged = pd.concat([merged, pd.DataFrame(additions)], ignore_index=True)
+    return merged.reset_index(drop=True), added, updated, unchanged
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    for key in COLUMNS:
+        x, y = a.get(key), b.get(key)
+        if hasattr(x, "tolist"):
+            x = x.tolist()
+        if hasattr(y, "tolist"):
+            y = y.tolist()
+        if (x is None or x != x) and (y is None or y != y):  # None / NaN on both sides
+            continue
+        if x != y:
+            return False
+    return True

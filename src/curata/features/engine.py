@@ -1,0 +1,234 @@
+"""Compute features for every item of a workspace that does not have them yet.
+
+For each extractor: find the items whose content hash is not in its store, fit the extractor first
+if it needs the collection (once; its state is saved and reused, so adding items never refits
+silently), then stream batches: the next batch's images are decoded by worker threads while the
+current one runs through the model. Results are appended to the store in parts, so memory is
+bounded by the part size and an interrupted run loses at most one part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curata.features.base import REGISTRY, Extractor, ItemError
+from curata.features.store import FeatureStore, store_dirname
+from curata.imageio import ImageError, load_image
+from curata.progress import SILENT, Reporter
+from curata.workspace import Workspace
+
+PART_SIZE = 2048  # items per written part: bounds memory, and the work lost if a run is killed
+FIT_SAMPLE = 2000  # images used to fit collection-dependent image extractors (visual words)
+
+
+def available_extractors() -> list[str]:
+    _import_builtin()
+    return sorted(REGISTRY)
+
+
+def _import_builtin() -> None:
+    """Importing the modules registers their extractors. Plug-ins need a path, so they are not here."""
+    from curata.features import color, efficientnet, local, palette, text  # noqa: F401
+
+
+def make_extractor(name: str, **params: Any) -> Extractor:
+    _import_builtin()
+    if name not in REGISTRY:
+        raise ValueError(f"unknown extractor '{name}'; available: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name](**params)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def item_keys(items: pd.DataFrame, extractor: Extractor) -> list[str]:
+    """The content hash each item is cached under for this extractor's modality."""
+    if extractor.modality == "text":
+        return [text_hash(t or "") for t in items["text"]]
+    return list(items["image_sha256"])
+
+
+@dataclass
+class FeatureRun:
+    extractor: str
+    items: int
+    cached: int
+    computed: int
+    errors: int
+    seconds: float
+    fitted: bool = False
+
+    @property
+    def per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "items_per_second": round(self.per_second, 1)}
+
+
+def _load_input(extractor: Extractor, path_or_text: str) -> Any:
+    if extractor.modality == "text":
+        return path_or_text
+    return load_image(path_or_text, max_side=extractor.max_side)
+
+
+def _load_batch(extractor: Extractor, sources: list[str], pool: ThreadPoolExecutor
+                ) -> list[tuple[Any, str | None]]:
+    """Load a batch in parallel; each entry is (input, None) or (None, reason)."""
+
+    def one(source: str) -> tuple[Any, str | None]:
+        try:
+            return _load_input(extractor, source), None
+        except ImageError as e:
+            return None, e.reason
+        except OSError as e:
+            return None, f"cannot read: {e}"
+
+    return list(pool.map(one, sources))
+
+
+def _transform_isolated(extractor: Extractor, inputs: list[Any]) -> tuple[np.ndarray, list[str | None]]:
+    """Transform a batch; if the batch fails, retry item by item so one bad input fails alone."""
+    out = np.zeros((len(inputs), extractor.dim), np.float32)
+    errors: list[str | None] = [None] * len(inputs)
+    if not inputs:
+        return out, errors
+    try:
+        out[:] = extractor.transform(inputs)
+        return out, errors
+    except Exception:  # isolate the culprit(s) below
+        pass
+    for i, x in enumerate(inputs):
+        try:
+            out[i] = extractor.transform([x])[0]
+        except ItemError as e:
+            errors[i] = str(e)
+        except Exception as e:
+            errors[i] = f"{type(e).__name__}: {e}"
+    return out, errors
+
+
+def _batches(seq: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
+
+
+def ensure_fitted(extractor: Extractor, workspace: Workspace, items: pd.DataFrame, *, refit: bool = False,
+                  reporter: Reporter = SILENT) -> str:
+    """Load or fit collection-dependent state; returns the fit id that becomes part of the cache key."""
+    if not extractor.needs_fit:
+        return ""
+    state_dir = workspace.dir("models") / "extractors" / store_dirname(extractor.key)
+    if refit:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    fit_file = state_dir / "fit.json"
+    if fit_file.exists():
+        extractor.load(state_dir)
+        return json.loads(fit_file.read_text())["fit_id"]
+    if items.empty:
+        raise ValueError(f"{extractor.name} must be fitted on the collection, and the collection is empty")
+    if extractor.modality == "text":
+        inputs: list[Any] = [t or "" for t in items["text"]]
+        fit_keys = sorted(set(item_keys(items, extractor)))
+    else:
+        sample = items.drop_duplicates("image_sha256")
+        sample = sample.sample(min(len(sample), FIT_SAMPLE), random_state=0)
+        advance = reporter.task(f"loading images to fit {extractor.name}", len(sample))
+        inputs = []
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for batch in _batches(list(sample["image"]), 64):
+                inputs.extend(x for x, error in _load_batch(extractor, batch, pool) if error is None)
+                advance(len(batch))
+        fit_keys = sorted(sample["image_sha256"])
+    extractor.fit(inputs)
+    extractor.save(state_dir)
+    fit_id = hashlib.sha1("\n".join(fit_keys).encode()).hexdigest()[:10]
+    fit_file.write_text(json.dumps({"fit_id": fit_id, "key": extractor.key, "n_inputs": len(inputs)}))
+    return fit_id
+
+
+def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32, refit: bool = False,
+            workers: int | None = None, reporter: Reporter = SILENT) -> FeatureRun:
+    """Compute `extractor` for every item of the workspace that lacks it."""
+    started = time.perf_counter()
+    items = workspace.items()
+    fit_id = ensure_fitted(extractor, workspace, items, refit=refit, reporter=reporter)
+    store = FeatureStore.for_extractor(workspace.dir("features"), extractor, fit_id)
+    keys = item_keys(items, extractor)
+    sources = list(items["text"].fillna("")) if extractor.modality == "text" else list(items["image"])
+    known = store.known_hashes()
+    todo: dict[str, str] = {}
+    for key, source in zip(keys, sources, strict=True):
+        if key not in known:
+            todo.setdefault(key, source)  # identical content is computed once
+    run = FeatureRun(extractor.key, len(items), len(items) - sum(k in todo for k in keys), len(todo), 0, 0.0,
+                     fitted=bool(fit_id))
+    if todo:
+        _compute_todo(extractor, store, todo, batch_size, workers, reporter, run)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def _compute_todo(extractor: Extractor, store: FeatureStore, todo: dict[str, str], batch_size: int,
+                  workers: int | None, reporter: Reporter, run: FeatureRun) -> None:
+    advance = reporter.task(f"{extractor.name}", len(todo))
+    pending_keys: list[str] = []
+    pending_vecs: list[np.ndarray] = []
+    pending_errs: list[str | None] = []
+
+    def flush() -> None:
+        if pending_keys:
+            store.append(pending_keys, np.concatenate(pending_vecs), pending_errs)
+            pending_keys.clear(), pending_vecs.clear(), pending_errs.clear()
+
+    batches = list(_batches(list(todo.items()), batch_size))
+    n_workers = workers or min(4, (os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=n_workers) as loaders, ThreadPoolExecutor(max_workers=1) as prefetch:
+        # Prefetch one batch ahead: decoding of batch i+1 overlaps the model on batch i.
+        future: Future | None = prefetch.submit(_load_batch, extractor, [s for _, s in batches[0]], loaders)
+        for i, batch in enumerate(batches):
+            loaded = future.result() if future else []
+            future = (prefetch.submit(_load_batch, extractor, [s for _, s in batches[i + 1]], loaders)
+                      if i + 1 < len(batches) else None)
+            ok = [j for j, (_, error) in enumerate(loaded) if error is None]
+            vectors = np.zeros((len(batch), extractor.dim), np.float32)
+            errors: list[str | None] = [error for _, error in loaded]
+            out, out_errors = _transform_isolated(extractor, [loaded[j][0] for j in ok])
+            for row, j in enumerate(ok):
+                vectors[j] = out[row]
+                errors[j] = out_errors[row]
+            pending_keys.extend(k for k, _ in batch)
+            pending_vecs.append(vectors)
+            pending_errs.extend(errors)
+            run.errors += sum(e is not None for e in errors)
+            if len(pending_keys) >= PART_SIZE:
+                flush()
+            advance(len(batch))
+    flush()
+
+
+def load_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame | None = None
+                ) -> tuple[np.ndarray, list[str | None]]:
+    """The feature matrix of `items` (default: the whole collection) in row order, plus per-row errors."""
+    items = workspace.items() if items is None else items
+    fit_id = ""
+    if extractor.needs_fit:
+        state_dir = workspace.root / "models" / "extractors" / store_dirname(extractor.key)
+        fit_file = state_dir / "fit.json"
+        if not fit_file.exists():
+            raise ValueError(f"{extractor.name} has not been fitted in {workspace.root}; run `curata features`")
+        fit_id = json.loads(fit_file.read_text())["fit_id"]
+    store = FeatureStore.for_extractor(workspace.root / "features", extractor, fit_id)
+    return store.lookup(item_keys(items, extractor))

@@ -1,0 +1,109 @@
+"""The feature cache: vectors keyed by item content hash + extractor key, as Parquet parts.
+
+    features/<extractor dir>/
+      extractor.json        the full key, dim, modality
+      part-<n>.parquet      columns: hash (str), vector (fixed-size list<float32>), error (str|null)
+
+Parts are only ever appended (never rewritten), so an interrupted run keeps every finished part
+and a rerun computes only what is missing. Keying by content hash (not item id) means the same
+image ingested twice, or under two ids, is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curata.features.base import Extractor
+
+
+def store_dirname(key: str) -> str:
+    """A short, filesystem-safe, unique folder name for an extractor key."""
+    name = key.split("[", 1)[0].replace("@", "@v")
+    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", name) + "-" + digest
+
+
+class FeatureStore:
+    def __init__(self, features_dir: Path, key: str, dim: int, modality: str = "image"):
+        self.key = key
+        self.dim = dim
+        self.modality = modality
+        self.path = features_dir / store_dirname(key)
+
+    @classmethod
+    def for_extractor(cls, features_dir: Path, extractor: Extractor, fit_id: str = "") -> FeatureStore:
+        key = extractor.key + (f"#fit={fit_id}" if fit_id else "")
+        return cls(features_dir, key, extractor.dim, extractor.modality)
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.path.glob("part-*.parquet"))
+
+    def read(self) -> pa.Table:
+        parts = self._parts()
+        if not parts:
+            return pa.table({"hash": pa.array([], pa.string()),
+                             "vector": pa.array([], pa.list_(pa.float32(), self.dim)),
+                             "error": pa.array([], pa.string())})
+        return pa.concat_tables([pq.read_table(p) for p in parts])
+
+    def known_hashes(self) -> set[str]:
+        parts = self._parts()
+        if not parts:
+            return set()
+        return set(pa.concat_tables([pq.read_table(p, columns=["hash"]) for p in parts])["hash"].to_pylist())
+
+    def append(self, hashes: list[str], vectors: np.ndarray, errors: list[str | None]) -> None:
+        """Write one new part (atomically: temp file, then rename)."""
+        if not hashes:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        meta = self.path / "extractor.json"
+        if not meta.exists():
+            meta.write_text(json.dumps({"key": self.key, "dim": self.dim, "modality": self.modality}))
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(hashes), self.dim)
+        flat = pa.array(vectors.reshape(-1), pa.float32())
+        table = pa.table({
+            "hash": pa.array(hashes, pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim),
+            "error": pa.array(errors, pa.string()),
+        })
+        index = len(self._parts())
+        while (self.path / f"part-{index:05d}.parquet").exists():
+            index += 1
+        tmp = self.path / f".part-{index:05d}.tmp"
+        pq.write_table(table, tmp)
+        tmp.replace(self.path / f"part-{index:05d}.parquet")
+
+    def lookup(self, hashes: list[str]) -> tuple[np.ndarray, list[str | None]]:
+        """Vectors for `hashes` in order (zeros where missing or failed) and each one's error, if any;
+        a hash never computed reports 'not computed'."""
+        table = self.read()
+        position = {h: i for i, h in enumerate(table["hash"].to_pylist())}  # later parts win
+        if len(table):
+            matrix = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            matrix = matrix.reshape(len(table), self.dim)
+        else:
+            matrix = np.zeros((0, self.dim), np.float32)
+        errors_col = table["error"].to_pylist()
+        out = np.zeros((len(hashes), self.dim), np.float32)
+        errors: list[str | None] = []
+        for row, h in enumerate(hashes):
+            i = position.get(h)
+            if i is None:
+                errors.append("not computed")
+                continue
+            errors.append(errors_col[i])
+            if errors_col[i] is None:
+                out[row] = matrix[i]
+        return out, errors
+
+    def clear(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)

@@ -1,0 +1,180 @@
+"""The one image loader every stage uses: ingest verification, feature extraction, the service.
+
+Why one loader: the edge cases of real collections (CMYK JPEGs, 16-bit PNGs, palette images with
+transparency, animated GIFs, decompression bombs, truncated files) must be handled identically
+everywhere, otherwise a feature computed at ingest and one computed in the service disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+# We enforce our own pixel cap (configurable, with a clear message) instead of PIL's global one.
+Image.MAX_IMAGE_PIXELS = None
+# Truncated files must fail loudly, never decode half an image silently.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a 100-megapixel image is refused by default
+DEFAULT_BACKGROUND = (255, 255, 255)
+
+ImageSource = str | Path | bytes
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with a short machine code and a human reason."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What verification learnt about an image, before any conversion."""
+
+    width: int
+    height: int
+    mode: str
+    format: str
+    n_frames: int
+    notes: tuple[str, ...] = ()
+
+
+def _open(source: ImageSource) -> Image.Image:
+    try:
+        if isinstance(source, bytes):
+            return Image.open(io.BytesIO(source))
+        return Image.open(source)
+    except FileNotFoundError as e:
+        raise ImageError("missing_file", f"file not found: {source}") from e
+    except IsADirectoryError as e:
+        raise ImageError("missing_file", f"is a directory, not an image: {source}") from e
+    except UnidentifiedImageError as e:
+        raise ImageError("not_an_image", "not a recognised image format") from e
+    except OSError as e:
+        raise ImageError("unreadable", f"cannot open image: {e}") from e
+
+
+def _check_pixels(im: Image.Image, max_pixels: int) -> None:
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageError("empty_image", f"image has no pixels ({w}x{h})")
+    if max_pixels and w * h > max_pixels:
+        raise ImageError(
+            "too_many_pixels",
+            f"{w}x{h} = {w * h / 1e6:.1f} megapixels exceeds the cap of {max_pixels / 1e6:.1f} MP "
+            "(decompression-bomb guard; raise --max-pixels to accept it)",
+        )
+
+
+def _decode(im: Image.Image, max_side: int | None) -> None:
+    """Fully decode `im` (catching truncation), at reduced size for JPEG when allowed."""
+    if max_side and im.format == "JPEG" and max(im.size) > 2 * max_side:
+        # Draft mode asks libjpeg for a DCT-scaled decode (1/2, 1/4, 1/8): the whole entropy-coded
+        # stream is still read, so truncation is still caught, at a fraction of the cost.
+        im.draft("RGB", (max_side, max_side))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im.load()
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        msg = str(e)
+        code = "truncated" if "truncated" in msg.lower() else "corrupt"
+        raise ImageError(code, f"cannot decode image: {msg}") from e
+
+
+def verify_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Open and fully decode an image; raise ImageError with a precise reason if it is unusable."""
+    im = _open(source)
+    with im:
+        _check_pixels(im, max_pixels)
+        fmt = im.format or "unknown"
+        mode = im.mode
+        width, height = im.size  # before draft mode shrinks it
+        n_frames = getattr(im, "n_frames", 1)
+        notes: list[str] = []
+        if n_frames > 1:
+            notes.append(f"animated ({n_frames} frames): the first frame is used")
+        if mode == "CMYK":
+            notes.append("CMYK converted to RGB")
+        elif mode.startswith("I;16") or mode in ("I", "F"):
+            notes.append(f"{mode} (high bit depth) scaled to 8-bit")
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+            notes.append("transparency composited on the background")
+        # A reduced decode is enough to prove the file is whole (see _decode).
+        _decode(im, max_side=512)
+        return ImageInfo(width, height, mode, fmt, n_frames, tuple(notes))
+
+
+def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+    if mode in ("LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode == "RGBA":
+        canvas = Image.new("RGB", im.size, background)
+        canvas.paste(im, mask=im.getchannel("A"))
+        return canvas
+    if mode != "RGB":
+        return im.convert("RGB")
+    return im
+
+
+def load_image(
+    source: ImageSource,
+    *,
+    max_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+) -> np.ndarray:
+    """Load an image as an RGB uint8 array of shape (H, W, 3).
+
+    `max_side` is a hint that the caller needs no more than that many pixels on the long side:
+    JPEGs are then decoded in draft mode at the smallest DCT scale that is still >= max_side
+    (the result may be larger than max_side; resizing is the caller's choice). EXIF orientation
+    is applied, alpha composited on `background`, the first frame of an animation is used.
+    """
+    im = _open(source)
+    with im:
+        _check_pixels(im, max_pixels)
+        _decode(im, max_side)
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)
+        with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
+            im = ImageOps.exif_transpose(im)
+        rgb = _to_rgb(im, background)
+        return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def resize_to(image: np.ndarray, size: int, *, pixel_art: bool | None = None) -> np.ndarray:
+    """Resize an RGB array to size x size. Tiny pixel-art images are upscaled with NEAREST so their
+    hard edges survive; everything else uses a box/bicubic filter suitable for the direction."""
+    h, w = image.shape[:2]
+    if pixel_art is None:
+        pixel_art = max(h, w) <= 128 and size > max(h, w)
+    im = Image.fromarray(image)
+    if pixel_art:
+        resample = Image.Resampling.NEAREST
+    elif max(h, w) > size:
+        resample = Image.Resampling.BOX if max(h, w) > 2 * size else Image.Resampling.BILINEAR
+    else:
+        resample = Image.Resampling.BICUBIC
+    return np.asarray(im.resize((size, size), resample), dtype=np.uint8)

@@ -1,0 +1,197 @@
+"""ERC-721 / OpenSea-style metadata: a folder of token JSON files or a `_metadata.json` list.
+
+Attributes become tags `trait_type=value`, and a caption is built in the NFT1000 form:
+`A picture of {name}, containing {value} {trait_type}, {value} {trait_type}, ...`.
+Images are matched to local files by the basename of the token's `image` URI (the usual layout is
+`images/N.png` beside `metadata/N.json`, with `image: ipfs://CID/N.png`), then by token id; a
+token with no local image keeps its remote URI and is downloaded by the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from curata.ingest.folder import looks_like_image
+from curata.ingest.records import RawRecord, SourceError, clean_text
+
+LIST_FILE = "_metadata.json"
+# Values that mean "this trait is absent": kept as tags, left out of the caption.
+ABSENT = {"", "none", "null", "n/a", "nothing", "no"}
+
+
+def find_metadata_dir(root: Path) -> Path | None:
+    """The folder holding token JSON: `root/metadata`, or `root` itself."""
+    for candidate in (root / "metadata", root):
+        if candidate.is_dir() and any(candidate.glob("*.json")):
+            return candidate
+    return None
+
+
+def normalise_attributes(token: dict[str, Any]) -> list[dict[str, Any]]:
+    """`attributes` or `traits`, as a list of {trait_type, value}; also accepts a {trait: value} dict."""
+    raw = token.get("attributes", token.get("traits"))
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        raw = [{"trait_type": k, "value": v} for k, v in raw.items()]
+    if not isinstance(raw, list):
+        raise ValueError(f"'attributes' must be a list, got {type(raw).__name__}")
+    out = []
+    for entry in raw:
+        if isinstance(entry, dict) and "value" in entry:
+            trait = clean_text(entry.get("trait_type", entry.get("type", "")))
+            out.append({"trait_type": trait, "value": entry["value"]})
+        elif isinstance(entry, str):
+            out.append({"trait_type": "", "value": entry})
+        else:
+            raise ValueError(f"attribute entry without a value: {entry!r}")
+    return out
+
+
+def attribute_tags(attributes: list[dict[str, Any]]) -> list[str]:
+    tags = []
+    for attr in attributes:
+        value = clean_text(attr["value"])
+        tags.append(f"{attr['trait_type']}={value}" if attr["trait_type"] else value)
+    return list(dict.fromkeys(tags))
+
+
+def _humanise(text: str) -> str:
+    return re.sub(r"[_\s]+", " ", text).strip()
+
+
+def nft1000_caption(name: str, attributes: list[dict[str, Any]]) -> str:
+    """`A picture of {name}, containing {value} {trait_type}, ...` (underscores read as spaces;
+    absent traits such as `cape: none` are left out so the caption only names what is drawn)."""
+    parts = []
+    for attr in attributes:
+        value = _humanise(clean_text(attr["value"]))
+        if value.lower() in ABSENT:
+            continue
+        parts.append(f"{value} {_humanise(attr['trait_type'])}".strip())
+    caption = f"A picture of {name or 'an untitled token'}"
+    return caption + (", containing " + ", ".join(parts) if parts else "")
+
+
+def _load_json(path: Path) -> Any:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 at byte {e.start}") from e
+    return json.loads(text)
+
+
+def _image_index(root: Path) -> dict[str, Path]:
+    """Local images by lower-case basename and by stem, for matching token image URIs."""
+    index: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and looks_like_image(path):
+            index.setdefault(path.name.lower(), path)
+            index.setdefault(path.stem.lower(), path)
+    return index
+
+
+def _collection_name(name: str) -> str | None:
+    match = re.match(r"^(.*?)\s*#\s*\d+\s*$", name)
+    return match.group(1) if match else None
+
+
+def _token_record(token: Any, ref: str, local_id: str, images: dict[str, Path],
+                  label_trait: str | None) -> RawRecord:
+    record = RawRecord(ref=ref, local_id=local_id)
+    if not isinstance(token, dict):
+        record.error = ("malformed_json", f"token metadata must be a JSON object, got {type(token).__name__}")
+        return record
+    name = clean_text(token.get("name"))
+    description = clean_text(token.get("description"))
+    try:
+        attributes = normalise_attributes(token)
+    except ValueError as e:
+        record.error = ("malformed_json", str(e))
+        return record
+    uri = clean_text(token.get("image") or token.get("image_url") or token.get("file_url"))
+    basename = uri.rstrip("/").rsplit("/", 1)[-1].lower() if uri else ""
+    local = images.get(basename) or images.get(local_id.lower())
+    if local is not None:
+        record.image = str(local)
+    elif uri.startswith(("http://", "https://", "ipfs://")):
+        record.image = uri
+    else:
+        record.error = ("missing_image", f"no local image for '{uri or local_id}' and no downloadable URI")
+    record.attributes = [{"trait_type": a["trait_type"], "value": a["value"]} for a in attributes]
+    record.tags = attribute_tags(attributes)
+    record.captions = [nft1000_caption(name, attributes)]
+    record.text = ". ".join(p for p in (name, description) if p)
+    record.collection = _collection_name(name)
+    if label_trait:
+        values = [clean_text(a["value"]) for a in attributes if a["trait_type"] == label_trait]
+        record.label = values[0] if values else None
+    extras = {k: v for k, v in token.items() if k not in {"name", "description", "image", "attributes", "traits"}}
+    record.meta = {"name": name, "image_uri": uri, **extras}
+    return record
+
+
+def read_nft_metadata(source: Path, *, label_trait: str | None = None) -> Iterator[RawRecord]:
+    """Yield a record per token. `source` is a collection folder, a metadata folder, or a
+    `_metadata.json` list file. Per-token files win over the list where both exist."""
+    if source.is_file():
+        meta_dir, list_file = source.parent, source
+        token_files: list[Path] = []
+    else:
+        found = find_metadata_dir(source)
+        if found is None:
+            raise SourceError(f"no metadata JSON files under {source}")
+        meta_dir = found
+        list_file = meta_dir / LIST_FILE
+        token_files = sorted((p for p in meta_dir.glob("*.json") if p.name != LIST_FILE), key=_natural)
+    root = meta_dir.parent if meta_dir.name == "metadata" else meta_dir
+    images = _image_index(root)
+    seen: set[str] = set()
+    for path in token_files:
+        local_id = path.stem
+        seen.add(local_id)
+        try:
+            token = _load_json(path)
+        except ValueError as e:
+            yield RawRecord(ref=path.name, local_id=local_id, error=("malformed_json", f"{path.name}: {e}"))
+            continue
+        yield _token_record(token, path.name, local_id, images, label_trait)
+    if list_file.is_file():
+        try:
+            tokens = _load_json(list_file)
+        except ValueError as e:
+            yield RawRecord(ref=list_file.name, local_id=LIST_FILE, error=("malformed_json", str(e)))
+            return
+        if not isinstance(tokens, list):
+            yield RawRecord(ref=list_file.name, local_id=LIST_FILE,
+                            error=("malformed_json", f"{LIST_FILE} must hold a JSON list of tokens"))
+            return
+        for i, token in enumerate(tokens):
+            local_id = _list_token_id(token, i)
+            if local_id in seen:  # already read from its own file
+                continue
+            seen.add(local_id)
+            yield _token_record(token, f"{list_file.name}[{i}]", local_id, images, label_trait)
+    elif not token_files:
+        raise SourceError(f"no token metadata found in {meta_dir}")
+
+
+def _list_token_id(token: Any, index: int) -> str:
+    """A token's id inside a list file: its image file stem, its edition, or its position."""
+    if isinstance(token, dict):
+        uri = clean_text(token.get("image") or token.get("file_url"))
+        if uri:
+            return uri.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        edition = (token.get("custom_fields") or {}).get("edition", token.get("edition"))
+        if edition is not None:
+            return str(edition)
+    return str(index)
+
+
+def _natural(path: Path) -> tuple[int, str]:
+    return (int(path.stem), "") if path.stem.isdigit() else (1 << 60, path.stem)

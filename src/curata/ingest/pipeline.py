@@ -1,0 +1,208 @@
+"""Ingestion: read a source, fetch remote images, verify every image, upsert into the workspace.
+
+    reader (folder | table | nft | urls) -> RawRecords
+      -> download remote images (cache in the workspace)
+      -> verify each image in parallel (open, full decode, pixel cap, sha256)
+      -> reject duplicate ids -> Items -> Workspace.add_items -> IngestReport
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from curata.collection import Item, items_to_frame
+from curata.imageio import DEFAULT_MAX_PIXELS, ImageError, verify_image
+from curata.ingest.download import DownloadPolicy, download_all
+from curata.ingest.folder import read_image_folder
+from curata.ingest.nft import find_metadata_dir, read_nft_metadata
+from curata.ingest.records import RawRecord, SourceError
+from curata.ingest.report import Entry, IngestReport
+from curata.ingest.table import TABLE_SUFFIXES, ColumnMap, read_table
+from curata.ingest.urls import URL_LIST_SUFFIXES, read_url_list
+from curata.progress import SILENT, Reporter
+from curata.workspace import Workspace
+
+FORMATS = ("auto", "folder", "table", "nft", "urls")
+TABLE_NAMES = ("labels.csv", "metadata.csv", "items.csv", "labels.tsv", "items.parquet", "items.jsonl")
+
+
+@dataclass
+class IngestOptions:
+    format: str = "auto"
+    source_name: str | None = None  # prefix of item ids; default: the source's folder/file name
+    collection: str | None = None  # collection name; default: from NFT names, else the source name
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    label_trait: str | None = None  # NFT: use this trait's value as the item label
+    labels_from_subfolders: bool | None = None  # image folder: default auto
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = 256 * 1024 * 1024
+    download: DownloadPolicy = field(default_factory=DownloadPolicy)
+    workers: int = max(2, (os.cpu_count() or 2) * 2)  # decoding releases the GIL; threads overlap I/O
+
+
+def detect_format(source: Path) -> str:
+    """Guess the source format from what is on disk."""
+    if source.is_file():
+        suffix = source.suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            return "table"
+        if suffix in URL_LIST_SUFFIXES:
+            return "urls"
+        if suffix == ".json":
+            return "nft"
+        raise SourceError(f"cannot tell the format of {source.name}; pass --format")
+    if not source.is_dir():
+        raise SourceError(f"source not found: {source}")
+    if _table_in(source) is not None:
+        return "table"
+    if (source / "metadata").is_dir() and find_metadata_dir(source) is not None:
+        return "nft"
+    if any(source.glob("*.json")) and not any(source.glob("*.png")) and not any(source.glob("*.jpg")):
+        return "nft"
+    return "folder"
+
+
+def _table_in(folder: Path) -> Path | None:
+    for name in TABLE_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_records(source: Path, fmt: str, options: IngestOptions) -> Iterable[RawRecord]:
+    if fmt == "folder":
+        return read_image_folder(source, labels_from_subfolders=options.labels_from_subfolders)
+    if fmt == "table":
+        path = _table_in(source) if source.is_dir() else source
+        if path is None:
+            raise SourceError(f"no table ({', '.join(TABLE_NAMES)}) in {source}")
+        return read_table(path, options.columns)
+    if fmt == "nft":
+        return read_nft_metadata(source, label_trait=options.label_trait)
+    if fmt == "urls":
+        return read_url_list(source)
+    raise SourceError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+
+
+def _source_name(source: Path) -> str:
+    path = source.resolve()
+    name = path.parent.name if path.is_file() and path.parent.name else path.stem
+    if path.is_dir():
+        name = path.name
+    return name or "source"
+
+
+def _fetch_remote(records: list[RawRecord], workspace: Workspace, policy: DownloadPolicy,
+                  reporter: Reporter) -> None:
+    """Replace URL images by cached local files, or set the record's error."""
+    remote = [r for r in records if r.error is None and r.image and "://" in r.image]
+    if not remote:
+        return
+    advance = reporter.task("downloading images", len(remote))
+    results = download_all([r.image for r in remote], workspace.dir("cache") / "images", policy,
+                           progress=lambda _result: advance(1))
+    for record, result in zip(remote, results, strict=True):
+        record.meta.setdefault("url", record.image)
+        if result.status in ("ok", "cached") and result.path is not None:
+            record.image = str(result.path)
+        else:
+            record.error = ("download_failed", result.reason or "download failed")
+
+
+@dataclass
+class _Checked:
+    sha256: str = ""
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    notes: tuple[str, ...] = ()
+    error: tuple[str, str] | None = None
+
+
+def check_image(path: str, max_pixels: int, max_file_bytes: int) -> _Checked:
+    """Hash and fully verify one image file; never raises for a bad file."""
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return _Checked(error=("empty_file", "file is empty (0 bytes)"))
+        if size > max_file_bytes:
+            return _Checked(error=("file_too_large",
+                                   f"{size / 1e6:.1f} MB exceeds the file cap of {max_file_bytes / 1e6:.0f} MB"))
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return _Checked(error=("missing_file", f"file not found: {path}"))
+    except OSError as e:
+        return _Checked(error=("unreadable", f"cannot read file: {e}"))
+    try:
+        info = verify_image(data, max_pixels=max_pixels)
+    except ImageError as e:
+        return _Checked(error=(e.code, e.reason))
+    return _Checked(hashlib.sha256(data).hexdigest(), info.width, info.height, info.mode, info.format,
+                    info.notes)
+
+
+def ingest(source: str | Path, workspace: Workspace, options: IngestOptions | None = None,
+           reporter: Reporter = SILENT) -> IngestReport:
+    """Ingest one source into the workspace and return the report (also written to reports/)."""
+    options = options or IngestOptions()
+    started = time.perf_counter()
+    source = Path(source)
+    fmt = detect_format(source) if options.format == "auto" else options.format
+    if fmt not in FORMATS:
+        raise SourceError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
+    source_name = options.source_name or _source_name(source)
+    records = list(read_records(source, fmt, options))
+    _fetch_remote(records, workspace, options.download, reporter)
+
+    advance = reporter.task(f"verifying {source_name}", len(records))
+    to_check = [r for r in records if r.error is None and r.image]
+    for r in records:
+        if r.error is None and not r.image:
+            r.error = ("missing_image", "no image for this record")
+
+    def check(record: RawRecord) -> _Checked:
+        result = check_image(record.image or "", options.max_pixels, options.max_file_bytes)
+        advance(1)
+        return result
+
+    with ThreadPoolExecutor(max_workers=options.workers) as pool:
+        checked = dict(zip(map(id, to_check), pool.map(check, to_check), strict=True))
+    advance(len(records) - len(to_check))
+
+    report = IngestReport(source=str(source), format=fmt)
+    items: list[Item] = []
+    first_seen: dict[str, str] = {}
+    for record in records:
+        item_id = f"{source_name}/{record.local_id}"
+        result = checked.get(id(record))
+        error = record.error or (result.error if result else None)
+        if error is None and item_id in first_seen:
+            error = ("duplicate_id", f"id '{record.local_id}' already used by {first_seen[item_id]}")
+        if error is not None:
+            report.entries.append(Entry(record.ref, item_id, "error", error[0], error[1], record.notes))
+            continue
+        assert result is not None
+        first_seen[item_id] = record.ref
+        notes = [*record.notes, *result.notes]
+        if not record.text:
+            notes.append("empty text")
+        report.entries.append(Entry(record.ref, item_id, "ok", "ok", "", notes))
+        items.append(Item(
+            id=item_id, source=source_name,
+            collection=options.collection or record.collection or source_name,
+            image=str(Path(record.image or "").resolve()), image_sha256=result.sha256,
+            width=result.width, height=result.height, image_mode=result.mode, image_format=result.format,
+            text=record.text, captions=record.captions, label=record.label, tags=record.tags,
+            attributes=record.attributes, split=record.split, meta=record.meta,
+        ))
+    report.added, report.updated, report.unchanged = workspace.add_items(items_to_frame(items))
+    report.seconds = time.perf_counter() - started
+    workspace.write_report("ingest", report.to_dict())
+    return report

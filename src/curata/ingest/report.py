@@ -1,0 +1,55 @@
+"""The ingest report: one entry per record read, `ok` or the precise reason it was rejected."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Entry:
+    ref: str
+    id: str
+    status: str  # "ok" | "error"
+    code: str = "ok"  # machine code of the reason, e.g. "truncated", "duplicate_id"
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)  # accepted with conversions (CMYK, alpha, ...)
+
+
+@dataclass
+class IngestReport:
+    source: str
+    format: str
+    entries: list[Entry] = field(default_factory=list)
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> list[Entry]:
+        return [e for e in self.entries if e.status == "ok"]
+
+    @property
+    def errors(self) -> list[Entry]:
+        return [e for e in self.entries if e.status == "error"]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "format": self.format,
+            "records": len(self.entries),
+            "ok": len(self.ok),
+            "errors": len(self.errors),
+            "with_notes": sum(1 for e in self.ok if e.notes),
+            "error_codes": dict(Counter(e.code for e in self.errors)),
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "seconds": round(self.seconds, 3),
+            "items_per_second": round(len(self.entries) / self.seconds, 1) if self.seconds else None,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary(), "entries": [asdict(e) for e in self.entries]}

@@ -1,0 +1,77 @@
+"""The workspace: a plain folder holding a collection and everything computed from it.
+
+    curata-workspace/
+      collection.parquet   the items table (curata.collection)
+      features/            cached feature vectors, one folder per extractor key
+      models/              trained bundles and fitted extractors
+      index/               vector indexes
+      reports/             ingest reports, evaluation reports
+      cache/               downloaded images
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from curata.collection import read_collection, upsert, write_collection
+
+DEFAULT_WORKSPACE = "curata-workspace"
+SUBDIRS = ("features", "models", "index", "reports", "cache")
+
+
+def default_workspace() -> Path:
+    return Path(os.environ.get("CURATA_WORKSPACE", DEFAULT_WORKSPACE))
+
+
+class Workspace:
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_workspace()
+
+    # Layout ---------------------------------------------------------------------------------
+    @property
+    def collection_path(self) -> Path:
+        return self.root / "collection.parquet"
+
+    def dir(self, name: str) -> Path:
+        """One of the workspace sub-folders, created on first use."""
+        path = self.root / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def create(self) -> Workspace:
+        for sub in SUBDIRS:
+            self.dir(sub)
+        return self
+
+    @property
+    def exists(self) -> bool:
+        return self.collection_path.exists()
+
+    # Collection -----------------------------------------------------------------------------
+    def items(self) -> pd.DataFrame:
+        return read_collection(self.collection_path)
+
+    def add_items(self, frame: pd.DataFrame) -> tuple[int, int, int]:
+        """Upsert items by id; returns (added, updated, unchanged)."""
+        self.create()
+        merged, added, updated, unchanged = upsert(self.items(), frame)
+        if added or updated or not self.exists:
+            write_collection(merged, self.collection_path)
+        return added, updated, unchanged
+
+    # Reports --------------------------------------------------------------------------------
+    def write_report(self, kind: str, payload: dict[str, Any]) -> Path:
+        """Write reports/<kind>-<timestamp>.json and reports/<kind>-latest.json."""
+        reports = self.dir("reports")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        text = json.dumps(payload, indent=2, ensure_ascii=False, default=str)
+        path = reports / f"{kind}-{stamp}.json"
+        path.write_text(text, encoding="utf-8")
+        (reports / f"{kind}-latest.json").write_text(text, encoding="utf-8")
+        return path

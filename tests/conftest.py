@@ -1,0 +1,72 @@
+"""Shared fixtures: real image files of every awkward kind, built on the fly."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_image(path: Path, size=(32, 24), color=(200, 30, 30), mode="RGB", fmt=None, **save) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    arr = np.clip(np.array(color, np.int16) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
+    im = Image.fromarray(arr.astype(np.uint8), "RGB")
+    if mode != "RGB":
+        im = im.convert(mode)
+    im.save(path, format=fmt, **save)
+    return path
+
+
+def jpeg_bytes(size=(64, 48), color=(10, 120, 200)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def broken_folder(tmp_path: Path) -> dict[str, str]:
+    """A folder with good images and one of each kind of trouble. Returns file name -> expected code."""
+    root = tmp_path / "broken"
+    root.mkdir()
+    expected: dict[str, str] = {}
+    write_image(root / "good.jpg", fmt="JPEG")
+    expected["good.jpg"] = "ok"
+    write_image(root / "good.png")
+    expected["good.png"] = "ok"
+    write_image(root / "tiny.png", size=(1, 1))
+    expected["tiny.png"] = "ok"
+    write_image(root / "cmyk.jpg", mode="CMYK", fmt="JPEG")
+    expected["cmyk.jpg"] = "ok"
+    sixteen = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)
+    Image.fromarray(sixteen).save(root / "sixteen.png")
+    expected["sixteen.png"] = "ok"
+    pal = Image.new("P", (24, 24), 0)
+    pal.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    pal.paste(1, (0, 0, 12, 24))
+    pal.save(root / "palette.png", transparency=0)
+    expected["palette.png"] = "ok"
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    expected["animated.gif"] = "ok"
+    rgba = Image.new("RGBA", (16, 16), (0, 0, 0, 0))
+    rgba.save(root / "transparent.png")
+    expected["transparent.png"] = "ok"
+    data = jpeg_bytes((400, 300))
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    expected["truncated.jpg"] = "truncated"
+    (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
+    expected["corrupt.jpg"] = "corrupt"
+    (root / "noise.png").write_bytes(np.random.default_rng(1).bytes(2048))
+    expected["noise.png"] = "not_an_image"
+    (root / "empty.png").write_bytes(b"")
+    expected["empty.png"] = "empty_file"
+    # A decompression bomb: 15000 x 15000 1-bit pixels compress to a few kB but are 225 megapixels.
+    Image.new("1", (15000, 15000)).save(root / "bomb.png")
+    expected["bomb.png"] = "too_many_pixels"
+    (root / "notes.txt").write_text("not an image")
+    expected["notes.txt"] = "not_an_image"
+    return {"root": str(root), **expected}
