@@ -169,6 +169,51 @@ def ingest_cmd(
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
+DEFAULT_EXTRACTORS = "color_stats,color_hist,palette,effnet_lite0,minilm,tfidf"
+
+
+@app.command("features")
+@handle_errors
+def features_cmd(
+    workspace: WorkspaceOpt = default_workspace(),
+    extractors: Annotated[str, typer.Option("--extractors", "-e", help="Comma-separated extractor names "
+                                            "(see --list).")] = DEFAULT_EXTRACTORS,
+    batch_size: Annotated[int, typer.Option(help="Items per model batch (memory is bounded by it).")] = 32,
+    refit: Annotated[bool, typer.Option(help="Refit collection-dependent extractors (tf-idf, visual words, "
+                                              "Word2Vec) and recompute them.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List the available extractors and exit.")] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute features for every item that does not have them yet (cached by content hash)."""
+    from curata.features.engine import available_extractors, compute, make_extractor
+
+    if list_:
+        names = available_extractors()
+        emit_json(names) if as_json else console.print("\n".join(names))
+        return
+    ws = Workspace(workspace)
+    if not ws.exists:
+        raise BadInput(f"no collection in workspace {ws.root} (run `curata ingest` or `curata demo` first)")
+    names = [n.strip() for n in extractors.split(",") if n.strip()]
+    built = [make_extractor(n) for n in names]  # fail on a typo before any work
+    runs = []
+    with rich_reporter(not quiet and not as_json) as reporter:
+        for extractor in built:
+            runs.append(compute(extractor, ws, batch_size=batch_size, refit=refit, reporter=reporter))
+    if as_json:
+        emit_json([r.to_dict() for r in runs])
+        return
+    table = Table(title=f"features in {ws.root}")
+    for column in ("extractor", "items", "cached", "computed", "errors", "seconds", "items/s"):
+        table.add_column(column, justify="left" if column == "extractor" else "right")
+    for r in runs:
+        table.add_row(r.extractor, str(r.items), str(r.cached), str(r.computed),
+                      f"[red]{r.errors}[/]" if r.errors else "0", f"{r.seconds:.1f}",
+                      f"{r.per_second:.0f}" if r.computed else "-")
+    console.print(table)
+
+
 @app.command("info")
 @handle_errors
 def info_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt = False) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,12 +81,8 @@ def _decode(im: Image.Image, max_side: int | None) -> None:
         # stream is still read, so truncation is still caught, at a fraction of the cost.
         im.draft("RGB", (max_side, max_side))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im.load()
-    except ImageError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as e:
+        im.load()
+    except (OSError, SyntaxError, ValueError) as e:
         msg = str(e)
         code = "truncated" if "truncated" in msg.lower() else "corrupt"
         raise ImageError(code, f"cannot decode image: {msg}") from e

@@ -197,7 +197,7 @@ def ingest(source: str | Path, workspace: Workspace, options: IngestOptions | No
         items.append(Item(
             id=item_id, source=source_name,
             collection=options.collection or record.collection or source_name,
-            image=str(Path(record.image or "").resolve()), image_sha256=result.sha256,
+            image=os.path.abspath(record.image or ""), image_sha256=result.sha256,
             width=result.width, height=result.height, image_mode=result.mode, image_format=result.format,
             text=record.text, captions=record.captions, label=record.label, tags=record.tags,
             attributes=record.attributes, split=record.split, meta=record.meta,

@@ -40,7 +40,8 @@ def clean_text(value: Any) -> str:
     if isinstance(value, float) and value != value:
         return ""
     text = str(value)
-    text = "".join(ch for ch in text if ch.isprintable() or ch in "\n\t")
+    if not text.isprintable():  # the rare slow path
+        text = "".join(ch for ch in text if ch.isprintable() or ch in "\n\t")
     return text.strip()
 
 

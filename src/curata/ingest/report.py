@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -52,4 +52,4 @@ class IngestReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary(), "entries": [asdict(e) for e in self.entries]}
+        return {"summary": self.summary(), "entries": [vars(e) for e in self.entries]}

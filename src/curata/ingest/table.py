@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,7 @@ def read_table(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
     tags_col = _pick(names, columns.tags, "tags")
     captions_col = _pick(names, columns.captions, "captions")
     mapped = {c for c in (image_col, text_col, label_col, id_col, split_col, tags_col, captions_col) if c}
-    base = path.parent
+    base = path.parent.resolve()
     # Data rows start on line 2 of a CSV (after the header); JSONL rows are numbered by line.
     first_line = 2 if path.suffix.lower() in (".csv", ".tsv", ".tab") else 1
     for i, row in enumerate(frame.to_dict("records")):
@@ -134,7 +135,7 @@ def read_table(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
         elif _is_url(image):
             record.image = image
         else:
-            record.image = str((base / image).resolve())
+            record.image = os.path.normpath(os.path.join(base, image))
         record.text = clean_text(row.get(text_col)) if text_col else ""
         record.label = clean_text(row.get(label_col)) or None if label_col else None
         record.split = clean_text(row.get(split_col)) or None if split_col else None
