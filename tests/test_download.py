@@ -81,7 +81,7 @@ class Server:
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda *a: None  # type: ignore[method-assign]
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     def requests_to(self, prefix: str) -> list[dict[str, str]]:
         with self.lock:
@@ -283,17 +283,10 @@ def test_mixed_batch_order_duplicates_and_cache(server: Server, tmp_path: Path) 
 
     assert jpeg.status == "ok" and jpeg.content_type == "image/jpeg" and jpeg.path is not None
     assert jpeg.path.suffix == ".jpg"
-    assert (
-        html.status == "error"
-        and html.reason == "content type text/html is not an image (served as image/png)"
-    )
+    assert html.status == "error" and html.reason == "content type text/html is not an image (served as image/png)"
     assert missing.status == "error" and missing.reason == "HTTP 404 Not Found"
     assert len(server.requests_to("/missing")) == 1  # 404 is not retried
-    assert (
-        text.status == "error"
-        and text.reason is not None
-        and text.reason.startswith("content type text/plain")
-    )
+    assert text.status == "error" and text.reason is not None and text.reason.startswith("content type text/plain")
     assert ftp.status == "error" and ftp.reason == "unsupported URL scheme 'ftp'"
     assert not list(tmp_path.glob("*.part"))  # nothing half-written left behind
 
@@ -338,9 +331,7 @@ def test_size_cap_while_streaming(server: Server, tmp_path: Path) -> None:
     policy = fast(max_bytes=1000)
     with_len, no_len = download_all([f"{server.base}/big", f"{server.base}/big-nolen"], tmp_path, policy)
     assert with_len.status == "error"
-    assert (
-        with_len.reason == f"Content-Length {(len(PNG) + 5000) / 1024:.1f} KB exceeds size cap of 1000 bytes"
-    )
+    assert with_len.reason == f"Content-Length {(len(PNG) + 5000) / 1024:.1f} KB exceeds size cap of 1000 bytes"
     assert no_len.status == "error" and no_len.reason == "body exceeds size cap of 1000 bytes"
     assert len(server.requests_to("/big")) == 2  # one each: the cap is not retried
     assert not list(tmp_path.glob("*.part"))
@@ -383,6 +374,34 @@ def test_stale_part_is_restarted_when_server_ignores_range(server: Server, tmp_p
     assert r.status == "ok" and r.path is not None and r.path.read_bytes() == PNG
 
 
+def test_complete_part_416_restarts(server: Server, tmp_path: Path) -> None:
+    # Killed after the last byte but before the rename: Range asks past the end, the server says 416.
+    url = f"{server.base}/range/{uuid.uuid4().hex}"
+    (tmp_path / f"{url_key(url)}.part").write_bytes(BIG_PNG)
+    r = one(url, tmp_path)
+    assert r.status == "ok" and r.path is not None and r.path.read_bytes() == BIG_PNG
+    first, second = server.requests_to(url.removeprefix(server.base))
+    assert first["range"] == f"bytes={len(BIG_PNG)}-" and "range" not in second
+
+
+def test_incomplete_cache_entry_is_fetched_again(server: Server, tmp_path: Path) -> None:
+    url = f"{server.base}/png/{uuid.uuid4().hex}"
+    first = one(url, tmp_path)
+    assert first.path is not None
+    first.path.unlink()  # sidecar without its file: not a finished download
+    again = one(url, tmp_path)
+    assert again.status == "ok" and again.path is not None and again.path.read_bytes() == PNG
+    assert len(server.requests_to(url.removeprefix(server.base))) == 2
+
+
+def test_progress_error_propagates(server: Server, tmp_path: Path) -> None:
+    def boom(_: object) -> None:
+        raise RuntimeError("progress bar broke")
+
+    with pytest.raises(RuntimeError, match="progress bar broke"):
+        download_all([f"{server.base}/png/{uuid.uuid4().hex}"], tmp_path, fast(), progress=boom)
+
+
 def test_ipfs_gateway_fallback(server: Server, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{_dead_port()}/ipfs/"
     policy = fast(ipfs_gateways=(dead, f"{server.base}/ipfs/"), retries=0)
@@ -415,9 +434,7 @@ def test_fetch_json(server: Server) -> None:
     assert fetch_json(f"{server.base}/json/good", fast()) == {"name": "Fidenza #1", "attributes": [1, 2]}
     with pytest.raises(DownloadError) as bad:
         fetch_json(f"{server.base}/json/bad", fast())
-    assert (
-        bad.value.reason.startswith("invalid JSON (") and "content type application/json" in bad.value.reason
-    )
+    assert bad.value.reason.startswith("invalid JSON (") and "content type application/json" in bad.value.reason
     with pytest.raises(DownloadError) as html:
         fetch_json(f"{server.base}/json/html", fast())
     assert html.value.reason.endswith("content type text/html, body looks like text/html)")

@@ -111,7 +111,7 @@ def resolve_url(url: str, gateways: Sequence[str]) -> list[str]:
     if scheme in ("http", "https"):
         if not parts.hostname:
             raise ValueError(f"invalid URL {url!r}: no host")
-        return [url]
+        return [url.strip()]
     if scheme == "ipfs":
         # netloc, not hostname: CIDv0 ("Qm...") is case-sensitive and hostname lowercases.
         rest = (parts.netloc + parts.path).lstrip("/")
@@ -315,9 +315,7 @@ def _status_fail(response: httpx.Response) -> _Fail:
             phrase = ""
     reason = f"HTTP {code} {phrase}".rstrip()
     retryable = code in _RETRYABLE_STATUS or 500 <= code <= 599
-    retry_after = (
-        _retry_after_seconds(response.headers.get("retry-after")) if code in _RETRY_AFTER_STATUS else None
-    )
+    retry_after = _retry_after_seconds(response.headers.get("retry-after")) if code in _RETRY_AFTER_STATUS else None
     return _Fail(reason, retryable=retryable, retry_after=retry_after)
 
 
@@ -325,11 +323,7 @@ def _translate(exc: Exception, transfer: _Transfer) -> _Fail:
     """Map an httpx exception to an attempt failure with a precise, human reason."""
     if isinstance(exc, httpx.TimeoutException):
         return _Fail("timed out", retryable=True)
-    if (
-        isinstance(exc, httpx.RemoteProtocolError)
-        and transfer.total is not None
-        and transfer.got < transfer.total
-    ):
+    if isinstance(exc, httpx.RemoteProtocolError) and transfer.total is not None and transfer.got < transfer.total:
         return _Fail(f"truncated body: got {transfer.got} of {transfer.total} bytes", retryable=True)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.TooManyRedirects | httpx.InvalidURL):
         return _Fail(f"invalid URL or redirect: {exc}")
@@ -486,11 +480,11 @@ def _fetch_to_part(
         if isinstance(validator, str):
             headers["If-Range"] = validator
 
-    with client.stream("GET", url, headers=headers, timeout=policy.timeout) as response:
+    with client.stream("GET", url, headers=headers, timeout=policy.timeout, follow_redirects=True) as response:
         code = response.status_code
         if code == 416 and offset:
             raise _Restart  # the resource is shorter than our partial file: it changed
-        if code not in (200, 206):
+        if code not in (200, 203, 206):  # 203: a transforming proxy's 200
             raise _status_fail(response)
         served_as = _media_type(response)
         if code == 206:
@@ -604,9 +598,7 @@ def _download_one(
                 raise
             except _Restart:
                 files.discard_part()
-                raise _Fail(
-                    "server sent a partial response that does not match the request", retryable=True
-                ) from None
+                raise _Fail("server sent a partial response that does not match the request", retryable=True) from None
 
         try:
             content_type = _with_retries(candidates, policy, stop, attempt)
@@ -672,8 +664,8 @@ def download_all(
 
 def _fetch_json_once(client: httpx.Client, url: str, policy: DownloadPolicy, transfer: _Transfer) -> Any:
     headers = {"Accept": "application/json, */*;q=0.5"}
-    with client.stream("GET", url, headers=headers, timeout=policy.timeout) as response:
-        if response.status_code != 200:
+    with client.stream("GET", url, headers=headers, timeout=policy.timeout, follow_redirects=True) as response:
+        if response.status_code not in (200, 203):
             raise _status_fail(response)
         served_as = _media_type(response)
         transfer.total = None if _is_encoded(response) else _content_length(response)
@@ -700,9 +692,7 @@ def _fetch_json_once(client: httpx.Client, url: str, policy: DownloadPolicy, tra
         raise _Fail(f"invalid JSON ({exc}; content type {served_as or '(none)'}{hint})") from None
 
 
-def fetch_json(
-    url: str, policy: DownloadPolicy = DownloadPolicy(), *, client: httpx.Client | None = None
-) -> Any:
+def fetch_json(url: str, policy: DownloadPolicy = DownloadPolicy(), *, client: httpx.Client | None = None) -> Any:
     """GET and parse a JSON document with the policy's retries, timeout, size cap and IPFS gateways.
 
     Raises ``DownloadError`` with a precise reason. Pass a long-lived ``client`` when making many
@@ -715,9 +705,7 @@ def fetch_json(
     own_client = client is None
     http = _make_client(policy) if client is None else client
     try:
-        return _with_retries(
-            candidates, policy, threading.Event(), lambda u, t: _fetch_json_once(http, u, policy, t)
-        )
+        return _with_retries(candidates, policy, threading.Event(), lambda u, t: _fetch_json_once(http, u, policy, t))
     except _Fail as fail:
         raise DownloadError(url, fail.reason) from None
     finally:
