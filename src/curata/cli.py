@@ -214,6 +214,44 @@ def features_cmd(
     console.print(table)
 
 
+@app.command("demo")
+@handle_errors
+def demo_cmd(
+    workspace: WorkspaceOpt = default_workspace(),
+    per_algorithm: Annotated[int, typer.Option(help="Tokens drawn per generative algorithm.")] = 60,
+    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Collection seed (same seed, same images).")] = 0,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Draw the built-in generative-art collection and run every stage on it, ending with a summary."""
+    from curata.demo.run import run_demo
+
+    if per_algorithm < 2:
+        raise BadInput("--per-algorithm must be at least 2")
+    with rich_reporter(not quiet and not as_json) as reporter:
+        summary = run_demo(Workspace(workspace), per_algorithm=per_algorithm, size=size, seed=seed,
+                           reporter=reporter)
+    if as_json:
+        emit_json(summary)
+        return
+    ingest_summary = summary["ingest"]
+    console.rule("[bold]curata demo")
+    console.print(f"{summary['tokens']} tokens from {len(summary['algorithms'])} algorithms "
+                  f"({', '.join(summary['algorithms'])}) drawn into {summary['collection']}")
+    console.print(f"ingest: {ingest_summary['ok']} ok, {ingest_summary['errors']} rejected")
+    table = Table(title="features")
+    for column in ("extractor", "computed", "cached", "errors", "items/s"):
+        table.add_column(column)
+    for run in summary["features"]:
+        table.add_row(run["extractor"], str(run["computed"]), str(run["cached"]), str(run["errors"]),
+                      f"{run['items_per_second']:.0f}")
+    console.print(table)
+    for name, value in summary["checks"].items():
+        console.print(f"check {name}: [bold]{value}[/]")
+    console.print(f"total {summary['seconds']['total']:.1f} s; workspace {summary['workspace']}")
+
+
 @app.command("info")
 @handle_errors
 def info_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt = False) -> None:
