@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_image
 
+from conftest import write_image
 from curata.features.base import Extractor, ItemError
 from curata.features.engine import compute, load_matrix
 from curata.imageio import load_image

@@ -16,12 +16,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from curata import __version__
 from curata.imageio import ImageError
 from curata.ingest.download import DownloadPolicy
-from curata.ingest.pipeline import FORMATS, IngestOptions, ingest
+from curata.ingest.pipeline import FORMATS, IngestOptions, default_source_name, ingest
 from curata.ingest.records import SourceError
 from curata.ingest.report import IngestReport
 from curata.ingest.table import ColumnMap
@@ -63,14 +64,16 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except typer.Exit:
             raise
         except (BadInput, SourceError, ImageError, FileNotFoundError, ValueError) as e:
-            err.print(f"[bold red]error:[/] {e}")
+            # escape(): paths and reasons may hold [brackets] that Rich would read as markup.
+            # soft_wrap: one line whatever the terminal width, for scripts that read stderr.
+            err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
         except Exception as e:  # an internal error: say so, keep the trace for bug reports
             err.print_exception(show_locals=False)
-            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {e}")
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(EXIT_INTERNAL) from None
 
     return wrapper
@@ -83,21 +86,21 @@ def emit_json(payload: Any) -> None:
 def print_ingest_report(report: IngestReport, max_rows: int = 30) -> None:
     summary = report.summary()
     console.print(
-        f"[bold]{report.source}[/] ({report.format}): {summary['ok']} ok, "
+        f"[bold]{escape(report.source)}[/] ({report.format}): {summary['ok']} ok, "
         f"[red]{summary['errors']} rejected[/], {summary['with_notes']} with notes; "
         f"{summary['added']} added, {summary['updated']} updated, {summary['unchanged']} unchanged "
         f"in {summary['seconds']:.1f} s"
     )
     notes = Counter(note for e in report.ok for note in e.notes)
     for note, count in notes.most_common():
-        console.print(f"  [yellow]note[/] {count} x {note}")
+        console.print(f"  [yellow]note[/] {count} x {escape(note)}")
     if not report.errors:
         return
     table = Table(title=f"Rejected items ({len(report.errors)})")
     for column in ("item", "code", "reason"):
         table.add_column(column, overflow="fold")
     for entry in report.errors[:max_rows]:
-        table.add_row(entry.ref, f"[red]{entry.code}[/]", entry.reason)
+        table.add_row(escape(entry.ref), f"[red]{entry.code}[/]", escape(entry.reason))
     console.print(table)
     if len(report.errors) > max_rows:
         console.print(f"... and {len(report.errors) - max_rows} more in reports/ingest-latest.json")
@@ -148,6 +151,16 @@ def ingest_cmd(
     Re-ingesting the same source is idempotent; each rejected item is listed with its reason
     (on screen and in reports/ingest-latest.json) and never stops the others.
     """
+    # Item ids are "<source name>/<local id>": two sources of one run under the same name (one
+    # --source-name for all, or two folders both called "images") would share ids, and the later
+    # source would silently overwrite the earlier one's items.
+    if source_name and len(sources) > 1:
+        raise BadInput("--source-name names one source; ingest several sources without it, or one at a time")
+    names = Counter(default_source_name(s) for s in sources)
+    clashing = sorted(name for name, count in names.items() if count > 1)
+    if clashing:
+        raise BadInput(f"several sources are named '{clashing[0]}' and their item ids would collide; "
+                       "ingest them one at a time, each with its own --source-name")
     policy = DownloadPolicy(concurrency=concurrency)
     if ipfs_gateway:
         policy = DownloadPolicy(concurrency=concurrency, ipfs_gateways=tuple(ipfs_gateway))
@@ -204,7 +217,7 @@ def features_cmd(
     if as_json:
         emit_json([r.to_dict() for r in runs])
         return
-    table = Table(title=f"features in {ws.root}")
+    table = Table(title=f"features in {escape(str(ws.root))}")
     for column in ("extractor", "items", "cached", "computed", "errors", "seconds", "items/s"):
         table.add_column(column, justify="left" if column == "extractor" else "right")
     for r in runs:
@@ -238,7 +251,7 @@ def demo_cmd(
     ingest_summary = summary["ingest"]
     console.rule("[bold]curata demo")
     console.print(f"{summary['tokens']} tokens from {len(summary['algorithms'])} algorithms "
-                  f"({', '.join(summary['algorithms'])}) drawn into {summary['collection']}")
+                  f"({', '.join(summary['algorithms'])}) drawn into {escape(str(summary['collection']))}")
     console.print(f"ingest: {ingest_summary['ok']} ok, {ingest_summary['errors']} rejected")
     table = Table(title="features")
     for column in ("extractor", "computed", "cached", "errors", "items/s"):
@@ -249,7 +262,7 @@ def demo_cmd(
     console.print(table)
     for name, value in summary["checks"].items():
         console.print(f"check {name}: [bold]{value}[/]")
-    console.print(f"total {summary['seconds']['total']:.1f} s; workspace {summary['workspace']}")
+    console.print(f"total {summary['seconds']['total']:.1f} s; workspace {escape(str(summary['workspace']))}")
 
 
 @app.command("info")
@@ -272,12 +285,12 @@ def info_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt = F
     if as_json:
         emit_json(summary)
         return
-    table = Table(title=f"workspace {ws.root}: {len(items)} items")
+    table = Table(title=f"workspace {escape(str(ws.root))}: {len(items)} items")
     table.add_column("what")
     table.add_column("count", justify="right")
     for key in ("sources", "collections", "labels"):
         for name, count in summary[key].items():
-            table.add_row(f"{key[:-1]}: {name}", str(count))
+            table.add_row(escape(f"{key[:-1]}: {name}"), str(count))
     table.add_row("items with text", str(summary["with_text"]))
     table.add_row("items with tags", str(summary["with_tags"]))
     console.print(table)

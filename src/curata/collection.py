@@ -7,6 +7,8 @@ them goes into `meta` (a JSON object string) rather than growing the schema per 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,9 +89,14 @@ def read_collection(path: Path) -> pd.DataFrame:
 def write_collection(frame: pd.DataFrame, path: Path) -> None:
     """Write atomically: a crash mid-write must not corrupt the existing collection."""
     table = pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    # A temp name per writer: two processes sharing one fixed name could rename the other's
+    # half-written file into place.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def upsert(existing: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, int, int, int]:

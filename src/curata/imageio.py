@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 Image.MAX_IMAGE_PIXELS = None
 # Truncated files must fail loudly, never decode half an image silently.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# What Pillow's plugins raise on malformed data besides OSError: a damaged header or frame table
+# surfaces as any of these (RuntimeError: the AVIF decoder), and must become an ImageError rather
+# than abort the caller's whole batch.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, RuntimeError,
+                  struct.error)
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8000 x 8000; a 100-megapixel image is refused by default
 DEFAULT_BACKGROUND = (255, 255, 255)
@@ -59,7 +65,11 @@ def _open(source: ImageSource) -> Image.Image:
     except UnidentifiedImageError as e:
         raise ImageError("not_an_image", "not a recognised image format") from e
     except OSError as e:
-        raise ImageError("unreadable", f"cannot open image: {e}") from e
+        # A file cut inside its header fails here, before any decoding ("Truncated File Read").
+        code = "truncated" if "truncated" in str(e).lower() else "unreadable"
+        raise ImageError(code, f"cannot open image: {e}") from e
+    except _DECODE_ERRORS as e:  # a recognised format whose header is damaged (e.g. AVIF: RuntimeError)
+        raise ImageError("corrupt", f"cannot open image: {type(e).__name__}: {e}") from e
 
 
 def _check_pixels(im: Image.Image, max_pixels: int) -> None:
@@ -82,7 +92,7 @@ def _decode(im: Image.Image, max_side: int | None) -> None:
         im.draft("RGB", (max_side, max_side))
     try:
         im.load()
-    except (OSError, SyntaxError, ValueError) as e:
+    except _DECODE_ERRORS as e:
         msg = str(e)
         code = "truncated" if "truncated" in msg.lower() else "corrupt"
         raise ImageError(code, f"cannot decode image: {msg}") from e
@@ -96,7 +106,7 @@ def verify_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
         fmt = im.format or "unknown"
         mode = im.mode
         width, height = im.size  # before draft mode shrinks it
-        n_frames = getattr(im, "n_frames", 1)
+        n_frames = _frame_count(im)
         notes: list[str] = []
         if n_frames > 1:
             notes.append(f"animated ({n_frames} frames): the first frame is used")
@@ -104,23 +114,42 @@ def verify_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -
             notes.append("CMYK converted to RGB")
         elif mode.startswith("I;16") or mode in ("I", "F"):
             notes.append(f"{mode} (high bit depth) scaled to 8-bit")
-        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        if im.has_transparency_data:
             notes.append("transparency composited on the background")
         # A reduced decode is enough to prove the file is whole (see _decode).
         _decode(im, max_side=512)
         return ImageInfo(width, height, mode, fmt, n_frames, tuple(notes))
 
 
+def _frame_count(im: Image.Image) -> int:
+    """Frames in the file. Counting walks every frame header, where damage after the first frame
+    shows up (as TypeError, IndexError, struct.error... depending on the plugin)."""
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except _DECODE_ERRORS as e:
+        raise ImageError("corrupt", f"cannot read the frames of this image: {type(e).__name__}: {e}") from e
+
+
 def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        top = float(arr.max())
+        if mode == "F" and top <= 1.0:
+            hi = 1.0  # float images are conventionally 0..1
+        elif mode.startswith("I;16") or top > 255:
+            hi = max(65535.0, top)  # 32-bit integers beyond 16 bits are scaled, not clipped to white
+        else:
+            hi = 255.0
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
-    if mode == "P":
-        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
-        mode = im.mode
+    if mode in ("P", "L", "RGB") and im.has_transparency_data:
+        # A palette transparency, or a tRNS colour key on L/RGB: the keyed pixels are transparent.
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    elif mode == "P":
+        im = im.convert("RGB")
+        mode = "RGB"
     if mode in ("LA", "PA", "RGBa", "La"):
         im = im.convert("RGBA")
         mode = "RGBA"
@@ -150,12 +179,15 @@ def load_image(
     im = _open(source)
     with im:
         _check_pixels(im, max_pixels)
+        # Image.open is positioned on the first frame and _decode loaded it. No n_frames/seek(0)
+        # here: counting frames walks the whole animation and fails on damage in later frames.
         _decode(im, max_side)
-        if getattr(im, "n_frames", 1) > 1:
-            im.seek(0)
         with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
             im = ImageOps.exif_transpose(im)
-        rgb = _to_rgb(im, background)
+        try:
+            rgb = _to_rgb(im, background)
+        except _DECODE_ERRORS as e:  # a mode Pillow cannot convert to RGB
+            raise ImageError("unsupported_mode", f"cannot convert {im.mode} to RGB: {e}") from e
         return np.asarray(rgb, dtype=np.uint8).copy()
 
 

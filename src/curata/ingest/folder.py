@@ -7,7 +7,8 @@ from pathlib import Path
 
 from curata.ingest.records import RawRecord, SourceError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jfif", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".avif", ".ppm",
+                  ".pgm"}
 # Files that are clearly not meant to be items (they would otherwise be reported as "not an image").
 IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 
@@ -26,10 +27,14 @@ def read_image_folder(root: Path, *, labels_from_subfolders: bool | None = None)
     """
     if not root.is_dir():
         raise SourceError(f"not a folder: {root}")
+    # Hidden folders count as hidden too (.git, .ipynb_checkpoints, .thumbnails): their files are
+    # copies or tool state, not items.
     files = sorted(
         p
         for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.name.lower() not in IGNORED_NAMES
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        and p.name.lower() not in IGNORED_NAMES
     )
     if not any(looks_like_image(p) for p in files):
         raise SourceError(f"no image files found under {root}")

@@ -122,7 +122,9 @@ def _token_record(token: Any, ref: str, local_id: str, images: dict[str, Path],
     elif uri.startswith(("http://", "https://", "ipfs://")):
         record.image = uri
     else:
-        record.error = ("missing_image", f"no local image for '{uri or local_id}' and no downloadable URI")
+        # Cut the URI: on-chain tokens inline the whole image as a data: URI of many kilobytes.
+        shown = uri if len(uri) <= 200 else uri[:200] + "..."
+        record.error = ("missing_image", f"no local image for '{shown or local_id}' and no downloadable URI")
     record.attributes = [{"trait_type": a["trait_type"], "value": a["value"]} for a in attributes]
     record.tags = attribute_tags(attributes)
     record.captions = [nft1000_caption(name, attributes)]

@@ -19,7 +19,7 @@ from pathlib import Path
 from curata.collection import Item, items_to_frame
 from curata.imageio import DEFAULT_MAX_PIXELS, ImageError, verify_image
 from curata.ingest.download import DownloadPolicy, download_all
-from curata.ingest.folder import read_image_folder
+from curata.ingest.folder import looks_like_image, read_image_folder
 from curata.ingest.nft import find_metadata_dir, read_nft_metadata
 from curata.ingest.records import RawRecord, SourceError
 from curata.ingest.report import Entry, IngestReport
@@ -63,7 +63,9 @@ def detect_format(source: Path) -> str:
         return "table"
     if (source / "metadata").is_dir() and find_metadata_dir(source) is not None:
         return "nft"
-    if any(source.glob("*.json")) and not any(source.glob("*.png")) and not any(source.glob("*.jpg")):
+    # Any image type counts here, not only png/jpg: a folder of .webp or .jpeg files with a stray
+    # JSON file beside them is an image folder.
+    if any(source.glob("*.json")) and not any(p.is_file() and looks_like_image(p) for p in source.iterdir()):
         return "nft"
     return "folder"
 
@@ -90,7 +92,8 @@ def read_records(source: Path, fmt: str, options: IngestOptions) -> Iterable[Raw
     raise SourceError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
 
 
-def _source_name(source: Path) -> str:
+def default_source_name(source: Path) -> str:
+    """The id prefix of a source ingested without --source-name: its folder's name."""
     path = source.resolve()
     name = path.parent.name if path.is_file() and path.parent.name else path.stem
     if path.is_dir():
@@ -144,6 +147,8 @@ def check_image(path: str, max_pixels: int, max_file_bytes: int) -> _Checked:
         info = verify_image(data, max_pixels=max_pixels)
     except ImageError as e:
         return _Checked(error=(e.code, e.reason))
+    except Exception as e:  # a decoder failure imageio does not know yet must reject one file, not the run
+        return _Checked(error=("corrupt", f"cannot decode image: {type(e).__name__}: {e}"))
     return _Checked(hashlib.sha256(data).hexdigest(), info.width, info.height, info.mode, info.format,
                     info.notes)
 
@@ -157,7 +162,7 @@ def ingest(source: str | Path, workspace: Workspace, options: IngestOptions | No
     fmt = detect_format(source) if options.format == "auto" else options.format
     if fmt not in FORMATS:
         raise SourceError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
-    source_name = options.source_name or _source_name(source)
+    source_name = options.source_name or default_source_name(source)
     records = list(read_records(source, fmt, options))
     _fetch_remote(records, workspace, options.download, reporter)
 

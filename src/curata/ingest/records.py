@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 
 @dataclass
 class RawRecord:
@@ -46,11 +48,13 @@ def clean_text(value: Any) -> str:
 
 
 def split_tags(value: Any, sep: str) -> list[str]:
-    text = clean_text(value)
-    if not text:
-        return []
+    """Tags from a separated string, or from a list cell (Parquet, JSONL) taken as is."""
+    if isinstance(value, list | tuple | np.ndarray):
+        parts = [clean_text(v) for v in value]
+    else:
+        parts = clean_text(value).split(sep)
     seen: dict[str, None] = {}
-    for part in text.split(sep):
+    for part in parts:
         tag = part.strip()
         if tag:
             seen.setdefault(tag, None)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from curata.ingest.records import RawRecord, SourceError, clean_text, split_tags
@@ -41,7 +44,14 @@ class ColumnMap:
 
 
 def _decode(raw: bytes, notes: list[str]) -> str:
-    """UTF-8 (with or without BOM); otherwise cp1252 with a note, so no row is lost to an encoding."""
+    """UTF-8 (with or without BOM); UTF-16 with a BOM (Excel's "Unicode text" export); otherwise
+    cp1252 with a note, so no row is lost to an encoding."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as e:
+            notes.append(f"file is not valid UTF-16 (byte {e.start}); undecodable bytes replaced")
+            return raw.decode("utf-16", errors="replace")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -49,17 +59,20 @@ def _decode(raw: bytes, notes: list[str]) -> str:
         return raw.decode("cp1252", errors="replace")
 
 
-def _read_frame(path: Path, file_notes: list[str]) -> tuple[pd.DataFrame, dict[int, tuple[str, str]]]:
-    """Read the table as strings. Returns the frame and per-row parse errors (JSONL)."""
+def _read_frame(path: Path, file_notes: list[str]
+                ) -> tuple[pd.DataFrame, dict[int, tuple[str, str]], list[int] | None]:
+    """Read the table as strings. Returns the frame, per-row parse errors (JSONL) and, where known,
+    the file line of each row (JSONL: blank lines are skipped, so row number and line differ)."""
     suffix = path.suffix.lower()
     row_errors: dict[int, tuple[str, str]] = {}
     try:
         if suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
-            return frame.astype(object).where(frame.notna(), None), row_errors
+            return frame.astype(object).where(frame.notna(), None), row_errors, None
         text = _decode(path.read_bytes(), file_notes)
         if suffix in (".jsonl", ".ndjson"):
             rows: list[dict[str, Any]] = []
+            lines: list[int] = []
             for lineno, line in enumerate(text.splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -71,10 +84,25 @@ def _read_frame(path: Path, file_notes: list[str]) -> tuple[pd.DataFrame, dict[i
                     row_errors[len(rows)] = ("malformed_json", f"line {lineno}: {e}")
                     obj = {}
                 rows.append(obj)
-            return pd.DataFrame(rows, dtype=object), row_errors
+                lines.append(lineno)
+            if rows and len(row_errors) == len(rows):
+                # Not JSON Lines at all (often a pretty-printed JSON array): one clear message, not
+                # "no image column found" nor one error per line.
+                raise SourceError(f"{path.name} is not JSON Lines: no line holds a JSON object "
+                                  f"({row_errors[0][1]})")
+            return pd.DataFrame(rows, dtype=object), row_errors, lines
         sep = "\t" if suffix in (".tsv", ".tab") else ","
-        frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
-        return frame, row_errors
+        # index_col=False: when data rows have one field more than the header (a trailing comma on
+        # every row), pandas would otherwise turn the first column into the index and shift every
+        # value one column to the left without a word.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
+        if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+            file_notes.append("some rows have more fields than the header; the extra fields were ignored")
+        return frame, row_errors, None
+    except SourceError:
+        raise
     except (ValueError, OSError, pd.errors.ParserError) as e:
         raise SourceError(f"cannot read table {path.name}: {e}") from e
 
@@ -106,7 +134,7 @@ def read_table(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
     if not path.is_file():
         raise SourceError(f"table not found: {path}")
     file_notes: list[str] = []
-    frame, row_errors = _read_frame(path, file_notes)
+    frame, row_errors, lines = _read_frame(path, file_notes)
     if frame.empty and not row_errors:
         raise SourceError(f"table {path.name} has no rows")
     names = [str(c) for c in frame.columns]
@@ -122,7 +150,7 @@ def read_table(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
     # Data rows start on line 2 of a CSV (after the header); JSONL rows are numbered by line.
     first_line = 2 if path.suffix.lower() in (".csv", ".tsv", ".tab") else 1
     for i, row in enumerate(frame.to_dict("records")):
-        ref = f"{path.name}:{i + first_line}"
+        ref = f"{path.name}:{lines[i] if lines else i + first_line}"
         image = clean_text(row.get(image_col))
         local_id = clean_text(row.get(id_col)) if id_col else ""
         record = RawRecord(ref=ref, local_id=local_id or image or f"row{i}", notes=list(file_notes))
@@ -155,6 +183,8 @@ def _plain(value: Any) -> Any:
     """JSON-friendly cell value."""
     if value is None or (isinstance(value, float) and value != value):
         return None
+    if isinstance(value, np.ndarray):  # a Parquet list cell: .item() would raise for size != 1
+        return value.tolist()
     if hasattr(value, "item"):
         return value.item()
     if hasattr(value, "tolist"):
