@@ -104,14 +104,21 @@ def test_cache_incremental_and_isolation(workspace, tmp_path):
     assert errors.count("no red at all") == 1
 
 
-def test_unreadable_image_after_ingest_is_an_item_error(workspace):
+def test_unreadable_image_is_an_item_error_and_is_retried(workspace):
     items = workspace.items()
-    Path(items["image"][0]).write_bytes(b"garbage")
+    path = Path(items["image"][0])
+    original = path.read_bytes()
+    path.write_bytes(b"garbage")
     run = compute(MeanColour(), workspace)
     assert run.errors == 1
     _, errors = load_matrix(workspace, MeanColour())
     assert "not a recognised image format" in errors[0]
     assert errors[1:] == [None] * 12
+    # Failures are not cached: once the file is back, a rerun computes exactly that item.
+    path.write_bytes(original)
+    rerun = compute(MeanColour(), workspace)
+    assert (rerun.computed, rerun.errors) == (1, 0)
+    assert load_matrix(workspace, MeanColour())[1] == [None] * 13
 
 
 def test_fitted_text_extractor_is_saved_reused_and_refit(workspace):

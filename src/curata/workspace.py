@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from datetime import UTC, datetime
@@ -58,11 +59,14 @@ class Workspace:
         return read_collection(self.collection_path)
 
     def add_items(self, frame: pd.DataFrame) -> tuple[int, int, int]:
-        """Upsert items by id; returns (added, updated, unchanged)."""
+        """Upsert items by id; returns (added, updated, unchanged). Holds the workspace lock, so two
+        concurrent ingests cannot lose each other's items in the read-modify-write."""
         self.create()
-        merged, added, updated, unchanged = upsert(self.items(), frame)
-        if added or updated or not self.exists:
-            write_collection(merged, self.collection_path)
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged, added, updated, unchanged = upsert(self.items(), frame)
+            if added or updated or not self.exists:
+                write_collection(merged, self.collection_path)
         return added, updated, unchanged
 
     # Reports --------------------------------------------------------------------------------

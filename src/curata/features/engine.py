@@ -38,8 +38,8 @@ def available_extractors() -> list[str]:
 
 
 def _import_builtin() -> None:
-    """Importing the modules registers their extractors. Plug-ins need a path, so they are not here."""
-    from curata.features import color, efficientnet, local, palette, text  # noqa: F401
+    """Importing the modules registers their extractors (plug-ins too: they load nothing until used)."""
+    from curata.features import color, efficientnet, local, palette, plugins, text  # noqa: F401
 
 
 def make_extractor(name: str, **params: Any) -> Extractor:
@@ -95,6 +95,8 @@ def _load_batch(extractor: Extractor, sources: list[str], pool: ThreadPoolExecut
             return None, e.reason
         except OSError as e:
             return None, f"cannot read: {e}"
+        except Exception as e:  # one unexpected failure must not end the run
+            return None, f"{type(e).__name__}: {e}"
 
     return list(pool.map(one, sources))
 

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +58,13 @@ class FeatureStore:
         return pa.concat_tables([pq.read_table(p) for p in parts])
 
     def known_hashes(self) -> set[str]:
+        """Hashes with a computed vector. Failed rows are left out, so a rerun retries them (a missing
+        model or a full disk must not be cached forever); a later success wins in `lookup`."""
         parts = self._parts()
         if not parts:
             return set()
-        return set(pa.concat_tables([pq.read_table(p, columns=["hash"]) for p in parts])["hash"].to_pylist())
+        table = pa.concat_tables([pq.read_table(p, columns=["hash", "error"]) for p in parts])
+        return {h for h, e in zip(table["hash"].to_pylist(), table["error"].to_pylist(), strict=True) if e is None}
 
     def append(self, hashes: list[str], vectors: np.ndarray, errors: list[str | None]) -> None:
         """Write one new part (atomically: temp file, then rename)."""
@@ -75,12 +81,11 @@ class FeatureStore:
             "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim),
             "error": pa.array(errors, pa.string()),
         })
-        index = len(self._parts())
-        while (self.path / f"part-{index:05d}.parquet").exists():
-            index += 1
-        tmp = self.path / f".part-{index:05d}.tmp"
+        # Names sort by time and are unique per writer, so concurrent runs never overwrite a part.
+        name = f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.path / f".{name}.tmp"
         pq.write_table(table, tmp)
-        tmp.replace(self.path / f"part-{index:05d}.parquet")
+        tmp.replace(self.path / f"{name}.parquet")
 
     def lookup(self, hashes: list[str]) -> tuple[np.ndarray, list[str | None]]:
         """Vectors for `hashes` in order (zeros where missing or failed) and each one's error, if any;
