@@ -54,6 +54,14 @@ class Extractor(ABC):
         """Parameters that change the output (part of the cache key). Override when there are any."""
         return {}
 
+    def prepare(self, item: Any) -> Any:
+        """Per-item work done in the loader threads right after decoding (default: none).
+
+        An extractor that needs only part of a large image (a pixel sample, a thumbnail) reduces it
+        here, so a batch held in memory is small and the reduction runs in parallel with the model.
+        """
+        return item
+
     def fit(self, inputs: list[Any]) -> Extractor:
         """Fit collection-dependent state. Default: nothing to fit."""
         return self

@@ -81,7 +81,7 @@ class FeatureRun:
 def _load_input(extractor: Extractor, path_or_text: str) -> Any:
     if extractor.modality == "text":
         return path_or_text
-    return load_image(path_or_text, max_side=extractor.max_side)
+    return extractor.prepare(load_image(path_or_text, max_side=extractor.max_side))
 
 
 def _load_batch(extractor: Extractor, sources: list[str], pool: ThreadPoolExecutor
