@@ -221,7 +221,7 @@ def features_cmd(
     for column in ("extractor", "items", "cached", "computed", "errors", "seconds", "items/s"):
         table.add_column(column, justify="left" if column == "extractor" else "right")
     for r in runs:
-        table.add_row(r.extractor, str(r.items), str(r.cached), str(r.computed),
+        table.add_row(escape(r.extractor), str(r.items), str(r.cached), str(r.computed),
                       f"[red]{r.errors}[/]" if r.errors else "0", f"{r.seconds:.1f}",
                       f"{r.per_second:.0f}" if r.computed else "-")
     console.print(table)
@@ -257,11 +257,11 @@ def demo_cmd(
     for column in ("extractor", "computed", "cached", "errors", "items/s"):
         table.add_column(column)
     for run in summary["features"]:
-        table.add_row(run["extractor"], str(run["computed"]), str(run["cached"]), str(run["errors"]),
+        table.add_row(escape(run["extractor"]), str(run["computed"]), str(run["cached"]), str(run["errors"]),
                       f"{run['items_per_second']:.0f}")
     console.print(table)
     for name, value in summary["checks"].items():
-        console.print(f"check {name}: [bold]{value}[/]")
+        console.print(f"check {escape(name)}: [bold]{value}[/]")
     console.print(f"total {summary['seconds']['total']:.1f} s; workspace {escape(str(summary['workspace']))}")
 
 
