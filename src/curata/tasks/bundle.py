@@ -1,0 +1,99 @@
+"""Model bundles: a folder with the fitted model and a `card.json` that says what it is.
+
+    <bundle>/
+      model.joblib   the fitted estimator (scikit-learn objects, or ours built from them)
+      card.json      task, target, labels, features and their extractor keys, metrics,
+                     training-data summary, library versions, creation time
+
+A bundle needs nothing from the training data to load. Before predicting, `check_features` compares
+the card's extractor keys with the extractors available now, so a bundle trained on other features
+(another extractor version, other parameters) fails with a clear message instead of silently
+predicting garbage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from curata import __version__
+from curata.features.engine import make_extractor
+
+LIBRARIES = ("numpy", "scikit-learn", "torch", "onnxruntime", "sentence-transformers", "opencv-python-headless")
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be loaded or used; the message says why."""
+
+
+@dataclass
+class Card:
+    task: str
+    target: str
+    labels: list[str]
+    features: dict[str, str]  # feature name -> extractor key it was trained on
+    model: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _versions() -> dict[str, str]:
+    out = {"curata": __version__, "python": platform.python_version()}
+    for lib in LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[lib] = metadata.version(lib)
+    return out
+
+
+def save_bundle(directory: Path, model: Any, card: Card) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    card.versions = card.versions or _versions()
+    card.created = card.created or datetime.now(UTC).isoformat(timespec="seconds")
+    joblib.dump(model, directory / "model.joblib")
+    (directory / "card.json").write_text(json.dumps(card.to_dict(), indent=2, default=str), encoding="utf-8")
+    return directory
+
+
+def load_card(directory: Path) -> Card:
+    path = directory / "card.json"
+    if not path.is_file():
+        raise BundleError(f"{directory} is not a model bundle (no card.json)")
+    try:
+        return Card(**json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"{path} is not a valid model card: {e}") from e
+
+
+def load_bundle(directory: Path) -> tuple[Any, Card]:
+    card = load_card(directory)
+    try:
+        model = joblib.load(directory / "model.joblib")
+    except FileNotFoundError as e:
+        raise BundleError(f"{directory} has a card but no model.joblib") from e
+    return model, card
+
+
+def check_features(card: Card) -> None:
+    """Fail clearly when the extractors available now differ from the ones the bundle was trained on."""
+    for name, key in card.features.items():
+        try:
+            current = make_extractor(name).key
+        except ValueError as e:
+            raise BundleError(f"bundle needs feature '{name}', which is not available here: {e}") from e
+        if current != key:
+            raise BundleError(f"bundle was trained on {key} but this installation computes {current}; "
+                              "retrain the bundle on the current features")
