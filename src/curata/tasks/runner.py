@@ -1,0 +1,276 @@
+"""Train, evaluate and predict with tasks on a workspace: the library behind `curata train / evaluate /
+predict` (and later the service). Data flows one way: items -> target + features -> folds ->
+cross-validation -> fit on everything -> bundle + report.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curata.evaluate.cv import CVResult, comparison_table
+from curata.evaluate.splits import make_folds
+from curata.features.engine import make_extractor
+from curata.features.store import store_dirname
+from curata.imageio import load_image
+from curata.progress import SILENT, Reporter
+from curata.tasks.base import Task
+from curata.tasks.bundle import BundleError, Card, check_features, load_bundle, save_bundle
+from curata.tasks.data import TaskDataError, load_features, multilabel_target, single_target
+from curata.workspace import Workspace
+
+TASKS = {
+    "colour": ("curata.tasks.colour", "ColourTask"),
+    "tags": ("curata.tasks.tags", "TagTask"),
+    "collection": ("curata.tasks.collection", "CollectionTask"),
+    "category": ("curata.tasks.category", "CategoryTask"),
+}
+
+
+def task_class(name: str) -> type[Task]:
+    aliases = {"color": "colour", "algorithm": "collection"}
+    name = aliases.get(name, name)
+    if name not in TASKS:
+        raise TaskDataError(f"unknown task '{name}'; choose from {', '.join(TASKS)}")
+    module, cls = TASKS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+@dataclass
+class TrainOptions:
+    task: str
+    features: list[str] | None = None  # default: the task's
+    target: str | None = None  # default: the task's (label, tag:<trait>, meta:<field>, tags[:<trait>])
+    model: str | None = None  # default: the task's first candidate
+    compare: bool = False  # cross-validate every candidate, not only the chosen model
+    folds: int = 5
+    seed: int = 0
+    use_split: bool = False  # evaluate on the items' split column (train vs the rest) instead of k-fold
+    group: str | None = None  # target spec whose value groups items (near-duplicate families)
+    min_per_class: int | None = None  # drop classes with fewer items (said in the report)
+    min_tag_count: int = 5
+    source: str | None = None  # only items of this source or collection
+    name: str | None = None  # bundle / report name; default: <task>-<target>
+
+
+@dataclass
+class TrainResult:
+    name: str
+    results: list[CVResult]
+    bundle: Path | None
+    report: dict[str, Path]
+    protocol: dict[str, Any]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def table(self) -> list[dict[str, Any]]:
+        return comparison_table(self.results)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
+
+
+def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str, np.ndarray], np.ndarray,
+                                                                  list[str], pd.DataFrame, dict[str, Any]]:
+    """Items, target and features for a task; everything dropped is counted with its reason."""
+    cls = task_class(options.task)
+    task = cls()
+    if options.model:
+        task.model = options.model
+    items = workspace.items()
+    if items.empty:
+        raise TaskDataError(f"workspace {workspace.root} has no items; run `curata ingest` first")
+    if options.source:
+        items = items[(items["source"] == options.source) | (items["collection"] == options.source)]
+        if items.empty:
+            raise TaskDataError(f"no items from source or collection '{options.source}'")
+    target = options.target or cls.default_target
+    skipped: dict[str, int] = {}
+    if cls.multilabel:
+        y_all, labels = multilabel_target(items, target, min_count=options.min_tag_count)
+        has = y_all.any(axis=1)
+        if (~has).sum():
+            skipped["no matching tag"] = int((~has).sum())
+        items, y = items[has], y_all[has]
+    else:
+        values = single_target(items, target)
+        known = values.notna().to_numpy()
+        if (~known).sum():
+            skipped[f"no {target}"] = int((~known).sum())
+        items, y = items[known], values[known].astype(str).to_numpy()
+        if options.min_per_class:
+            counts = pd.Series(y).value_counts()
+            rare = counts[counts < options.min_per_class]
+            if len(rare):
+                keep = ~np.isin(y, rare.index)
+                skipped[f"class with < {options.min_per_class} items ({len(rare)} classes)"] = int((~keep).sum())
+                items, y = items[keep], y[keep]
+        labels = sorted(set(y))
+    features = options.features or list(cls.default_features)
+    feature_set, keep = load_features(workspace, features, items)
+    skipped.update(feature_set.skipped)
+    items, y = items[keep], y[keep]
+    protocol = {
+        "task": cls.task, "target": target, "features": feature_set.keys, "items_used": len(items),
+        "skipped": skipped, "folds": options.folds, "seed": options.seed,
+        "split": "split column (train vs rest)" if options.use_split else f"{options.folds}-fold "
+                 + ("grouped by " + options.group if options.group else "stratified" if not cls.multilabel
+                    else "shuffled"),
+    }
+    return task, feature_set.blocks, y, labels, items, protocol
+
+
+def _folds(options: TrainOptions, y: np.ndarray, items: pd.DataFrame, multilabel: bool):
+    split = items["split"].fillna("").to_numpy() if options.use_split else None
+    groups = single_target(items, options.group).fillna("?").to_numpy() if options.group else None
+    return make_folds(None if multilabel else y, n_splits=options.folds, seed=options.seed, groups=groups,
+                      split=split, n_items=len(y))
+
+
+def run(workspace: Workspace, options: TrainOptions, *, save: bool = True, reporter: Reporter = SILENT) -> TrainResult:
+    """Cross-validate (the chosen model, or all candidates with `compare`), then fit on all labelled items,
+    save the bundle (when `save`) and write the report."""
+    from curata.evaluate.report import write_report
+
+    task, blocks, y, labels, items, protocol = prepare(workspace, options)
+    folds = _folds(options, y, items, task.multilabel)
+    models = None if options.compare else [getattr(task, "model", None) or next(iter(task.candidates()))]
+    results = task.evaluate(blocks, y, folds, labels=labels, models=models, reporter=reporter)
+    name = _slug(options.name or f"{protocol['task']}-{protocol['target']}")
+    bundle_dir = None
+    started = time.perf_counter()
+    if save:
+        task.model = options.model or (models[0] if models else _best(results))
+        task.fit(blocks, y)
+        best = next(r for r in results if r.name == task.model)
+        card = Card(task=protocol["task"], target=protocol["target"], labels=[str(v) for v in labels],
+                    features=protocol["features"], model=task.model,
+                    metrics={k: v for k, v in best.summary.items()},
+                    training={"items": len(y), "skipped": protocol["skipped"], "protocol": protocol["split"]},
+                    params={"folds": options.folds, "seed": options.seed})
+        bundle_dir = save_bundle(workspace.dir("models") / name, task, card)
+        _copy_fitted_extractors(workspace, protocol["features"], bundle_dir)
+    protocol["fit_all_seconds"] = round(time.perf_counter() - started, 2)
+    first = next(iter(blocks))
+    embedding = (blocks[first], [str(v) for v in y]) if not task.multilabel else None
+    report = write_report(workspace.dir("reports") / name, f"curata {protocol['task']}: {protocol['target']}",
+                          results, protocol=protocol, embedding=embedding, importance=_importance(task, blocks, y),
+                          thresholds=_thresholds(task, labels))
+    return TrainResult(name, results, bundle_dir, report, protocol, protocol["skipped"])
+
+
+def _best(results: list[CVResult]) -> str:
+    """The model with the best mean primary metric (macro-F1 or micro-F1 for tags)."""
+    metric = "micro_f1" if results[0].multilabel else "macro_f1"
+    return max(results, key=lambda r: r.summary[metric]["mean"]).name
+
+
+def _importance(task: Task, blocks: dict[str, np.ndarray], y: np.ndarray) -> list[tuple[str, float, float]] | None:
+    hook = getattr(task, "importance", None)
+    return hook(blocks, y) if callable(hook) and hasattr(task, "estimator_") else None
+
+
+def _thresholds(task: Task, labels: list[str]) -> dict[str, float] | None:
+    values = getattr(getattr(task, "estimator_", None), "thresholds_", None)
+    return None if values is None else {str(lab): float(t) for lab, t in zip(labels, values, strict=False)}
+
+
+def _copy_fitted_extractors(workspace: Workspace, keys: dict[str, str], bundle_dir: Path) -> None:
+    """A bundle carries the fitted state of collection-dependent extractors (tf-idf vocabulary...), so
+    it can compute its own features for new items without the training workspace."""
+    for name, key in keys.items():
+        source = workspace.root / "models" / "extractors" / store_dirname(key)
+        if source.is_dir():
+            shutil.copytree(source, bundle_dir / "extractors" / name, dirs_exist_ok=True)
+
+
+# Prediction -----------------------------------------------------------------------------------------
+
+
+def _extractors_for(card: Card, bundle_dir: Path) -> dict[str, Any]:
+    check_features(card)
+    out = {}
+    for name in card.features:
+        extractor = make_extractor(name)
+        if extractor.needs_fit:
+            state = bundle_dir / "extractors" / name
+            if not state.is_dir():
+                raise BundleError(f"bundle {bundle_dir} lacks the fitted state of '{name}'")
+            extractor.load(state)
+        out[name] = extractor
+    return out
+
+
+def featurise(card: Card, bundle_dir: Path, images: list[np.ndarray], texts: list[str]) -> dict[str, np.ndarray]:
+    """Compute a bundle's features for new inputs (images already loaded, texts aligned with them)."""
+    blocks = {}
+    for name, extractor in _extractors_for(card, bundle_dir).items():
+        if extractor.modality == "text":
+            blocks[name] = extractor.transform(texts)
+        else:
+            blocks[name] = extractor.transform([extractor.prepare(im) for im in images])
+    return blocks
+
+
+def predict_blocks(task: Task, card: Card, blocks: dict[str, np.ndarray], top: int = 3) -> list[dict[str, Any]]:
+    """Predictions with their top scores, one dict per row."""
+    pred = task.predict(blocks)
+    try:
+        proba = task.predict_proba(blocks)
+    except (AttributeError, NotImplementedError):
+        proba = None
+    classes = [str(c) for c in (task.classes_ if getattr(task, "classes_", None) is not None else card.labels)]
+    rows = []
+    for i in range(len(pred)):
+        if task.multilabel:
+            row = {"tags": [card.labels[j] for j in np.flatnonzero(pred[i])]}
+            if proba is not None:
+                order = np.argsort(-proba[i])[:top]
+                row["scores"] = {card.labels[j]: round(float(proba[i][j]), 4) for j in order}
+        else:
+            row = {"prediction": str(pred[i])}
+            if proba is not None:
+                order = np.argsort(-proba[i])[:top]
+                row["scores"] = {classes[j]: round(float(proba[i][j]), 4) for j in order}
+        rows.append(row)
+    return rows
+
+
+def predict_images(bundle_dir: Path, paths: list[Path], texts: list[str] | None = None) -> list[dict[str, Any]]:
+    """Predict for image files; an image that cannot be loaded gets an error entry, the rest go on."""
+    task, card = load_bundle(bundle_dir)
+    rows: list[dict[str, Any]] = [{"image": str(p)} for p in paths]
+    good, images = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path))
+            good.append(i)
+        except Exception as e:  # ImageError or OS errors: reported per item
+            rows[i]["error"] = getattr(e, "reason", str(e))
+    if good:
+        given = texts or [""] * len(paths)
+        blocks = featurise(card, bundle_dir, images, [given[i] for i in good])
+        for i, result in zip(good, predict_blocks(task, card, blocks), strict=True):
+            rows[i].update(result)
+    return rows
+
+
+def predict_workspace(bundle_dir: Path, workspace: Workspace) -> list[dict[str, Any]]:
+    """Predict for every item of a workspace from its cached features."""
+    task, card = load_bundle(bundle_dir)
+    check_features(card)
+    items = workspace.items()
+    feature_set, keep = load_features(workspace, list(card.features), items)
+    rows = [{"id": i, "error": "features missing or failed"} for i in items["id"][~keep]]
+    if keep.any():
+        for item_id, result in zip(items["id"][keep], predict_blocks(task, card, feature_set.blocks), strict=True):
+            rows.append({"id": item_id, **result})
+    return rows
