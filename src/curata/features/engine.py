@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -127,6 +127,26 @@ def _batches(seq: list[Any], size: int) -> Iterator[list[Any]]:
         yield seq[i : i + size]
 
 
+class _StreamedImages(Sequence):
+    """The fitting sample, loaded a chunk at a time as the extractor iterates, so fitting visual words on
+    2000 images never holds 2000 decoded images in memory. Unreadable images are skipped."""
+
+    def __init__(self, extractor: Extractor, paths: list[str], advance: Callable[[int], None]):
+        self.extractor, self.paths, self.advance = extractor, paths, advance
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return _load_input(self.extractor, self.paths[index])
+
+    def __iter__(self) -> Iterator[Any]:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for chunk in _batches(self.paths, 16):
+                yield from (x for x, error in _load_batch(self.extractor, chunk, pool) if error is None)
+                self.advance(len(chunk))
+
+
 def ensure_fitted(extractor: Extractor, workspace: Workspace, items: pd.DataFrame, *, refit: bool = False,
                   reporter: Reporter = SILENT) -> str:
     """Load or fit collection-dependent state; returns the fit id that becomes part of the cache key."""
@@ -147,12 +167,8 @@ def ensure_fitted(extractor: Extractor, workspace: Workspace, items: pd.DataFram
     else:
         sample = items.drop_duplicates("image_sha256")
         sample = sample.sample(min(len(sample), FIT_SAMPLE), random_state=0)
-        advance = reporter.task(f"loading images to fit {extractor.name}", len(sample))
-        inputs = []
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            for batch in _batches(list(sample["image"]), 64):
-                inputs.extend(x for x, error in _load_batch(extractor, batch, pool) if error is None)
-                advance(len(batch))
+        inputs = _StreamedImages(extractor, list(sample["image"]),
+                                 reporter.task(f"fitting {extractor.name}", len(sample)))
         fit_keys = sorted(sample["image_sha256"])
     extractor.fit(inputs)
     extractor.save(state_dir)
