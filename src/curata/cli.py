@@ -412,6 +412,12 @@ def demo_cmd(
     console.print(table)
     for name, value in summary["checks"].items():
         console.print(f"check {escape(name)}: [bold]{value}[/]")
+    for task in summary["tasks"]:
+        metrics = task["metrics"]
+        shown = {k: metrics[k] for k in ("accuracy", "macro_f1", "micro_f1", "mean_average_precision") if k in metrics}
+        console.print(f"task {escape(task['name'])} ({escape(task['model'])}, {task['items']} items, 5-fold): "
+                      + ", ".join(f"{k} [bold]{v:.3f}[/]" for k, v in shown.items()))
+        console.print(f"  report {escape(task['report'])}")
     console.print(f"total {summary['seconds']['total']:.1f} s; workspace {escape(str(summary['workspace']))}")
 
 
