@@ -68,7 +68,7 @@ def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.
         model.fit(take(x, train), y[train])
         fit_seconds += time.perf_counter() - started
         pred = np.asarray(model.predict(take(x, test)))
-        scores = _scores(model, take(x, test), labels)
+        scores = _scores(model, take(x, test), labels, multilabel)
         oof_pred[test] = pred
         if scores is not None:
             oof_scores[test] = scores
@@ -86,8 +86,9 @@ def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.
                     overall, oof_pred, oof_scores, fit_seconds)
 
 
-def _scores(model: Any, x: Features, labels: list[str]) -> np.ndarray | None:
-    """Class probabilities (or decision scores) aligned to `labels`, when the model has them."""
+def _scores(model: Any, x: Features, labels: list[str], multilabel: bool = False) -> np.ndarray | None:
+    """Class probabilities (or decision scores) aligned to `labels`, when the model has them. Multi-label
+    scores are already one column per label (a one-vs-rest model's `classes_` is [0, 1], not the labels)."""
     if not hasattr(model, "predict_proba"):
         return None
     try:
@@ -95,7 +96,7 @@ def _scores(model: Any, x: Features, labels: list[str]) -> np.ndarray | None:
     except (AttributeError, NotImplementedError):
         return None
     classes = [str(c) for c in getattr(model, "classes_", labels)]
-    if classes == labels:
+    if multilabel or classes == labels:
         return proba
     out = np.zeros((proba.shape[0], len(labels)), np.float32)
     position = {c: i for i, c in enumerate(labels)}
