@@ -149,7 +149,10 @@ def run(workspace: Workspace, options: TrainOptions, *, save: bool = True, repor
     started = time.perf_counter()
     if save:
         task.model = options.model or (models[0] if models else _best(results))
-        task.fit(blocks, y)
+        if task.multilabel:
+            task.fit(blocks, y, labels=labels)  # so suggestions and predictions carry tag names
+        else:
+            task.fit(blocks, y)
         best = next(r for r in results if r.name == task.model)
         card = Card(task=protocol["task"], target=protocol["target"], labels=[str(v) for v in labels],
                     features=protocol["features"], model=task.model,
