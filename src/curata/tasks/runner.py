@@ -6,6 +6,7 @@ cross-validation -> fit on everything -> bundle + report.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 import shutil
 import time
@@ -22,7 +23,7 @@ from curata.features.engine import make_extractor
 from curata.features.store import store_dirname
 from curata.imageio import load_image
 from curata.progress import SILENT, Reporter
-from curata.tasks.base import Task
+from curata.tasks.base import Task, single_threaded_blas
 from curata.tasks.bundle import BundleError, Card, check_features, load_bundle, save_bundle
 from curata.tasks.data import TaskDataError, load_features, multilabel_target, single_target
 from curata.workspace import Workspace
@@ -82,7 +83,9 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
                                                                   list[str], pd.DataFrame, dict[str, Any]]:
     """Items, target and features for a task; everything dropped is counted with its reason."""
     cls = task_class(options.task)
-    task = cls()
+    features = options.features or list(cls.default_features)
+    # Tasks whose models read feature blocks by name are told which ones to use.
+    task = cls(features=features) if "features" in inspect.signature(cls).parameters else cls()
     if options.model:
         task.model = options.model
     items = workspace.items()
@@ -114,7 +117,6 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
                 skipped[f"class with < {options.min_per_class} items ({len(rare)} classes)"] = int((~keep).sum())
                 items, y = items[keep], y[keep]
         labels = sorted(set(y))
-    features = options.features or list(cls.default_features)
     feature_set, keep = load_features(workspace, features, items)
     skipped.update(feature_set.skipped)
     items, y = items[keep], y[keep]
@@ -138,6 +140,11 @@ def _folds(options: TrainOptions, y: np.ndarray, items: pd.DataFrame, multilabel
 def run(workspace: Workspace, options: TrainOptions, *, save: bool = True, reporter: Reporter = SILENT) -> TrainResult:
     """Cross-validate (the chosen model, or all candidates with `compare`), then fit on all labelled items,
     save the bundle (when `save`) and write the report."""
+    with single_threaded_blas():
+        return _run(workspace, options, save=save, reporter=reporter)
+
+
+def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: Reporter) -> TrainResult:
     from curata.evaluate.report import write_report
 
     task, blocks, y, labels, items, protocol = prepare(workspace, options)
