@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,13 @@ def test_demo_end_to_end_and_rerun_is_cached(tmp_path):
     # The palette namer agrees with the colour the generator painted for most tokens.
     assert summary["checks"]["colour_namer_agrees_with_color_trait"] >= 0.8
     assert 0 <= summary["checks"]["1nn_algorithm_accuracy[effnet_lite0]"] <= 1
+
+    tasks = {t["name"]: t for t in summary["tasks"]}
+    assert set(tasks) == {"demo-algorithm", "demo-colour", "demo-tags"}
+    algorithm = tasks["demo-algorithm"]
+    assert algorithm["metrics"]["accuracy"] > 0.125  # better than chance over 8 algorithms
+    assert Path(algorithm["report"]).is_file() and (Path(algorithm["bundle"]) / "card.json").is_file()
+    assert "micro_f1" in tasks["demo-tags"]["metrics"]
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]

@@ -413,6 +413,9 @@ def demo_cmd(
     for name, value in summary["checks"].items():
         console.print(f"check {escape(name)}: [bold]{value}[/]")
     for task in summary["tasks"]:
+        if "skipped" in task:
+            console.print(f"task {escape(task['name'])}: [yellow]skipped[/] ({escape(task['skipped'])})")
+            continue
         metrics = task["metrics"]
         shown = {k: metrics[k] for k in ("accuracy", "macro_f1", "micro_f1", "mean_average_precision") if k in metrics}
         console.print(f"task {escape(task['name'])} ({escape(task['model'])}, {task['items']} items, 5-fold): "
