@@ -1,0 +1,269 @@
+"""Workspace-level runs, what the CLI calls: cluster a workspace's features (or topic-model its texts),
+name and map the clusters, find near-duplicates, find tag themes. Every run writes under
+`<workspace>/clusters/` and returns a JSON-ready summary:
+
+    <run>.parquet    id, cluster, x, y (one row per clustered item)
+    <run>.json       parameters, scores, cluster names and sizes, the k curve, skipped items
+    <run>.png        the 2-D map coloured by cluster;  <run>-k.png the curve used to choose k
+    <run>.html       the self-contained interactive map
+    duplicates-<method>.json, themes-<embedder>.json / .parquet
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curata.cluster.core import DEFAULT_K_RANGE, ClusterInputError, cluster, plot_k_curve
+from curata.cluster.duplicates import (
+    DEFAULT_COSINE,
+    DEFAULT_HAMMING,
+    DuplicateGroups,
+    embedding_duplicates,
+    phash_files,
+    phash_groups,
+)
+from curata.cluster.maps import (
+    DEFAULT_MAX_THUMBNAILS,
+    MAP_METHODS,
+    embed_2d,
+    interactive_map,
+    plot_map,
+    write_assignments,
+)
+from curata.cluster.naming import name_clusters
+from curata.cluster.themes import TagThemes, tag_themes
+from curata.cluster.topics import TOPIC_METHODS, topics
+from curata.progress import SILENT, Reporter
+from curata.workspace import Workspace
+
+
+def run_name(features: Sequence[str], method: str, k: int | None, reduction: str) -> str:
+    parts = ["+".join(features) if method not in TOPIC_METHODS else "text", method]
+    if reduction != "none":
+        parts.append(reduction)
+    if k is not None:
+        parts.append(f"k{k}")
+    return safe_name("-".join(parts))
+
+
+def safe_name(name: str) -> str:
+    """A run name usable as a file name on every system."""
+    cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("._")
+    if not cleaned:
+        raise ClusterInputError(f"run name {name!r} has no usable characters")
+    return cleaned[:120]
+
+
+def _items(workspace: Workspace) -> pd.DataFrame:
+    items = workspace.items()
+    if items.empty:
+        raise ClusterInputError(f"the workspace {workspace.root} has no items; run `curata ingest` first")
+    return items.reset_index(drop=True)
+
+
+def _truth(items: pd.DataFrame, target: str | None) -> tuple[list[Any] | None, str | None]:
+    """Known labels to score against: "auto" uses the label column when it has 2+ distinct values."""
+    from curata.tasks.data import single_target
+
+    if target is None or target == "none":
+        return None, None
+    spec = "label" if target == "auto" else target
+    values = single_target(items, spec)
+    if target == "auto" and values.dropna().nunique() < 2:
+        return None, None
+    return list(values), spec
+
+
+def _palettes(workspace: Workspace, items: pd.DataFrame) -> np.ndarray | None:
+    """The palette feature for the items if it was computed (unavailable rows are zero: no colours)."""
+    from curata.features.engine import load_matrix, make_extractor
+
+    try:
+        matrix, errors = load_matrix(workspace, make_extractor("palette"), items)
+    except ValueError:
+        return None
+    if all(e is not None for e in errors):
+        return None
+    matrix[[e is not None for e in errors]] = 0
+    return matrix
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    return path
+
+
+def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",), method: str = "kmeans",
+                      k: int | None = None, *, k_range: tuple[int, int] = DEFAULT_K_RANGE, reduction: str = "none",
+                      n_components: int | float | None = None, normalisation: str = "l2", target: str | None = "auto",
+                      map_method: str = "auto", png: bool = True, html: bool = True,
+                      max_thumbnails: int = DEFAULT_MAX_THUMBNAILS, name: str | None = None, seed: int = 0,
+                      linkage: str = "ward", min_cluster_size: int | None = None,
+                      reporter: Reporter = SILENT) -> dict[str, Any]:
+    """Cluster the workspace's items and write the run's files (see the module docstring).
+
+    `features`: extractor names whose cached vectors are fused side by side, each block L2-normalised
+    (early fusion); items lacking any of them are skipped and counted. `method` "lda" / "nmf" instead
+    topic-models the items' texts with k topics (k required). `target`: "auto" scores against the
+    label column when it has 2+ values, a spec ("label", "tag:<trait>", "meta:<field>") always, None never.
+    """
+    if map_method not in (*MAP_METHODS, "none"):
+        raise ClusterInputError(f"unknown map method '{map_method}': use one of {', '.join(MAP_METHODS)} or none")
+    started = time.perf_counter()
+    items = _items(workspace)
+    done = reporter.task("clustering", 4)
+    skipped: dict[str, int] = {}
+    if method in TOPIC_METHODS:
+        if k is None:
+            raise ClusterInputError(f"{method} needs the number of topics: give k")
+        model = topics(list(items["text"]), k, method, seed=seed)
+        labels = model.labels
+        x = model.doc_topics
+        truth, spec = _truth(items, target)
+        from curata.cluster.core import score
+
+        scores = score(x, labels, truth, seed)
+        summary: dict[str, Any] = {"method": method, "k": k, "params": {"seed": seed}, "scores": scores,
+                                   "topics": model.to_dict()["topics"], "curve": None}
+        curve = None
+        space = x
+    else:
+        from curata.tasks.data import load_features
+
+        if not features:
+            raise ClusterInputError("name at least one feature to cluster on (e.g. minilm, effnet_lite0)")
+        fs, keep = load_features(workspace, list(features), items)
+        skipped = dict(fs.skipped)
+        items = items[keep].reset_index(drop=True)
+        if items.empty:
+            raise ClusterInputError(f"no item has all of the features {', '.join(features)}")
+        x = fs.concat(normalise=True)
+        truth, spec = _truth(items, target)
+        result = cluster(x, method, k, k_range=k_range, normalisation=normalisation, reduction=reduction,
+                         n_components=n_components, truth=truth, seed=seed, linkage=linkage,
+                         min_cluster_size=min_cluster_size)
+        labels, curve, space = result.labels, result.curve, result.space
+        summary = result.to_dict()
+    done(1)
+    names = name_clusters(labels, list(items["text"]), list(items["tags"]), _palettes(workspace, items))
+    done(1)
+    run = safe_name(name) if name else run_name(features, method, k, reduction)
+    folder = workspace.dir("clusters")
+    xy = None
+    if map_method != "none":
+        # A 2-D t-SNE/UMAP the clustering already ran on is the map; otherwise map the input features.
+        if space is not None and space.shape[1] == 2 and reduction in ("tsne", "umap"):
+            xy, used = space, reduction
+        else:
+            xy, used = embed_2d(x, map_method, seed)
+        summary["map"] = used
+    done(1)
+    label_names = {n.cluster: n.name for n in names}
+    files: dict[str, str] = {"assignments": str(write_assignments(workspace.root, run, list(items["id"]), labels, xy))}
+    notes: list[str] = []
+    try:
+        if curve is not None and png:
+            files["k_curve"] = str(plot_k_curve(curve, folder / f"{run}-k.png", f"{run}: choosing k"))
+        if xy is not None and png:
+            files["map_png"] = str(plot_map(xy, labels, folder / f"{run}.png", label_names, run))
+    except RuntimeError as e:  # matplotlib missing: the run's data and HTML map are still worth having
+        notes.append(f"no PNG: {e}")
+    if xy is not None and html:
+        page = interactive_map(xy, labels, list(items["id"]), folder / f"{run}.html", names=label_names,
+                               images=list(items["image"]), texts=list(items["text"]),
+                               max_thumbnails=max_thumbnails, title=run, seed=seed)
+        files["map_html"] = page["path"]
+        summary["thumbnails"] = page["thumbnails"]
+    done(1)
+    summary.update({"run": run, "features": list(features) if method not in TOPIC_METHODS else ["text"],
+                    "items": len(items), "skipped": skipped, "target": spec,
+                    "clusters": [n.to_dict() for n in names], "files": files, "notes": notes,
+                    "seconds": round(time.perf_counter() - started, 2)})
+    files["summary"] = str(folder / f"{run}.json")
+    _write_json(folder / f"{run}.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Near-duplicates
+
+
+def _cached_phashes(workspace: Workspace, items: pd.DataFrame, reporter: Reporter) -> tuple[np.ndarray, dict[int, str]]:
+    """pHashes by image content hash, cached in clusters/phash.parquet so reruns only hash new images."""
+    path = workspace.dir("clusters") / "phash.parquet"
+    cache = pd.read_parquet(path) if path.exists() else pd.DataFrame({"image_sha256": [], "phash": [], "error": []})
+    known = dict(zip(cache["image_sha256"], zip(cache["phash"], cache["error"], strict=True), strict=True))
+    todo = items.drop_duplicates("image_sha256")
+    todo = todo[~todo["image_sha256"].isin(known)]
+    if len(todo):
+        advance = reporter.task("perceptual hashes", len(todo))
+        hashes, errors = phash_files(list(todo["image"]))
+        advance(len(todo))
+        for r, (sha, h) in enumerate(zip(todo["image_sha256"], hashes, strict=True)):
+            known[sha] = (int(np.int64(h.view(np.int64))), errors.get(r))
+        frame = pd.DataFrame({"image_sha256": list(known), "phash": [v[0] for v in known.values()],
+                              "error": [v[1] for v in known.values()]})
+        tmp = path.with_name(".phash.parquet.tmp")
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(path)
+    out = np.zeros(len(items), np.uint64)
+    errs: dict[int, str] = {}
+    for r, sha in enumerate(items["image_sha256"]):
+        h, error = known[sha]
+        out[r] = np.int64(h).view(np.uint64)
+        if isinstance(error, str):
+            errs[r] = error
+    return out, errs
+
+
+def duplicates_workspace(workspace: Workspace, method: str = "phash", *, feature: str = "effnet_lite0",
+                         threshold: float | None = None, reporter: Reporter = SILENT) -> DuplicateGroups:
+    """Near-duplicate groups of the workspace's items; writes clusters/duplicates-<method>.json.
+
+    "phash": perceptual hashes within `threshold` bits (default 8 of 64). "embedding": the cached
+    `feature` vectors with cosine similarity >= `threshold` (default 0.95).
+    """
+    items = _items(workspace)
+    if method == "phash":
+        hashes, errors = _cached_phashes(workspace, items, reporter)
+        groups = phash_groups(list(items["id"]), hashes, int(DEFAULT_HAMMING if threshold is None else threshold),
+                              errors)
+    elif method == "embedding":
+        from curata.tasks.data import load_features
+
+        fs, keep = load_features(workspace, [feature], items)
+        groups = embedding_duplicates(list(items["id"][keep]), fs.blocks[feature],
+                                      DEFAULT_COSINE if threshold is None else float(threshold))
+        groups.skipped.update({str(i): f"no {feature} vector" for i in items["id"][~keep]})
+    else:
+        raise ClusterInputError(f"unknown duplicate method '{method}': use phash or embedding")
+    payload = {**groups.to_dict(), "feature": feature if method == "embedding" else None}
+    _write_json(workspace.dir("clusters") / f"duplicates-{method}.json", payload)
+    return groups
+
+
+# --------------------------------------------------------------------------------------------------
+# Tag themes
+
+
+def themes_workspace(workspace: Workspace, embedder: str = "minilm", n_themes: int | None = None, *,
+                     min_count: int = 2, seed: int = 0) -> TagThemes:
+    """Themes of the workspace's tag vocabulary; writes clusters/themes-<embedder>.json (themes) and
+    .parquet (id, themes: the list of theme numbers of each item)."""
+    items = _items(workspace)
+    tag_lists = [list(t) for t in items["tags"]]
+    found = tag_themes(tag_lists, n_themes=n_themes, embedder=embedder, min_count=min_count, seed=seed)
+    folder = workspace.dir("clusters")
+    _write_json(folder / f"themes-{embedder}.json", found.to_dict())
+    frame = pd.DataFrame({"id": list(items["id"]), "themes": found.item_themes(tag_lists)})
+    frame.to_parquet(folder / f"themes-{embedder}.parquet", index=False)
+    return found
