@@ -33,8 +33,33 @@ def test_demo_end_to_end_and_rerun_is_cached(tmp_path):
     assert Path(algorithm["report"]).is_file() and (Path(algorithm["bundle"]) / "card.json").is_file()
     assert "micro_f1" in tasks["demo-tags"]["metrics"]
 
+    clusters = summary["clusters"]
+    assert clusters["k"] == 8 and len(clusters["names"]) == 8 and Path(clusters["map"]).is_file()
+    assert -1 <= clusters["scores"]["ari"] <= 1
+
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     again = json.loads(second.stdout)
     assert again["ingest"]["unchanged"] == 24
     assert all(r["computed"] == 0 for r in again["features"])
+
+
+@pytest.mark.slow
+def test_cluster_duplicates_and_themes_commands(tmp_path):
+    base = [sys.executable, "-m", "curata.cli"]
+    ws = str(tmp_path / "ws")
+    demo = subprocess.run([*base, "demo", "-w", ws, "--per-algorithm", "2", "--size", "48", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    cluster = subprocess.run([*base, "cluster", "-w", ws, "-f", "color_hist", "-k", "3", "--json"],
+                             capture_output=True, text=True, timeout=300)
+    assert cluster.returncode == 0, cluster.stderr[-2000:]
+    assert json.loads(cluster.stdout)["k"] == 3
+    too_many = subprocess.run([*base, "cluster", "-w", ws, "-f", "color_hist", "-k", "500"], capture_output=True,
+                              text=True, timeout=300)
+    assert too_many.returncode == 2 and "500" in too_many.stderr
+    dup = subprocess.run([*base, "duplicates", "-w", ws, "--json"], capture_output=True, text=True, timeout=300)
+    assert dup.returncode == 0 and json.loads(dup.stdout)["items"] == 16
+    themes = subprocess.run([*base, "themes", "-w", ws, "--json"], capture_output=True, text=True, timeout=300)
+    assert themes.returncode == 0, themes.stderr[-2000:]
+    assert json.loads(themes.stdout)["themes"]

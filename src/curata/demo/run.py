@@ -3,7 +3,8 @@
 Stages so far: generate -> ingest (ERC-721 metadata, label = algorithm) -> features -> two quick
 checks that the features mean something (the zero-label colour namer against the `color` trait,
 leave-one-out 1-nearest-neighbour accuracy of the algorithm on image features) -> supervised tasks
-(algorithm detection, colour, tag suggestion), each cross-validated, saved as a bundle, reported.
+(algorithm detection, colour, tag suggestion), each cross-validated, saved as a bundle, reported ->
+k-means clusters of the image embeddings, named, scored against the algorithm, mapped.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from curata.cluster import cluster_workspace
 from curata.demo.generate import generate_collection
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.ingest.pipeline import IngestOptions, ingest
@@ -117,6 +119,15 @@ def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, 
                       "model": result.results[0].name, "items": result.protocol["items_used"],
                       "metrics": {k: round(v["mean"], 3) for k, v in result.results[0].summary.items()},
                       "bundle": str(result.bundle), "report": str(result.report["html"])})
+    clusters = None
+    if "effnet_lite0" in extractors:
+        t = time.perf_counter()
+        found = cluster_workspace(workspace, ["effnet_lite0"], "kmeans", len(generated.algorithms), target="label",
+                                  name="demo-clusters", reporter=reporter)
+        timings["cluster"] = time.perf_counter() - t
+        clusters = {"k": found["k"], "scores": {k: round(v, 3) for k, v in found["scores"].items()
+                                                if k in ("silhouette", "ari", "nmi")},
+                    "names": [c["name"] for c in found["clusters"]], "map": str(found["files"].get("map_html"))}
     timings["total"] = time.perf_counter() - started
     return {
         "workspace": str(workspace.root),
@@ -127,5 +138,6 @@ def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, 
         "features": runs,
         "checks": checks,
         "tasks": tasks,
+        "clusters": clusters,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
