@@ -83,7 +83,7 @@ def test_csv_with_column_mapping_tags_duplicates_and_missing_files(tmp_path):
         "picture": ["img/a.jpg", "img/b.png", "img/c.png", "img/missing.png", "img/c.png"],
         "desc": ["Red shirt", "", "Dup", "Gone", "Blue hat"],
         "category": ["shirts", "hats", "shirts", "hats", "hats"],
-        "kw": ["red; cotton", "", "x", "y", "blue;wool;blue"],
+        "kw": ["red; cotton", "nan", "x", "y", "blue;wool;blue"],
         "brand": ["Acme", "Acme", "Acme", "Zed", "Zed"],
     })
     frame.to_csv(src / "products.csv", index=False)
@@ -99,6 +99,7 @@ def test_csv_with_column_mapping_tags_duplicates_and_missing_files(tmp_path):
     items = ws.items().set_index("id")
     assert list(items.index) == ["catalogue/A1", "catalogue/B2", "catalogue/E5"]
     assert list(items.loc["catalogue/E5", "tags"]) == ["blue", "wool"]
+    assert list(items.loc["catalogue/B2", "tags"]) == []  # a literal "nan" cell means no tags
     assert items.loc["catalogue/A1", "label"] == "shirts"
     assert json.loads(items.loc["catalogue/A1", "meta"]) == {"brand": "Acme"}
     assert items.loc["catalogue/A1", "image"] == str((src / "img" / "a.jpg").resolve())

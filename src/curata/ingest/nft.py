@@ -52,10 +52,15 @@ def normalise_attributes(token: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def trait_value(value: object) -> str:
+    """A trait value as text. Not `clean_text`: "none" is a real trait value here (`cape: none`)."""
+    return "" if value is None else " ".join(str(value).split())
+
+
 def attribute_tags(attributes: list[dict[str, Any]]) -> list[str]:
     tags = []
     for attr in attributes:
-        value = clean_text(attr["value"])
+        value = trait_value(attr["value"])
         tags.append(f"{attr['trait_type']}={value}" if attr["trait_type"] else value)
     return list(dict.fromkeys(tags))
 
@@ -69,7 +74,7 @@ def nft1000_caption(name: str, attributes: list[dict[str, Any]]) -> str:
     absent traits such as `cape: none` are left out so the caption only names what is drawn)."""
     parts = []
     for attr in attributes:
-        value = _humanise(clean_text(attr["value"]))
+        value = _humanise(trait_value(attr["value"]))
         if value.lower() in ABSENT:
             continue
         parts.append(f"{value} {_humanise(attr['trait_type'])}".strip())
@@ -131,8 +136,8 @@ def _token_record(token: Any, ref: str, local_id: str, images: dict[str, Path],
     record.text = ". ".join(p for p in (name, description) if p)
     record.collection = _collection_name(name)
     if label_trait:
-        values = [clean_text(a["value"]) for a in attributes if a["trait_type"] == label_trait]
-        record.label = values[0] if values else None
+        values = [trait_value(a["value"]) for a in attributes if a["trait_type"] == label_trait]
+        record.label = values[0] if values and values[0] else None
     extras = {k: v for k, v in token.items() if k not in {"name", "description", "image", "attributes", "traits"}}
     record.meta = {"name": name, "image_uri": uri, **extras}
     return record

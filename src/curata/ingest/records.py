@@ -35,8 +35,13 @@ class SourceError(ValueError):
     """The source as a whole cannot be read (missing file, unknown format, missing column)."""
 
 
+# Cells that spell "missing": tables written by pandas often carry a literal "nan" (CryptoPunks' labels
+# file has 8 punks with accessories "nan"). "NA" is left alone: it can be a real value.
+MISSING_WORDS = {"nan", "null", "none", "<na>", "#n/a"}
+
+
 def clean_text(value: Any) -> str:
-    """Normalise a text cell: None/NaN -> "", stripped, control characters removed."""
+    """Normalise a text cell: None/NaN/"nan"/"null" -> "", stripped, control characters removed."""
     if value is None:
         return ""
     if isinstance(value, float) and value != value:
@@ -44,7 +49,8 @@ def clean_text(value: Any) -> str:
     text = str(value)
     if not text.isprintable():  # the rare slow path
         text = "".join(ch for ch in text if ch.isprintable() or ch in "\n\t")
-    return text.strip()
+    text = text.strip()
+    return "" if text.lower() in MISSING_WORDS else text
 
 
 def split_tags(value: Any, sep: str) -> list[str]:
