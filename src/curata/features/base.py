@@ -10,6 +10,7 @@ and records the failing items' reasons; an extractor may also raise `ItemError` 
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,6 +38,21 @@ class Extractor(ABC):
     # Longest image side the extractor needs; the loader decodes JPEGs in draft mode down to it.
     # None means the full image.
     max_side: ClassVar[int | None] = None
+
+    # Attributes holding native state loaded on first use (an ONNX session, a torch model): pickling
+    # drops them and worker processes rebuild them lazily; a `_lock` guarding the loading is re-created.
+    _lazy: ClassVar[tuple[str, ...]] = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {**self.__dict__, **{name: None for name in self._lazy}}
+        if "_lock" in state:
+            state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_lock" in state:
+            self._lock = threading.Lock()
 
     @property
     @abstractmethod

@@ -186,6 +186,8 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class EfficientNetLite(Extractor):
     """EfficientNet-Lite (ImageNet-1k) global-average-pooled features, 1280-d."""
 
+    _lazy = ("_session",)  # the ORT session holds native state: rebuilt lazily after pickling
+
     name: ClassVar[str] = "effnet_lite"
     version: ClassVar[str] = "1"
     modality = "image"
@@ -208,17 +210,6 @@ class EfficientNetLite(Extractor):
 
     def params(self) -> dict[str, Any]:
         return {"variant": self.variant}
-
-    # The ORT session holds native state: rebuild it lazily after pickling (multiprocessing workers).
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_session"] = None
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     @property
     def onnx_file(self) -> Path:

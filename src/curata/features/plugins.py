@@ -252,8 +252,7 @@ class _HFCLIPBase(Extractor):
     def dim(self) -> int:
         return self.clip.dim
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_clip": None}
+    _lazy = ("_clip",)
 
 
 @register
@@ -321,8 +320,7 @@ class HFVision(Extractor):
     def params(self) -> dict[str, Any]:
         return {"path": self.path, "pooling": self.pooling}
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": None}
+    _lazy = ("_loaded",)
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
@@ -415,8 +413,7 @@ class OpenCLIPPlugin(Extractor):
     def params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "path": self.path}
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": None}
+    _lazy = ("_loaded",)
 
     def check(self) -> Path:
         """Raise PluginUnavailable unless open_clip is installed and the checkpoint file exists."""
@@ -492,8 +489,7 @@ class TimmPlugin(Extractor):
     def params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "path": self.path}
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_loaded": None}
+    _lazy = ("_loaded",)
 
     def check(self) -> Path:
         """Raise PluginUnavailable unless timm is installed and the checkpoint file exists."""

@@ -192,6 +192,8 @@ class MiniLMText(Extractor):
     first 128 pieces (~90 words) carry the name and key attributes.
     """
 
+    _lazy = ("_model",)
+
     name: ClassVar[str] = "minilm"
     version: ClassVar[str] = "1"
     modality = "text"
@@ -211,16 +213,6 @@ class MiniLMText(Extractor):
 
     def params(self) -> dict[str, Any]:
         return {"max_seq_length": self.max_seq_length}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_model"] = None
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     @property
     def model(self) -> Any:
