@@ -6,6 +6,7 @@
       models/              trained bundles and fitted extractors
       index/               vector indexes
       reports/             ingest reports, evaluation reports
+      clusters/            cluster runs, near-duplicate groups, tag themes
       cache/               downloaded images
 """
 
