@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from curata.features.engine import load_matrix, make_extractor
+from curata.tasks.base import concat_blocks
 from curata.workspace import Workspace
 
 
@@ -72,13 +73,7 @@ class FeatureSet:
 
     def concat(self, normalise: bool = True) -> np.ndarray:
         """Early fusion: blocks side by side, each L2-normalised per row so no block dominates by scale."""
-        parts = []
-        for x in self.blocks.values():
-            if normalise:
-                norms = np.linalg.norm(x, axis=1, keepdims=True)
-                x = x / np.where(norms == 0, 1, norms)
-            parts.append(x)
-        return np.hstack(parts).astype(np.float32)
+        return concat_blocks(self.blocks, normalise)
 
 
 def load_features(workspace: Workspace, names: list[str], items: pd.DataFrame) -> tuple[FeatureSet, np.ndarray]:
