@@ -181,7 +181,17 @@ def default_logreg(c: float = 1.0, seed: int = 0) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000, random_state=seed))
 
 
-class TunedSVC(ClassifierMixin, BaseEstimator):
+class _WrapsModel(ClassifierMixin, BaseEstimator):
+    """An estimator whose `fit` builds `model_`; prediction is the wrapped model's."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model_.predict(x)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.model_.predict_proba(x)
+
+
+class TunedSVC(_WrapsModel):
     """StandardScaler + RBF SVC with C and gamma chosen by grid search on an inner stratified k-fold of
     the training data (accuracy), then Platt-scaled probabilities: a sigmoid fitted on cross-validated
     decision values, the model refitted on all the data (what `SVC(probability=True)` did before its
@@ -207,14 +217,8 @@ class TunedSVC(ClassifierMixin, BaseEstimator):
         self.classes_ = self.model_.classes_
         return self
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model_.predict(x)
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(x)
-
-
-class MLP(ClassifierMixin, BaseEstimator):
+class MLP(_WrapsModel):
     """StandardScaler + scikit-learn MLPClassifier, trained to suit the data size: below `small` items
     (or with a class of fewer than 10) full-batch L-BFGS for at most `max_iter` steps (Adam's
     mini-batches give a few dozen updates there and stop undertrained); otherwise Adam with early
@@ -246,14 +250,8 @@ class MLP(ClassifierMixin, BaseEstimator):
         self.classes_ = self.model_.classes_
         return self
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model_.predict(x)
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(x)
-
-
-class Calibrated(ClassifierMixin, BaseEstimator):
+class Calibrated(_WrapsModel):
     """`CalibratedClassifierCV` around `model` with inner folds that fit the class sizes: sigmoid (Platt)
     scaling, or isotonic regression once each calibration fold holds about 1000 items (below that
     isotonic overfits, the usual rule of thumb)."""
@@ -275,12 +273,6 @@ class Calibrated(ClassifierMixin, BaseEstimator):
         self.model_ = CalibratedClassifierCV(clone(base), method=method, cv=folds).fit(x, y)
         self.classes_ = self.model_.classes_
         return self
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model_.predict(x)
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(x)
 
 
 # --------------------------------------------------------------------------------------------------
