@@ -375,11 +375,16 @@ def plot_k_curve(curve: KCurve, path: str | Path, title: str = "") -> Path:
     ax.set_ylabel("BIC (lower is better)" if curve.criterion == "bic" else "silhouette (higher is better)")
     ax.set_title(title or f"choosing k by {curve.criterion}")
     ax.legend()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 

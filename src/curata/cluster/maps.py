@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from curata.cluster.core import ClusterInputError, _pyplot, check_matrix, normalise, reduce
+from curata.cluster.core import ClusterInputError, _pyplot, check_matrix, normalise, reduce, save_figure
 
 MAP_METHODS = ("auto", "tsne", "umap", "pca")
 TSNE_LIMIT = 20000  # above this many items t-SNE takes many minutes on a laptop; "auto" switches to UMAP
@@ -84,12 +84,7 @@ def plot_map(xy: np.ndarray, labels: Sequence[int] | np.ndarray, path: str | Pat
     if len(clusters) <= 20:
         ax.legend(fontsize=7, markerscale=max(1.0, 12 / size) ** 0.5, loc="center left", bbox_to_anchor=(1.0, 0.5),
                   frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def thumbnail_data_uri(source: str | Path | bytes, size: int = THUMB_SIZE, quality: int = 70) -> str:
