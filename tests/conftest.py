@@ -70,3 +70,85 @@ def broken_folder(tmp_path: Path) -> dict[str, str]:
     (root / "notes.txt").write_text("not an image")
     expected["notes.txt"] = "not_an_image"
     return {"root": str(root), **expected}
+
+
+# Tiny CLIP for plug-in tests ----------------------------------------------------------------------
+
+TINY_CLIP_DIM = 24
+TINY_CLIP_WORDS = [
+    "a",
+    "photo",
+    "of",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "car",
+    "house",
+    "café",
+    "猫",
+    "pixel",
+    "art",
+    "punk",
+]
+
+
+def _tiny_tokenizer(max_len: int):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
+    for w in TINY_CLIP_WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 2), ("[EOS]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        bos_token="[BOS]",
+        eos_token="[EOS]",
+        model_max_length=max_len,
+    )
+    return fast, len(vocab)
+
+
+def make_tiny_clip(path: Path) -> Path:
+    """A randomly initialised, tiny transformers CLIP model saved to `path` (tests of the CLIP plug-ins)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    tokenizer, vocab_size = _tiny_tokenizer(16)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=2,
+            eos_token_id=3,  # the text tower pools at the EOS position
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=TINY_CLIP_DIM,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        path
+    )
+    return path

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY_CLIP_DIM as PROJ_DIM
+from conftest import make_tiny_clip
 from curata.features.base import REGISTRY
 from curata.features.plugins import (
     HFCLIP,
@@ -20,85 +22,10 @@ from curata.features.plugins import (
     TimmPlugin,
 )
 
-PROJ_DIM = 24
-WORDS = [
-    "a",
-    "photo",
-    "of",
-    "cat",
-    "dog",
-    "red",
-    "blue",
-    "car",
-    "house",
-    "café",
-    "猫",
-    "pixel",
-    "art",
-    "punk",
-]
-
-
-def _tiny_tokenizer(max_len: int):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[BOS]": 2, "[EOS]": 3}
-    for w in WORDS:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[BOS] $A [EOS]", special_tokens=[("[BOS]", 2), ("[EOS]", 3)]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        bos_token="[BOS]",
-        eos_token="[EOS]",
-        model_max_length=max_len,
-    )
-    return fast, len(vocab)
-
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    path = tmp_path_factory.mktemp("tiny_clip")
-    tokenizer, vocab_size = _tiny_tokenizer(16)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            pad_token_id=0,
-            bos_token_id=2,
-            eos_token_id=3,  # the text tower pools at the EOS position
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ),
-        projection_dim=PROJ_DIM,
-    )
-    torch.manual_seed(0)
-    CLIPModel(config).eval().save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
-        path
-    )
-    return path
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")

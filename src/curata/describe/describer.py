@@ -1,0 +1,236 @@
+"""`Describer`: keywords and a sentence for workspace items or new images, from every available source.
+
+Sources (each optional but the colours): the newest `tags` bundle (P(tag) per tag), the newest
+`collection` bundle (what collection / algorithm it comes from, used as the sentence's subject when
+it is confident), the zero-label colour namer on the k-means palette, and the tags and text of the
+nearest neighbours in image-embedding space. With a CLIP plug-in path the merged keywords are
+reranked by image-text similarity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curata.describe.keywords import Keyword, merge, tag_keywords
+from curata.describe.neighbours import NeighbourVotes, l2_rows
+from curata.describe.sentence import make_sentence
+from curata.features.engine import compute, load_matrix, make_extractor
+from curata.imageio import load_image
+from curata.progress import SILENT, Reporter
+from curata.tasks.bundle import BundleError, load_bundle, load_card
+from curata.tasks.runner import featurise, predict_blocks
+from curata.workspace import Workspace
+
+SUBJECT_MIN_PROBABILITY = 0.5  # below this the collection model's guess is a keyword, not the subject
+
+
+@dataclass
+class DescribeOptions:
+    tag_bundle: str | None = None         # bundle name in models/; None = the newest `tags` bundle
+    collection_bundle: str | None = None  # None = the newest `collection` bundle
+    embedding: str = "effnet_lite0"       # space in which neighbours are found
+    neighbours: int = 10
+    colour_vocabulary: str = "basic"      # basic (12 terms) or css
+    clip_path: str | None = None          # a local CLIP model folder: rerank keywords by similarity
+    use_models: bool = True               # False: colours and neighbours only
+
+
+def find_bundle(workspace: Workspace, task: str, name: str | None = None) -> Path | None:
+    """The named bundle, or the most recently created bundle of `task` in the workspace's models/."""
+    models = workspace.dir("models")
+    if name:
+        path = models / name
+        card = load_card(path)  # BundleError when it is not a bundle
+        if card.task != task:
+            raise BundleError(f"bundle '{name}' is a {card.task} model, not a {task} model")
+        return path
+    found = []
+    for card_path in models.glob("*/card.json"):
+        try:
+            card = load_card(card_path.parent)
+        except BundleError:
+            continue
+        if card.task == task:
+            found.append((card.created, card_path.parent))
+    return max(found)[1] if found else None
+
+
+class Describer:
+    def __init__(self, workspace: Workspace, options: DescribeOptions, votes: NeighbourVotes | None,
+                 bundles: dict[str, tuple[Path, Any, Any]]):
+        self.workspace = workspace
+        self.options = options
+        self.votes = votes
+        self.bundles = bundles  # source -> (bundle dir, fitted task, card)
+        self._embedder = make_extractor(options.embedding)
+        self._palette = make_extractor("palette")
+        self._clip: tuple[Any, Any] | None = None
+
+    @classmethod
+    def open(cls, workspace: Workspace, options: DescribeOptions | None = None, *,
+             reporter: Reporter = SILENT) -> Describer:
+        """Load the sources once; computes the neighbour embedding for items that lack it (cached)."""
+        options = options or DescribeOptions()
+        if not workspace.exists:
+            raise ValueError(f"no collection in workspace {workspace.root} (run `curata ingest` first)")
+        items = workspace.items()
+        embedder = make_extractor(options.embedding)
+        compute(embedder, workspace, reporter=reporter)
+        matrix, errors = load_matrix(workspace, embedder, items)
+        ok = np.array([e is None for e in errors], bool)
+        votes = None
+        if ok.sum() >= 2:
+            kept = items[ok]
+            votes = NeighbourVotes(kept["id"].tolist(), matrix[ok], [list(t) for t in kept["tags"]],
+                                   kept["text"].tolist(), k=options.neighbours)
+        bundles: dict[str, tuple[Path, Any, Any]] = {}
+        if options.use_models:
+            for source, task, name in (("tags", "tags", options.tag_bundle),
+                                       ("collection", "collection", options.collection_bundle)):
+                path = find_bundle(workspace, task, name)
+                if path is not None:
+                    model, card = load_bundle(path)
+                    bundles[source] = (path, model, card)
+        return cls(workspace, options, votes, bundles)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        out = {"colour": f"palette ({self.options.colour_vocabulary} names)"}
+        out.update({source: path.name for source, (path, _, _) in self.bundles.items()})
+        if self.votes is not None:
+            out["neighbours"] = f"{self.options.neighbours} nearest in {self.options.embedding}"
+        if self.options.clip_path:
+            out["clip"] = str(self.options.clip_path)
+        return out
+
+    # Public entry points ---------------------------------------------------------------------------
+
+    def describe_items(self, ids: Sequence[str], top_k: int = 10) -> list[dict[str, Any]]:
+        """Describe workspace items by id (an unknown id or an unreadable image gets an error entry)."""
+        items = self.workspace.items().set_index("id", drop=False)
+        out: list[dict[str, Any]] = []
+        good, images, texts = [], [], []
+        for i, item_id in enumerate(ids):
+            if item_id not in items.index:
+                out.append({"id": item_id, "error": f"no item '{item_id}' in the workspace"})
+                continue
+            row = items.loc[item_id]
+            try:
+                images.append(load_image(row["image"]))
+            except (OSError, ValueError) as e:
+                out.append({"id": item_id, "error": getattr(e, "reason", str(e))})
+                continue
+            texts.append(row["text"] if isinstance(row["text"], str) else "")
+            good.append(i)
+            out.append({"id": item_id})
+        if good:
+            ref = [ids[i] for i in good]
+            vectors = self._item_vectors(items.loc[ref])
+            described = self._describe(images, texts, vectors, ref, top_k)
+            positions = [j for j, entry in enumerate(out) if "error" not in entry]
+            for j, entry in zip(positions, described, strict=True):
+                out[j].update(entry)
+        return out
+
+    def describe_images(self, images: Sequence[np.ndarray], top_k: int = 10,
+                        texts: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Describe decoded RGB images (e.g. uploads) that are not in the workspace."""
+        if not images:
+            return []
+        texts = list(texts) if texts is not None else [""] * len(images)
+        vectors = self._embedder.transform([self._embedder.prepare(im) for im in images])
+        return self._describe(list(images), texts, vectors, [None] * len(images), top_k)
+
+    # Internals -------------------------------------------------------------------------------------
+
+    def _item_vectors(self, rows: pd.DataFrame) -> np.ndarray:
+        matrix, errors = load_matrix(self.workspace, self._embedder, rows)
+        if any(e is not None for e in errors):  # not cached (e.g. just ingested): compute these rows
+            missing = [i for i, e in enumerate(errors) if e is not None]
+            fresh = self._embedder.transform([self._embedder.prepare(load_image(rows.iloc[i]["image"]))
+                                              for i in missing])
+            matrix[missing] = fresh
+        return matrix
+
+    def _describe(self, images: list[np.ndarray], texts: list[str], vectors: np.ndarray,
+                  ids: list[str | None], top_k: int) -> list[dict[str, Any]]:
+        palettes = self._palette.transform([self._palette.prepare(im) for im in images])
+        groups: list[list[list[Keyword]]] = [[] for _ in images]
+        colours = [self._colours(p) for p in palettes]
+        for i, named in enumerate(colours):
+            groups[i].append([Keyword(c["name"], c["share"], "colour") for c in named[:3]])
+        subjects: list[str | None] = [None] * len(images)
+        if "collection" in self.bundles:
+            for i, row in enumerate(self._predict("collection", images, texts)):
+                # The best class is a keyword with its probability even when the open-set model says
+                # "unknown"; it becomes the sentence's subject only when the model commits to it.
+                label, proba = max(row.get("scores", {}).items(), key=lambda kv: kv[1], default=("", 0.0))
+                if label:
+                    groups[i].append([Keyword(label, float(proba), "collection")])
+                    if row["prediction"] == label and proba >= SUBJECT_MIN_PROBABILITY:
+                        subjects[i] = label
+        if "tags" in self.bundles:
+            path, task, card = self.bundles["tags"]
+            scores = task.predict_proba(featurise(card, path, images, texts))
+            for i in range(len(images)):
+                groups[i].append(tag_keywords(scores[i], card.labels, "tags", top_k))
+        neighbour_lists: list[list[tuple[str, float]]] = [[] for _ in images]
+        if self.votes is not None:
+            exclude = ids if any(i is not None for i in ids) else None
+            for i, votes in enumerate(self.votes.vote(vectors, exclude, top_k)):
+                groups[i].append(votes)
+            neighbour_lists = self.votes.neighbour_ids(vectors, exclude)
+        out = []
+        for i in range(len(images)):
+            keywords = merge(groups[i], top_k)
+            if self.options.clip_path:
+                keywords = self._rerank_with_clip(images[i], keywords)
+            pairs = [(c["name"], c["share"]) for c in colours[i]]
+            out.append({
+                "keywords": [k.to_dict() for k in keywords],
+                "sentence": make_sentence(pairs, subjects[i], keywords),
+                "colours": colours[i],
+                "neighbours": [{"id": n, "similarity": s} for n, s in neighbour_lists[i]],
+            })
+        return out
+
+    def _predict(self, source: str, images: list[np.ndarray], texts: list[str]) -> list[dict[str, Any]]:
+        path, task, card = self.bundles[source]
+        return predict_blocks(task, card, featurise(card, path, images, texts), top=1)
+
+    def _colours(self, palette_vector: np.ndarray) -> list[dict[str, Any]]:
+        """Palette entries merged by name: [{"name", "share", "hex" (of its largest entry)}], largest first."""
+        from curata.features.palette import describe_palette
+
+        key = "basic" if self.options.colour_vocabulary == "basic" else "css"
+        merged: dict[str, dict[str, Any]] = {}
+        for entry in describe_palette(palette_vector):  # largest first, so the first hex is the main one
+            named = merged.setdefault(entry[key], {"name": entry[key], "share": 0.0, "hex": entry["hex"]})
+            named["share"] += entry["share"]
+        for named in merged.values():
+            named["share"] = round(named["share"], 4)
+        return sorted(merged.values(), key=lambda c: -c["share"])
+
+    def _rerank_with_clip(self, image: np.ndarray, keywords: list[Keyword]) -> list[Keyword]:
+        """Half the score from the sources, half from CLIP's image-text similarity (min-max scaled per
+        image, since raw CLIP cosines sit in a narrow band)."""
+        if not keywords:
+            return keywords
+        if self._clip is None:
+            self._clip = (make_extractor("hf_clip_image", path=self.options.clip_path),
+                          make_extractor("hf_clip_text", path=self.options.clip_path))
+        image_encoder, text_encoder = self._clip
+        image_vector = l2_rows(image_encoder.transform([image_encoder.prepare(image)]))[0]
+        text_vectors = l2_rows(text_encoder.transform([f"a picture of {k.keyword}" for k in keywords]))
+        sims = text_vectors @ image_vector
+        span = float(sims.max() - sims.min())
+        scaled = (sims - sims.min()) / span if span > 1e-9 else np.full_like(sims, 0.5)
+        reranked = [Keyword(k.keyword, 0.5 * k.score + 0.5 * float(s), f"{k.source}+clip", k.tag)
+                    for k, s in zip(keywords, scaled, strict=True)]
+        return sorted(reranked, key=lambda k: (-k.score, k.keyword))
