@@ -27,7 +27,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC
@@ -662,9 +662,22 @@ def download_all(
 # ---------------------------------------------------------------------------------------------- JSON
 
 
-def _fetch_json_once(client: httpx.Client, url: str, policy: DownloadPolicy, transfer: _Transfer) -> Any:
-    headers = {"Accept": "application/json, */*;q=0.5"}
-    with client.stream("GET", url, headers=headers, timeout=policy.timeout, follow_redirects=True) as response:
+def _fetch_json_once(
+    client: httpx.Client,
+    url: str,
+    policy: DownloadPolicy,
+    transfer: _Transfer,
+    body: Any = None,
+    extra_headers: Mapping[str, str] | None = None,
+) -> Any:
+    headers = {"Accept": "application/json, */*;q=0.5", **(extra_headers or {})}
+    method, content = "GET", None
+    if body is not None:  # a JSON POST: GraphQL queries, search APIs
+        method, content = "POST", json.dumps(body).encode("utf-8")
+        headers["Content-Type"] = "application/json"
+    with client.stream(
+        method, url, headers=headers, content=content, timeout=policy.timeout, follow_redirects=True
+    ) as response:
         if response.status_code not in (200, 203):
             raise _status_fail(response)
         served_as = _media_type(response)
@@ -692,11 +705,20 @@ def _fetch_json_once(client: httpx.Client, url: str, policy: DownloadPolicy, tra
         raise _Fail(f"invalid JSON ({exc}; content type {served_as or '(none)'}{hint})") from None
 
 
-def fetch_json(url: str, policy: DownloadPolicy = DownloadPolicy(), *, client: httpx.Client | None = None) -> Any:
+def fetch_json(
+    url: str,
+    policy: DownloadPolicy = DownloadPolicy(),
+    *,
+    client: httpx.Client | None = None,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+) -> Any:
     """GET and parse a JSON document with the policy's retries, timeout, size cap and IPFS gateways.
 
     Raises ``DownloadError`` with a precise reason. Pass a long-lived ``client`` when making many
-    calls, to reuse connections; the policy's timeout still applies per request.
+    calls, to reuse connections; the policy's timeout still applies per request. With ``body`` the
+    request is a POST of that value as JSON (retried like a GET: meant for read-only queries such as
+    GraphQL); ``headers`` are sent with every attempt (API keys).
     """
     try:
         candidates = resolve_url(url, policy.ipfs_gateways)
@@ -705,7 +727,9 @@ def fetch_json(url: str, policy: DownloadPolicy = DownloadPolicy(), *, client: h
     own_client = client is None
     http = _make_client(policy) if client is None else client
     try:
-        return _with_retries(candidates, policy, threading.Event(), lambda u, t: _fetch_json_once(http, u, policy, t))
+        return _with_retries(
+            candidates, policy, threading.Event(), lambda u, t: _fetch_json_once(http, u, policy, t, body, headers)
+        )
     except _Fail as fail:
         raise DownloadError(url, fail.reason) from None
     finally:

@@ -164,6 +164,23 @@ def ingest(source: str | Path, workspace: Workspace, options: IngestOptions | No
         raise SourceError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     source_name = options.source_name or default_source_name(source)
     records = list(read_records(source, fmt, options))
+    return ingest_records(records, workspace, options, reporter, source=str(source), fmt=fmt,
+                          source_name=source_name, started=started)
+
+
+def ingest_records(records: list[RawRecord], workspace: Workspace, options: IngestOptions | None = None,
+                   reporter: Reporter = SILENT, *, source: str, fmt: str, source_name: str | None = None,
+                   started: float | None = None) -> IngestReport:
+    """Ingest records built in memory (the collectors' hook): download, verify, upsert, report.
+
+    ``source`` and ``fmt`` are what the report names; ids are ``<source_name>/<local id>``, with
+    ``source_name`` defaulting to ``options.source_name``.
+    """
+    options = options or IngestOptions()
+    started = time.perf_counter() if started is None else started
+    source_name = source_name or options.source_name
+    if not source_name:
+        raise ValueError("ingest_records needs a source name (the prefix of item ids)")
     _fetch_remote(records, workspace, options.download, reporter)
 
     advance = reporter.task(f"verifying {source_name}", len(records))
@@ -181,7 +198,7 @@ def ingest(source: str | Path, workspace: Workspace, options: IngestOptions | No
         checked = dict(zip(map(id, to_check), pool.map(check, to_check), strict=True))
     advance(len(records) - len(to_check))
 
-    report = IngestReport(source=str(source), format=fmt)
+    report = IngestReport(source=source, format=fmt)
     items: list[Item] = []
     first_seen: dict[str, str] = {}
     for record in records:
