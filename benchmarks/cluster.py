@@ -41,7 +41,7 @@ STUDY = {"text": "0.53-0.70", "image": "0.47-0.54", "fused": "-"}
 # (group, label, feature blocks, normalisation, pre-step, reduction, components, algorithm)
 # pre-step "svd": tf-idf -> truncated SVD (100-d, re-normalised): latent semantic analysis.
 Row = tuple[str, str, tuple[str, ...], str, str | None, str, int | None, str]
-MINILM, TFIDF, EFFNET = ("minilm",), ("tfidf",), ("effnet_lite0",)
+MINILM, TFIDF, EFFNET, LOGITS = ("minilm",), ("tfidf",), ("effnet_lite0",), ("effnet_lite0_logits",)
 FUSED = ("minilm", "effnet_lite0")
 ROWS: list[Row] = [
     ("text", "MiniLM", MINILM, "l2", None, "none", None, "kmeans"),
@@ -62,6 +62,11 @@ ROWS: list[Row] = [
     ("fused", "MiniLM+EffNet-Lite0", FUSED, "l2", None, "tsne", 2, "kmeans"),
     ("fused", "MiniLM+EffNet-Lite0", FUSED, "l2", None, "umap", 10, "kmeans"),
     ("fused", "MiniLM+tf-idf+EffNet-Lite0", ("minilm", "tfidf", "effnet_lite0"), "l2", None, "umap", 10, "kmeans"),
+    # Power normalisation (signed sqrt, then L2) and the ImageNet logits instead of pooled features.
+    ("image", "EffNet-Lite0", EFFNET, "sqrt", None, "umap", 10, "kmeans"),
+    ("image", "EffNet-Lite0 logits", LOGITS, "l2", None, "umap", 10, "kmeans"),
+    ("fused", "MiniLM+EffNet-Lite0", FUSED, "sqrt", None, "umap", 10, "kmeans"),
+    ("fused", "MiniLM+EffNet-Lite0 logits", ("minilm", "effnet_lite0_logits"), "l2", None, "umap", 10, "kmeans"),
     # Beyond the protocol: other algorithms on the best spaces (k = 7 too).
     ("text", "MiniLM", MINILM, "l2", None, "umap", 10, "agglomerative"),
     ("image", "EffNet-Lite0", EFFNET, "l2", None, "none", None, "spectral"),
@@ -192,7 +197,7 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory(prefix="curata-bench-cluster-")
         args.workspace = Path(tmp.name) / "ws"
     rows = ROWS + (EXTRA_ROWS if args.extra else [])
-    extractors = ["minilm", "tfidf", "effnet_lite0"] + (["effnet_lite2"] if args.extra else [])
+    extractors = ["minilm", "tfidf", "effnet_lite0", "effnet_lite0_logits"] + (["effnet_lite2"] if args.extra else [])
     started = time.perf_counter()
     prepare(args.data, args.workspace, extractors)
     print(__doc__[__doc__.index("Protocol") : __doc__.index("Also timed")])

@@ -285,3 +285,13 @@ def test_center_normalisation() -> None:
     assert np.allclose(np.linalg.norm(z, axis=1), 1)
     raw = normalise(x, "l2")
     assert (raw @ raw.T).min() > 0.8 and (z @ z.T).min() < 0
+
+
+def test_sqrt_normalisation_damps_dominant_dimensions() -> None:
+    from curata.cluster.core import normalise
+
+    x = np.array([[100.0, 1.0, 1.0], [-4.0, 0.0, 9.0]])
+    z = normalise(x, "sqrt")
+    assert np.allclose(np.linalg.norm(z, axis=1), 1)
+    assert np.allclose(z[0], np.array([10.0, 1.0, 1.0]) / np.sqrt(102))  # 100:1 becomes 10:1
+    assert np.allclose(z[1], np.array([-2.0, 0.0, 3.0]) / np.sqrt(13))  # the sign is kept

@@ -217,3 +217,14 @@ def test_lite2_export_and_parity(cache: Path) -> None:
     out = ext.transform(_images()[:3])
     assert out.shape == (3, FEATURE_DIM) and out.dtype == np.float32
     assert ext.onnx_file.name == "efficientnet_lite2_v1.onnx"
+
+
+def test_logits_extractor_is_the_classifier_output(lite0: EfficientNetLite0) -> None:
+    logits = REGISTRY["effnet_lite0_logits"]()
+    assert logits.dim == 1000 and logits.key != lite0.key
+    images = _images()[:3]
+    out = logits.transform(images)
+    assert out.shape == (3, 1000) and out.dtype == np.float32
+    _, expected = lite0.features_and_logits(images)
+    assert np.allclose(out, expected, atol=1e-5)
+    assert [n for n, _ in top_classes(out, 1)[0]] == [lite0.predict_imagenet(images[:1], top=1)[0][0][0]]

@@ -146,12 +146,28 @@ def features_cmd(
     refit: Annotated[bool, typer.Option(help="Refit collection-dependent extractors (tf-idf, visual words, "
                                               "Word2Vec) and recompute them.")] = False,
     list_: Annotated[bool, typer.Option("--list", help="List the available extractors and exit.")] = False,
+    engine: Annotated[str, typer.Option(help="local (threads in this process) or ray (Ray Data actors on a "
+                                        "local Ray runtime, or on the cluster at --ray-address).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to run on with --engine ray (e.g. auto, "
+                                                    "ray://head:10001). Default: start a local runtime.")] = None,
+    ray_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray runtime (default: all cores this "
+                                                 "process may use).")] = None,
+    ray_actors: Annotated[int | None, typer.Option(help="Model replicas with --engine ray (default: one per "
+                                                   "CPU).")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compute features for every item that does not have them yet (cached by content hash)."""
+    """Compute features for every item that does not have them yet (cached by content hash).
+
+    With --engine ray the same extractors run in a pool of Ray actors; collection-dependent ones are
+    fitted once here first, and the results land in the same feature store.
+    """
+    from contextlib import nullcontext
+
     from curata.features.engine import available_extractors, compute, make_extractor
 
+    if engine not in ("local", "ray"):
+        raise BadInput(f"unknown --engine '{engine}'; choose local or ray")
     if list_:
         names = available_extractors()
         emit_json(names) if as_json else console.print("\n".join(names))
@@ -161,10 +177,23 @@ def features_cmd(
         raise BadInput(f"no collection in workspace {ws.root} (run `curata ingest` or `curata demo` first)")
     names = [n.strip() for n in extractors.split(",") if n.strip()]
     built = [make_extractor(n) for n in names]  # fail on a typo before any work
+    if batch_size < 1:
+        raise BadInput("--batch-size must be at least 1")
     runs = []
-    with rich_reporter(not quiet and not as_json) as reporter:
+    if engine == "ray":
+        from curata.scale import compute_ray, ray_runtime
+
+        # One runtime for every extractor, started only once one of them has work to do.
+        runtime = ray_runtime(ray_address, ray_cpus, lazy=True)
+    else:
+        runtime = nullcontext()
+    with rich_reporter(not quiet and not as_json) as reporter, runtime:
         for extractor in built:
-            runs.append(compute(extractor, ws, batch_size=batch_size, refit=refit, reporter=reporter))
+            if engine == "ray":
+                runs.append(compute_ray(extractor, ws, batch_size=batch_size, refit=refit, address=ray_address,
+                                        num_cpus=ray_cpus, actors=ray_actors, reporter=reporter))
+            else:
+                runs.append(compute(extractor, ws, batch_size=batch_size, refit=refit, reporter=reporter))
     if as_json:
         emit_json([r.to_dict() for r in runs])
         return
@@ -293,26 +322,66 @@ def evaluate_cmd(
 def predict_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder (models/<name>) or a bundle name in the "
                                            "workspace.")],
-    images: Annotated[list[Path] | None, typer.Argument(help="Image files to predict.")] = None,
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files to predict. With --engine ray also "
+                                                        "folders of images, a Parquet file (or folder of "
+                                                        "Parquet shards) with an image column, or a text "
+                                                        "file listing one image path per line.")] = None,
     workspace: WorkspaceOpt = default_workspace(),
     text: Annotated[str | None, typer.Option(help="Text for every image, for bundles with text features.")] = None,
     all_items: Annotated[bool, typer.Option("--all", help="Predict every item of the workspace (cached "
-                                            "features).")] = False,
+                                            "features; with --engine ray, computed from the items' images "
+                                            "and texts).")] = False,
+    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors on a local Ray "
+                                        "runtime, or on the cluster at --ray-address).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to run on with --engine ray (e.g. auto, "
+                                                    "ray://head:10001). Default: start a local runtime.")] = None,
+    ray_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray runtime (default: all cores this "
+                                                 "process may use).")] = None,
+    ray_actors: Annotated[int | None, typer.Option(help="Model replicas with --engine ray (default: one per "
+                                                   "CPU).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model batch with --engine ray.")] = 32,
+    output: Annotated[Path | None, typer.Option(help="With --engine ray: a new folder to write the predictions "
+                                                "to as Parquet parts (id, image, prediction, tags, scores, "
+                                                "error) instead of printing them.")] = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Predict with a trained bundle, for image files or for every workspace item."""
     from curata.tasks.runner import predict_images, predict_workspace
 
+    if engine not in ("local", "ray"):
+        raise BadInput(f"unknown --engine '{engine}'; choose local or ray")
+    if output is not None and engine != "ray":
+        raise BadInput("--output needs --engine ray")
     ws = Workspace(workspace)
     bundle_dir = bundle if bundle.is_dir() else ws.root / "models" / str(bundle)
     if not bundle_dir.is_dir():
         raise BadInput(f"no bundle at {bundle} (nor {bundle_dir})")
-    if images:
-        rows = predict_images(bundle_dir, list(images), [text or ""] * len(images))
-    elif all_items:
-        rows = predict_workspace(bundle_dir, ws)
-    else:
+    if not images and not all_items:
         raise BadInput("give image files, or --all to predict every workspace item")
+    if engine == "ray":
+        from curata.scale import predict_ray
+
+        if batch_size < 1:
+            raise BadInput("--batch-size must be at least 1")
+        if not images and not ws.exists:
+            raise BadInput(f"no collection in workspace {ws.root}")
+        source = (images[0] if len(images) == 1 else list(images)) if images else ws
+        with rich_reporter(not quiet and not as_json) as reporter:
+            result = predict_ray(bundle_dir, source, texts=text, output=output, batch_size=batch_size,
+                                 address=ray_address, num_cpus=ray_cpus, actors=ray_actors, reporter=reporter)
+        if output is not None:
+            if as_json:
+                emit_json(result.to_dict())
+            else:
+                console.print(f"{result.items} items, {result.predicted} predicted, {result.errors} errors in "
+                              f"{result.seconds:.1f} s; predictions in {escape(str(output))}")
+            return
+        rows = result.rows
+    elif images:
+        rows = predict_images(bundle_dir, list(images), [text or ""] * len(images))
+    else:
+        rows = predict_workspace(bundle_dir, ws)
     if as_json:
         emit_json(rows)
         return
@@ -343,6 +412,8 @@ def cluster_cmd(
     reduce: Annotated[str, typer.Option(help="Reduction before clustering: none, pca, pca-whiten, svd, tsne, "
                                         "umap.")] = "none",
     components: Annotated[int | None, typer.Option(help="Dimensions kept by the reduction.")] = None,
+    normalise: Annotated[str, typer.Option(help="Row normalisation before clustering: l2, center, sqrt (signed "
+                                           "square root then l2: best for CNN features), standard, none.")] = "l2",
     target: Annotated[str | None, typer.Option(help="Score ARI/NMI against this target spec (default: the label "
                                                "column when present).")] = "auto",
     name: Annotated[str | None, typer.Option(help="Run name (files in clusters/).")] = None,
@@ -357,6 +428,7 @@ def cluster_cmd(
     with rich_reporter(not quiet and not as_json) as reporter:
         summary = cluster_workspace(Workspace(workspace), [f.strip() for f in features.split(",") if f.strip()],
                                     method, k, k_range=(k_min, k_max), reduction=reduce, n_components=components,
+                                    normalisation=normalise,
                                     target=target, name=name, seed=seed, reporter=reporter)
     if as_json:
         emit_json(summary)
@@ -479,6 +551,13 @@ def demo_cmd(
         scores = ", ".join(f"{k} {v:.3f}" for k, v in found["scores"].items())
         console.print(f"clusters: k={found['k']} ({scores}): " + escape("; ".join(found["names"])))
         console.print(f"  map {escape(found['map'])}")
+    if summary.get("descriptions"):
+        described = summary["descriptions"]
+        for token in described["tokens"]:
+            console.print(f"describe {escape(token['id'])}: {escape(str(token['sentence']))}")
+        scores = ", ".join(f"{source} P@5 {s['precision@5']:.2f} R@5 {s['recall@5']:.2f}"
+                           for source, s in described["keywords_at_5"].items())
+        console.print(f"  keywords vs held-out tags: {escape(scores)}")
     console.print(f"total {summary['seconds']['total']:.1f} s; workspace {escape(str(summary['workspace']))}")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from curata.cluster import cluster_workspace
 from curata.demo.generate import generate_collection
@@ -59,6 +60,22 @@ def colour_namer_agreement(workspace: Workspace) -> float | None:
         hits += bool(names) and names[0][0] == truth
         total += 1
     return hits / total if total else None
+
+
+DESCRIBED_TOKENS = 4
+
+
+def describe_tokens(workspace: Workspace, demo: pd.DataFrame, n: int, seed: int = 0) -> dict[str, Any]:
+    """Keywords and a sentence for `n` tokens (one per algorithm first), and the keywords' precision@5 /
+    recall@5 against held-out tags."""
+    from curata.describe import Describer, evaluate_keywords
+
+    picked = (demo.sample(frac=1.0, random_state=seed).groupby("label", sort=True).head(1)["id"].tolist())[:n]
+    rows = Describer.open(workspace).describe_items(picked, top_k=6)
+    evaluation = evaluate_keywords(workspace, k=5, seed=seed)
+    return {"tokens": [{"id": r["id"], "sentence": r.get("sentence", r.get("error")),
+                        "keywords": [k["keyword"] for k in r.get("keywords", [])]} for r in rows],
+            "keywords_at_5": evaluation["sources"]}
 
 
 def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, seed: int = 0,
@@ -128,6 +145,11 @@ def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, 
         clusters = {"k": found["k"], "scores": {k: round(v, 3) for k, v in found["scores"].items()
                                                 if k in ("silhouette", "ari", "nmi")},
                     "names": [c["name"] for c in found["clusters"]], "map": str(found["files"].get("map_html"))}
+    descriptions = None
+    if "effnet_lite0" in extractors and "palette" in extractors:
+        t = time.perf_counter()
+        descriptions = describe_tokens(workspace, demo, n=DESCRIBED_TOKENS, seed=seed)
+        timings["describe"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     return {
         "workspace": str(workspace.root),
@@ -139,5 +161,6 @@ def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, 
         "checks": checks,
         "tasks": tasks,
         "clusters": clusters,
+        "descriptions": descriptions,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from curata.describe.keywords import Keyword
+from curata.describe.keywords import Keyword, tag_trait
 
 ARTICLE_VOWELS = tuple("aeiou")
+# Traits whose name adds nothing after the value in a sentence ("teal color", "voronoi algorithm").
+SILENT_TRAITS = {"algorithm", "color", "colour", "label", "type", "category", "collection"}
+
+
+def trait_phrase(keyword: Keyword) -> str:
+    """NFT1000-style "{value} {trait}" for a `trait=value` tag ("medium stroke", "axe right arm")."""
+    trait = tag_trait(keyword.tag) if keyword.tag else None
+    if not trait:
+        return keyword.keyword
+    trait = trait.replace("_", " ").strip()
+    if trait.lower() in SILENT_TRAITS or trait.lower() in keyword.keyword.lower():
+        return keyword.keyword
+    return f"{keyword.keyword} {trait}"
 
 
 def colour_phrase(colours: Sequence[tuple[str, float]]) -> str:
@@ -21,7 +34,7 @@ def colour_phrase(colours: Sequence[tuple[str, float]]) -> str:
 
 def make_sentence(colours: Sequence[tuple[str, float]], subject: str | None, keywords: Sequence[Keyword],
                   n_traits: int = 3) -> str:
-    """E.g. "A mostly teal and black reaction-diffusion piece with dense, radial and rule 110."."""
+    """E.g. "A mostly teal and black reaction-diffusion with dense density, radial symmetry and thin stroke."."""
     noun = subject or "image"
     words = " ".join(w for w in (colour_phrase(colours), noun) if w)
     article = "An" if words[:1].lower().startswith(ARTICLE_VOWELS) else "A"
@@ -31,7 +44,7 @@ def make_sentence(colours: Sequence[tuple[str, float]], subject: str | None, key
         if kw.source in ("colour", "collection") or kw.keyword.lower() in taken:
             continue
         taken.add(kw.keyword.lower())
-        traits.append(kw.keyword)
+        traits.append(trait_phrase(kw))
         if len(traits) == n_traits:
             break
     if not traits:
