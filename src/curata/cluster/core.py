@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from curata.vectors import l2_rows
+
 METHODS = ("kmeans", "gmm", "agglomerative", "spectral", "hdbscan")
 REDUCTIONS = ("none", "pca", "pca-whiten", "svd", "tsne", "umap")
 NORMALISATIONS = ("l2", "center", "sqrt", "standard", "none")
@@ -98,8 +100,7 @@ def normalise(x: np.ndarray, how: str = "l2") -> np.ndarray:
             x = x - x.mean(axis=0)
         elif how == "sqrt":
             x = np.sign(x) * np.sqrt(np.abs(x))
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return x / np.where(norms == 0, 1.0, norms)
+        return l2_rows(x)
     if how == "standard":
         std = x.std(axis=0)
         return (x - x.mean(axis=0)) / np.where(std == 0, 1.0, std)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from curata.cluster.core import ClusterInputError, cluster
+from curata.vectors import l2_rows
 
 EMBEDDERS = ("minilm", "word2vec")
 
@@ -74,8 +75,7 @@ def embed_tags(vocabulary: Sequence[str], embedder: str = "minilm", tag_lists: S
         x = np.stack([model.wv[t] for t in vocabulary]).astype(np.float64)
     else:
         raise ClusterInputError(f"unknown tag embedder '{embedder}': use one of {', '.join(EMBEDDERS)}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms == 0, 1.0, norms)
+    return l2_rows(x)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from curata.ingest.pipeline import IngestOptions, ingest
 from curata.progress import SILENT, Reporter
 from curata.tasks.runner import TrainOptions
 from curata.tasks.runner import run as run_task
+from curata.vectors import l2_rows
 from curata.workspace import Workspace
 
 DEMO_EXTRACTORS = ("color_stats", "color_hist", "palette", "effnet_lite0", "minilm", "tfidf")
@@ -37,8 +38,7 @@ DEMO_TASKS = (
 
 def nearest_neighbour_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
     """Leave-one-out 1-NN accuracy with cosine similarity: how well the space separates the labels."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = x / np.where(norms == 0, 1, norms)
+    unit = l2_rows(x)
     sim = unit @ unit.T
     np.fill_diagonal(sim, -np.inf)
     return float((labels[sim.argmax(1)] == labels).mean())

@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from curata.describe.keywords import Keyword, merge, tag_keywords
-from curata.describe.neighbours import NeighbourVotes, l2_rows
+from curata.describe.neighbours import NeighbourVotes
 from curata.describe.sentence import make_sentence
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.imageio import load_image
 from curata.progress import SILENT, Reporter
 from curata.tasks.bundle import BundleError, load_bundle, load_card
 from curata.tasks.runner import featurise, predict_blocks
+from curata.vectors import l2_rows
 from curata.workspace import Workspace
 
 SUBJECT_MIN_PROBABILITY = 0.5  # below this the collection model's guess is a keyword, not the subject

@@ -9,12 +9,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from curata.describe.keywords import Keyword, tag_keywords
 from curata.tasks.data import multilabel_target
-
-
-def l2_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1)
+from curata.vectors import l2_rows
 
 
 class NeighbourVotes:
@@ -29,7 +24,7 @@ class NeighbourVotes:
     def __init__(self, ids: Sequence[str], vectors: np.ndarray, tags: Sequence[Sequence[str]],
                  texts: Sequence[str | None], k: int = 10, min_tag_count: int = 2):
         self.ids = np.asarray(ids, dtype=object)
-        self.vectors = l2_rows(vectors)
+        self.vectors = l2_rows(np.asarray(vectors, np.float32))
         self.k = k
         self.has_tags = any(len(t) for t in tags)
         if self.has_tags:

@@ -27,6 +27,7 @@ from curata.features.base import Extractor, register
 from curata.features.efficientnet import as_rgb
 from curata.imageio import resize_to
 from curata.paths import default_threads
+from curata.vectors import l2_rows
 
 # Large enough for 224-448 px backbones; the loader then draft-decodes only JPEGs > 1024 px.
 _PLUGIN_MAX_SIDE = 512
@@ -104,10 +105,7 @@ def _set_torch_threads(threads: int | None) -> None:
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
+    return l2_rows(np.asarray(x, dtype=np.float32))
 
 
 def _texts(batch: list[Any]) -> list[str]:

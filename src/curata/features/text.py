@@ -18,6 +18,7 @@ import numpy as np
 
 from curata.features.base import Extractor, register
 from curata.paths import default_threads
+from curata.vectors import l2_rows
 
 _WORD_RE = re.compile(r"\w+", re.UNICODE)
 
@@ -34,12 +35,6 @@ def tokenize(text: str | None) -> list[str]:
 
 def _clean(batch: list[Any]) -> list[str]:
     return ["" if t is None else str(t) for t in batch]
-
-
-def _l2_normalise_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
 
 
 class NotFittedError(RuntimeError):
@@ -146,7 +141,7 @@ class TfidfText(Extractor):
                 m = vec.transform(texts)
                 out[:, offset : offset + m.shape[1]] = m.toarray()
             offset += size
-        return _l2_normalise_rows(out)
+        return l2_rows(out)
 
     def save(self, directory: Path) -> None:
         """Vocabularies as JSON and idf weights as .npy: no pickle, so a saved workspace is safe to

@@ -24,12 +24,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from curata.vectors import l2_rows
+
 MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1)
 
 
 def suspicious_labels(ids: Sequence[str], x: np.ndarray, labels: Sequence[str], *, folds: int = 5, seed: int = 0,
@@ -52,7 +49,7 @@ def suspicious_labels(ids: Sequence[str], x: np.ndarray, labels: Sequence[str], 
     n_splits = min(folds, min(counts[c] for c in classes))
     model = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     with threadpool_limits(1, "blas"):  # many small lbfgs problems: one thread each is fastest on 2 cores
-        proba = cross_val_predict(model, _l2(x), y, cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed),
+        proba = cross_val_predict(model, l2_rows(x), y, cv=StratifiedKFold(n_splits, shuffle=True, random_state=seed),
                                   method="predict_proba")
     col = {c: j for j, c in enumerate(classes)}
     given = np.array([col[v] for v in y])
@@ -76,7 +73,7 @@ def suspicious_labels(ids: Sequence[str], x: np.ndarray, labels: Sequence[str], 
 def class_outliers(ids: Sequence[str], x: np.ndarray, labels: Sequence[str], *, z_threshold: float = 3.5,
                    min_class_size: int = 5) -> list[dict[str, Any]]:
     """Items far from their class mean, by robust z-score within the class; largest z first."""
-    x = _l2(np.asarray(x, np.float32))
+    x = l2_rows(np.asarray(x, np.float32))
     y = np.asarray([str(v) for v in labels], dtype=object)
     out = []
     for c in sorted(set(y)):

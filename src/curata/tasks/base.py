@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from curata.evaluate.cv import CVResult, cross_validate
 from curata.evaluate.splits import Fold
 from curata.progress import SILENT, Reporter
+from curata.vectors import l2_rows
 
 Blocks = dict[str, np.ndarray]
 
@@ -39,8 +40,7 @@ def concat_blocks(x: Blocks, normalise: bool = True) -> np.ndarray:
     for name in sorted(x):
         block = np.asarray(x[name], np.float32)
         if normalise:
-            norms = np.linalg.norm(block, axis=1, keepdims=True)
-            block = block / np.where(norms == 0, 1, norms)
+            block = l2_rows(block)
         parts.append(block)
     return np.hstack(parts)
 
