@@ -1,0 +1,529 @@
+"""A joint text-image space learnt on top of frozen encoders (locked-image tuning, as in LiT / NFT1000).
+
+No CLIP weights ship with curata, so it learns its own cross-modal space: two small trainable heads
+map the cached features of the bundled frozen encoders (EfficientNet-Lite0 pooled image features,
+1280-d; MiniLM sentence embeddings, 384-d) into one shared `dim`-dimensional space where matching
+image and caption have a high inner product. Training is the symmetric InfoNCE loss of CLIP with a
+learnable temperature, on mini-batches, with early stopping on text->image recall@10 of a
+validation split. Items that share an image (same content hash) or a caption are not negatives of
+each other in a batch: they are all counted as positives (soft targets).
+
+A bundle is a folder `models/<name>/`:
+
+    card.json    kind "joint_space", the encoders (extractor keys) and dims, temperature, the
+                 training summary (split, epochs, history) and validation metrics
+    heads.pt     torch state dict of the two heads and the logit scale (a few MB)
+    split.json   the item ids of the train / val / held-out sets, so evaluation reuses the split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curata.features.base import Extractor
+from curata.features.engine import compute, load_matrix, make_extractor, text_hash
+from curata.features.store import FeatureStore
+from curata.progress import SILENT, Reporter
+from curata.search.captions import item_captions, masked_variants
+from curata.workspace import Workspace
+
+KIND = "joint_space"
+KS = (1, 5, 10, 20, 50)
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: the temperature never falls below 0.01
+TEXT_CACHE = "text-embeddings"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
+
+
+@dataclass
+class JointOptions:
+    image_features: str = "effnet_lite0"
+    text_features: str = "minilm"
+    dim: int = 256
+    hidden: int = 512  # hidden width of the 2-layer heads; 0 = linear heads
+    dropout: float = 0.1
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    mask_p: float = 0.3  # attribute masking probability; 0 disables
+    variants: int = 4  # masked caption variants precomputed per item
+    val_fraction: float = 0.2
+    patience: int = 6  # epochs without a better val recall@10 before stopping
+    seed: int = 0
+    captions: str = "auto"  # caption source, see curata.search.captions
+    holdout: tuple[str, ...] = ()  # collections left out of training entirely (unseen-collection test)
+    max_items: int | None = None  # train on a random subsample (bounded runtime on big collections)
+    name: str | None = None
+
+    def validate(self) -> None:
+        if self.dim < 2 or self.epochs < 0 or self.batch_size < 2 or self.lr <= 0 or self.hidden < 0:
+            raise ValueError("need dim >= 2, epochs >= 0, batch size >= 2, lr > 0, hidden >= 0")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.mask_p < 1.0:
+            raise ValueError(f"mask probability must be in [0, 1), got {self.mask_p}")
+        if self.max_items is not None and self.max_items < 4:
+            raise ValueError("max items must be at least 4")
+        if self.name is not None and not _NAME_RE.match(self.name):
+            raise ValueError(f"model name {self.name!r}: use letters, digits, '_', '.', '-' (no path)")
+
+
+# -------------------------------------------------------------------------------------------------- encoders
+
+_SHARED: dict[str, Extractor] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_extractor(name: str) -> Extractor:
+    """One instance per extractor name per process, so MiniLM and the ONNX session load once, however
+    many spaces, searchers and evaluations use them (both are thread-safe and hold no per-call state)."""
+    with _SHARED_LOCK:
+        if name not in _SHARED:
+            _SHARED[name] = make_extractor(name)
+        return _SHARED[name]
+
+
+# -------------------------------------------------------------------------------------------------- text cache
+
+
+def cached_text_features(workspace: Workspace, extractor: Extractor, texts: Sequence[str],
+                         reporter: Reporter = SILENT) -> np.ndarray:
+    """Text-encoder vectors of arbitrary texts (captions, masked variants), cached in
+    `cache/text-embeddings/` by the text's SHA-256 (the same key the feature engine uses), so each
+    distinct caption is encoded once per workspace, however often training reruns."""
+    store = FeatureStore(workspace.dir("cache") / TEXT_CACHE, extractor.key, extractor.dim, "text")
+    hashes = [text_hash(t) for t in texts]
+    known = store.known_hashes()
+    todo = {h: t for h, t in zip(hashes, texts, strict=True) if h not in known}
+    if todo:
+        advance = reporter.task(f"encoding captions ({extractor.name})", len(todo))
+        keys, values = list(todo), list(todo.values())
+        step = 256  # one part per chunk: an interrupted run keeps what it encoded
+        for start in range(0, len(keys), step):
+            vectors = extractor.transform(values[start : start + step])
+            store.append(keys[start : start + step], vectors, [None] * len(vectors))
+            advance(len(vectors))
+    matrix, _ = store.lookup(hashes)
+    return matrix
+
+
+# -------------------------------------------------------------------------------------------------- model
+
+
+def _torch():
+    import torch
+
+    torch.set_num_threads(2)  # the heads are small; more threads only fight the rest of the box
+    return torch
+
+
+def _build_model(in_image: int, in_text: int, options: JointOptions):
+    torch = _torch()
+    nn = torch.nn
+
+    class Head(nn.Module):
+        """Standardise (statistics of the training set), then a linear or 2-layer map, L2-normalised."""
+
+        def __init__(self, in_dim: int) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.zeros(in_dim))
+            self.register_buffer("inv_std", torch.ones(in_dim))
+            if options.hidden:
+                self.net = nn.Sequential(nn.Linear(in_dim, options.hidden), nn.GELU(), nn.Dropout(options.dropout),
+                                         nn.Linear(options.hidden, options.dim))
+            else:
+                self.net = nn.Linear(in_dim, options.dim)
+
+        def fit_scaler(self, x) -> None:
+            self.mean.copy_(x.mean(0))
+            self.inv_std.copy_(1.0 / x.std(0).clamp_min(1e-4))
+
+        def forward(self, x):
+            return nn.functional.normalize(self.net((x - self.mean) * self.inv_std), dim=-1)
+
+    class Joint(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.image = Head(in_image)
+            self.text = Head(in_text)
+            self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+        def scale(self):
+            return self.logit_scale.clamp(0.0, MAX_LOGIT_SCALE).exp()
+
+    return Joint()
+
+
+# -------------------------------------------------------------------------------------------------- metrics
+
+
+def recall_at_k(queries: np.ndarray, gallery: np.ndarray, query_group: np.ndarray, gallery_group: np.ndarray,
+                ks: Sequence[int] = KS) -> dict[int, float]:
+    """Share of queries whose best-scoring positive (a gallery row of the same group) ranks in the
+    top K. The rank counts gallery rows scoring strictly higher; a query without any positive in the
+    gallery counts as a miss."""
+    if len(queries) == 0:
+        return {k: 0.0 for k in ks}
+    ranks = np.empty(len(queries), np.int64)
+    g = np.asarray(gallery_group)
+    for start in range(0, len(queries), 1024):
+        scores = queries[start : start + 1024] @ gallery.T
+        pos = np.asarray(query_group[start : start + 1024])[:, None] == g[None, :]
+        best = np.where(pos, scores, -np.inf).max(axis=1)
+        rank = (scores > best[:, None]).sum(axis=1)
+        rank[~pos.any(axis=1)] = len(gallery)
+        ranks[start : start + len(rank)] = rank
+    return {k: float((ranks < k).mean()) for k in ks}
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class JointData:
+    """Items with usable features and captions, the captions' text vectors, and who owns what."""
+
+    items: pd.DataFrame  # the usable items, row i <-> image_features[i]
+    image_features: np.ndarray
+    text_features: np.ndarray  # one row per distinct caption text
+    texts: list[str]
+    variants: list[list[int]]  # per item: rows of text_features training samples from
+    captions: list[list[int]]  # per item: rows of its full captions (the evaluation queries)
+    groups: np.ndarray  # per item: id of its image content (identical images share it)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def load_data(workspace: Workspace, items: pd.DataFrame, image_extractor: Extractor, text_extractor: Extractor,
+              *, captions: str = "auto", mask_p: float = 0.0, variants: int = 4, seed: int = 0,
+              reporter: Reporter = SILENT) -> JointData:
+    """Image features (computing missing ones), captions and their masked variants, text vectors."""
+    compute(image_extractor, workspace, reporter=reporter)
+    image, errors = load_matrix(workspace, image_extractor, items)
+    caps = item_captions(items, captions)
+    ok = [i for i, (e, c) in enumerate(zip(errors, caps, strict=True)) if e is None and c.captions]
+    skipped = {"no image features": sum(e is not None for e in errors),
+               "no caption": sum(not c.captions for c in caps)}
+    items = items.iloc[ok].reset_index(drop=True)
+    image = image[ok]
+    caps = [caps[i] for i in ok]
+    per_item = [masked_variants(c, mask_p, variants, seed) for c in caps]
+    texts = list(dict.fromkeys(t for v in per_item for t in v))
+    row = {t: i for i, t in enumerate(texts)}
+    text = cached_text_features(workspace, text_extractor, texts, reporter)
+    _, groups = np.unique(items["image_sha256"].to_numpy(dtype=str), return_inverse=True)
+    return JointData(items, image.astype(np.float32), text.astype(np.float32), texts,
+                     [[row[t] for t in v] for v in per_item],
+                     [[row[t] for t in c.captions] for c in caps], groups.astype(np.int64),
+                     {k: v for k, v in skipped.items() if v})
+
+
+def split_items(items: pd.DataFrame, val_fraction: float, seed: int, holdout: Sequence[str] = ()
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices (train, val, held-out). Items with the same image land on the same side, so a
+    duplicate cannot leak from train into val; held-out collections are in neither."""
+    held = items["collection"].isin(list(holdout)).to_numpy()
+    rest = np.flatnonzero(~held)
+    shas = items["image_sha256"].to_numpy(dtype=str)
+    unique = np.unique(shas[rest])
+    rng = np.random.default_rng(seed)
+    n_val = max(1, round(len(unique) * val_fraction))
+    if len(unique) - n_val < 2:
+        raise ValueError(f"too few distinct images ({len(unique)}) for a train/val split")
+    val_shas = set(rng.permutation(unique)[:n_val])
+    is_val = np.array([shas[i] in val_shas for i in rest], dtype=bool)
+    return rest[~is_val], rest[is_val], np.flatnonzero(held)
+
+
+# -------------------------------------------------------------------------------------------------- space
+
+
+class JointSpace:
+    """A trained (or untrained) joint space: embeds image and text features into the shared space."""
+
+    def __init__(self, model: Any, card: dict[str, Any], directory: Path | None = None):
+        self.model = model
+        self.card = card
+        self.directory = directory
+
+    @property
+    def name(self) -> str:
+        return str(self.card.get("name", ""))
+
+    @property
+    def dim(self) -> int:
+        return int(self.card["dim"])
+
+    def image_extractor(self) -> Extractor:
+        return shared_extractor(self.card["encoders"]["image"]["extractor"])
+
+    def text_extractor(self) -> Extractor:
+        return shared_extractor(self.card["encoders"]["text"]["extractor"])
+
+    def _embed(self, head: Any, x: np.ndarray) -> np.ndarray:
+        torch = _torch()
+        x = np.asarray(x, dtype=np.float32)
+        if len(x) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        self.model.eval()
+        with torch.no_grad():
+            out = np.concatenate([head(torch.from_numpy(x[i : i + 4096])).numpy() for i in range(0, len(x), 4096)])
+        out[~np.abs(x).sum(axis=1).astype(bool)] = 0.0  # an empty input (no text) matches nothing
+        return out.astype(np.float32)
+
+    def embed_images(self, features: np.ndarray) -> np.ndarray:
+        return self._embed(self.model.image, features)
+
+    def embed_texts(self, features: np.ndarray) -> np.ndarray:
+        return self._embed(self.model.text, features)
+
+    @property
+    def temperature(self) -> float:
+        return float(1.0 / self.model.scale().item())
+
+    @classmethod
+    def load(cls, directory: Path) -> JointSpace:
+        directory = Path(directory)
+        card_path = directory / "card.json"
+        if not card_path.is_file():
+            raise ValueError(f"{directory} is not a joint-space bundle (no card.json)")
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{card_path} is not valid JSON: {e}") from e
+        if card.get("kind") != KIND:
+            raise ValueError(f"{directory.name} is a {card.get('kind') or card.get('task') or 'model'} bundle, "
+                             "not a joint space (train one with `curata joint train`)")
+        for role in ("image", "text"):
+            enc = card["encoders"][role]
+            current = make_extractor(enc["extractor"]).key
+            if current != enc["key"]:
+                raise ValueError(f"joint space {directory.name} was trained on {enc['key']} but this installation "
+                                 f"computes {current}; retrain it")
+        options = JointOptions(**{k: v for k, v in card["params"].items() if k in JointOptions.__dataclass_fields__})
+        model = _build_model(card["encoders"]["image"]["dim"], card["encoders"]["text"]["dim"], options)
+        state = _torch().load(directory / "heads.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        return cls(model, card, directory)
+
+    def split(self) -> dict[str, list[str]]:
+        path = (self.directory or Path()) / "split.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def joint_bundles(workspace: Workspace) -> list[tuple[str, dict[str, Any]]]:
+    """(name, card) of every joint-space bundle in the workspace, newest first."""
+    found = []
+    models = workspace.root / "models"
+    for card_path in models.glob("*/card.json") if models.is_dir() else []:
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if isinstance(card, dict) and card.get("kind") == KIND:
+            found.append((card_path.parent.name, card))
+    return sorted(found, key=lambda nc: (str(nc[1].get("created", "")), nc[0]), reverse=True)
+
+
+def load_joint(workspace: Workspace, name: str | None = None) -> JointSpace:
+    """A joint space of the workspace by bundle name (or a bundle folder path); None = the newest."""
+    if name is None:
+        bundles = joint_bundles(workspace)
+        if not bundles:
+            raise ValueError(f"no joint-space model in {workspace.root / 'models'}; train one with "
+                             "`curata joint train`")
+        name = bundles[0][0]
+    path = Path(name)
+    directory = path if path.is_dir() and (path / "card.json").exists() else workspace.root / "models" / name
+    if not (directory / "card.json").exists():
+        raise ValueError(f"no model named {name!r} in {workspace.root / 'models'}")
+    return JointSpace.load(directory)
+
+
+# -------------------------------------------------------------------------------------------------- training
+
+
+def _versions() -> dict[str, str]:
+    from curata.tasks.bundle import _versions as bundle_versions
+
+    return bundle_versions()
+
+
+def _evaluate_rows(space: JointSpace, data: JointData, rows: np.ndarray, ks: Sequence[int] = KS
+                   ) -> dict[str, float]:
+    """Text->image and image->text recall@K within `rows` (gallery = those items)."""
+    if len(rows) == 0:
+        return {}
+    images = space.embed_images(data.image_features[rows])
+    cap_rows = [c for r in rows for c in data.captions[r]]
+    cap_group = np.array([data.groups[r] for r in rows for _ in data.captions[r]])
+    texts = space.embed_texts(data.text_features[cap_rows])
+    t2i = recall_at_k(texts, images, cap_group, data.groups[rows], ks)
+    i2t = recall_at_k(images, texts, data.groups[rows], cap_group, ks)
+    out = {f"t2i_r{k}": round(v, 4) for k, v in t2i.items()}
+    out.update({f"i2t_r{k}": round(v, 4) for k, v in i2t.items()})
+    return out
+
+
+def train_joint(workspace: Workspace, options: JointOptions | None = None, *, items: pd.DataFrame | None = None,
+                save: bool = True, reporter: Reporter = SILENT,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train a joint space on the workspace's items; returns the summary (the card, plus `space`).
+
+    `on_epoch` receives each epoch's {epoch, loss, val_loss, val_t2i_r10, ...} as it finishes.
+    """
+    options = options or JointOptions()
+    options.validate()
+    torch = _torch()
+    started = time.perf_counter()
+    items = workspace.items() if items is None else items
+    if items.empty:
+        raise ValueError(f"the workspace {workspace.root} has no items; ingest a collection first")
+    missing = sorted(set(options.holdout) - set(items["collection"]))
+    if missing:
+        raise ValueError(f"held-out collection(s) not in the workspace: {', '.join(missing)}; "
+                         f"collections: {', '.join(sorted(set(items['collection'])))}")
+    if options.max_items and len(items) > options.max_items:
+        items = items.sample(options.max_items, random_state=options.seed).sort_index()
+    image_ext, text_ext = shared_extractor(options.image_features), shared_extractor(options.text_features)
+    if image_ext.modality != "image" or text_ext.modality != "text":
+        raise ValueError(f"need an image extractor and a text extractor, got {options.image_features} "
+                         f"({image_ext.modality}) and {options.text_features} ({text_ext.modality})")
+    data = load_data(workspace, items, image_ext, text_ext, captions=options.captions, mask_p=options.mask_p,
+                     variants=options.variants, seed=options.seed, reporter=reporter)
+    if len(data.items) < 4:
+        raise ValueError(f"only {len(data.items)} items have image features and a caption; need at least 4")
+    train, val, held = split_items(data.items, options.val_fraction, options.seed, options.holdout)
+
+    torch.manual_seed(options.seed)
+    rng = np.random.default_rng(options.seed)
+    model = _build_model(data.image_features.shape[1], data.text_features.shape[1], options)
+    X = torch.from_numpy(data.image_features)
+    T = torch.from_numpy(data.text_features)
+    train_text_rows = sorted({t for i in train for t in data.variants[i]})
+    with torch.no_grad():
+        model.image.fit_scaler(X[train])
+        model.text.fit_scaler(T[train_text_rows])
+    space = JointSpace(model, {"dim": options.dim})
+    train_probe = rng.permutation(train)[:2000]  # recall on a bounded train sample: an overfitting check
+
+    def soft_targets(groups: np.ndarray, text_rows: np.ndarray):
+        pos = (groups[:, None] == groups[None, :]) | (text_rows[:, None] == text_rows[None, :])
+        t = torch.from_numpy(pos.astype(np.float32))
+        return t / t.sum(1, keepdim=True), t.T / t.T.sum(1, keepdim=True)
+
+    def batch_loss(rows: np.ndarray, text_rows: np.ndarray):
+        img = model.image(X[rows])
+        txt = model.text(T[text_rows])
+        logits = model.scale() * img @ txt.T
+        target_i, target_t = soft_targets(data.groups[rows], text_rows)
+        lsm = torch.nn.functional.log_softmax
+        return (-(target_i * lsm(logits, 1)).sum(1).mean() - (target_t * lsm(logits.T, 1)).sum(1).mean()) / 2
+
+    def val_loss() -> float:
+        model.eval()
+        losses = []
+        with torch.no_grad():
+            for start in range(0, len(val), options.batch_size):
+                rows = val[start : start + options.batch_size]
+                if len(rows) > 1:
+                    losses.append(batch_loss(rows, np.array([data.captions[r][0] for r in rows])).item())
+        return float(np.mean(losses)) if losses else float("nan")
+
+    before = _evaluate_rows(space, data, val)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, float] = (before.get("t2i_r10", 0.0), -val_loss())
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    best_epoch, stale = 0, 0
+    optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    advance = reporter.task("training joint space", options.epochs)
+    for epoch in range(1, options.epochs + 1):
+        model.train()
+        order = rng.permutation(train)
+        losses = []
+        for start in range(0, len(order), options.batch_size):
+            rows = order[start : start + options.batch_size]
+            if len(rows) < 2:
+                continue
+            # One caption per item per epoch: a masked variant (or one of several human captions).
+            text_rows = np.array([data.variants[r][rng.integers(len(data.variants[r]))] for r in rows])
+            loss = batch_loss(rows, text_rows)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        metrics = _evaluate_rows(space, data, val, (1, 5, 10))
+        record = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4) if losses else None,
+                  "val_loss": round(val_loss(), 4), **{f"val_{k}": v for k, v in metrics.items()},
+                  "temperature": round(space.temperature, 4)}
+        history.append(record)
+        score = (metrics.get("t2i_r10", 0.0), -record["val_loss"])
+        if score > best:
+            best, best_epoch, stale = score, epoch, 0
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        advance(1)
+        if on_epoch:
+            on_epoch(record)
+        if stale >= options.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+
+    name = options.name or "joint"
+    collections = data.items["collection"].value_counts().to_dict()
+    card: dict[str, Any] = {
+        "kind": KIND,
+        "task": KIND,
+        "name": name,
+        "encoders": {
+            "image": {"extractor": image_ext.name, "key": image_ext.key, "dim": int(data.image_features.shape[1])},
+            "text": {"extractor": text_ext.name, "key": text_ext.key, "dim": int(data.text_features.shape[1])},
+        },
+        "dim": options.dim,
+        "temperature": round(space.temperature, 5),
+        "metrics": {"val": _evaluate_rows(space, data, val), "val_untrained": before,
+                    "train": _evaluate_rows(space, data, np.sort(train_probe)),
+                    "holdout": _evaluate_rows(space, data, held) if len(held) else {}},
+        "training": {
+            "items": len(data.items), "train": len(train), "val": len(val), "holdout": len(held),
+            "holdout_collections": list(options.holdout), "collections": collections,
+            "captions": len(data.texts), "skipped": data.skipped,
+            "epochs_run": len(history), "best_epoch": best_epoch, "seconds": round(time.perf_counter() - started, 1),
+            "masking": ("none" if options.mask_p == 0 else
+                        f"each attribute dropped with p={options.mask_p}; {options.variants} masked variants per "
+                        "item drawn once, one sampled per epoch"),
+            "history": history,
+        },
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
+        "versions": _versions(),
+        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
+    }
+    space.card = card
+    if save:
+        directory = workspace.dir("models") / name
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / "heads.pt"
+        torch.save(model.state_dict(), weights)
+        card["fingerprint"] = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        ids = data.items["id"].tolist()
+        split = {"train": [ids[i] for i in train], "val": [ids[i] for i in val], "holdout": [ids[i] for i in held]}
+        (directory / "split.json").write_text(json.dumps(split), encoding="utf-8")
+        (directory / "card.json").write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
+        space.directory = directory
+        card["path"] = str(directory)
+    return {**card, "space": space}

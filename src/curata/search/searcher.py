@@ -1,0 +1,240 @@
+"""Search a workspace by text, by image or by item, through one query encoder and its vector index.
+
+The index of an encoder lives in `<workspace>/index/<encoder name>/` (a `VectorIndex` from
+`curata.search.index`) with a sidecar `search.json`: the encoder's card (what built the vectors)
+and each indexed item's image hash. `build_index` is incremental: only items that are new (or whose
+image changed) are encoded and added, items gone from the collection are removed, and an index
+built by another model (another card) is rebuilt from scratch. Each vector carries the item's
+collection, label and split as metadata, so queries can be filtered on them.
+
+`Searcher` is what the CLI and the HTTP service call. After each query, `notes` says what the
+caller should know about the answer (fewer hits than asked for, stale entries skipped).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curata.imageio import ImageError, load_image
+from curata.progress import SILENT, Reporter
+from curata.search.encoders import QueryEncoder, make_encoder
+from curata.workspace import Workspace
+
+FILTER_FIELDS = ("collection", "label", "split")
+SIDECAR = "search.json"
+_ENCODE_CHUNK = 2048  # items encoded per add(): bounds memory on large collections
+
+
+def _meta_value(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value)
+
+
+def _index_dir(workspace: Workspace, encoder: QueryEncoder) -> Path:
+    return workspace.root / "index" / encoder.index_name
+
+
+def _same_model(built: dict[str, Any], current: dict[str, Any]) -> bool:
+    keys = ("name", "kind", "version", "dim", "fingerprint")
+    return all(built.get(k) == current.get(k) for k in keys)
+
+
+def _read_sidecar(directory: Path) -> dict[str, Any] | None:
+    path = directory / SIDECAR
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
+def build_index(workspace: Workspace, model: str | None = None, *, reporter: Reporter = SILENT) -> dict[str, Any]:
+    """Create or update the index of `model` (see `make_encoder`) over the workspace's items.
+
+    Returns {"model", "index", "added", "updated", "removed", "failed", "total", "rebuilt", "notes"}.
+    """
+    from curata.search.index import VectorIndex
+
+    items = workspace.items()
+    if items.empty:
+        raise ValueError(f"the workspace {workspace.root} has no items; ingest a collection first")
+    encoder = make_encoder(workspace, model)
+    directory = _index_dir(workspace, encoder)
+    sidecar = _read_sidecar(directory)
+    notes: list[str] = []
+    rebuilt = False
+    index = None
+    if sidecar is not None and (directory.exists()):
+        if not _same_model(sidecar.get("encoder", {}), encoder.card):
+            notes.append(f"the index was built with another version of {encoder.name}: rebuilt from scratch")
+            rebuilt = True
+        else:
+            index = VectorIndex.load(directory)
+    if index is None:
+        index = VectorIndex.create(encoder.dim, card={"encoder": encoder.card})
+        sidecar = {"encoder": encoder.card, "hashes": {}}
+    hashes: dict[str, str] = dict(sidecar.get("hashes", {}))
+
+    current = dict(zip(items["id"], items["image_sha256"], strict=True))
+    gone = [i for i in hashes if i not in current]
+    removed = index.remove(gone) if gone else 0
+    for i in gone:
+        hashes.pop(i, None)
+    todo = items[[hashes.get(i) != h for i, h in zip(items["id"], items["image_sha256"], strict=True)]]
+    updated = int(sum(i in hashes for i in todo["id"]))
+    added = failed = 0
+    advance = reporter.task(f"indexing ({encoder.name})", len(todo))
+    for start in range(0, len(todo), _ENCODE_CHUNK):
+        chunk = todo.iloc[start : start + _ENCODE_CHUNK]
+        vectors = encoder.encode_items(workspace, chunk, reporter=reporter if start == 0 else SILENT)
+        ok = np.flatnonzero(np.linalg.norm(vectors, axis=1) > 0)
+        failed += len(chunk) - len(ok)
+        # An item whose image changed and now fails must not keep its old vector.
+        stale = [i for j, i in enumerate(chunk["id"]) if j not in set(ok) and i in hashes]
+        if stale:
+            index.remove(stale)
+            for i in stale:
+                hashes.pop(i, None)
+        if len(ok):
+            rows = chunk.iloc[ok]
+            meta = {field: [_meta_value(v) for v in rows[field]] for field in FILTER_FIELDS}
+            index.add(list(rows["id"]), vectors[ok], meta)
+            hashes.update(zip(rows["id"], rows["image_sha256"], strict=True))
+            added += len(ok)
+        advance(len(chunk))
+    if failed:
+        notes.append(f"{failed} item(s) have no usable image features and are not searchable by image")
+    directory.mkdir(parents=True, exist_ok=True)
+    index.save(directory)
+    # Written after save(): the sidecar must describe what is on disk, even if save() rewrote the folder.
+    (directory / SIDECAR).write_text(json.dumps({"encoder": encoder.card, "hashes": hashes}), encoding="utf-8")
+    return {"model": encoder.name, "index": str(directory), "added": added - updated, "updated": updated,
+            "removed": int(removed), "failed": failed, "total": len(index), "rebuilt": rebuilt, "notes": notes}
+
+
+class Searcher:
+    """Queries against one encoder's index; hits are dicts {id, score, label, collection, text, image}."""
+
+    def __init__(self, workspace: Workspace, encoder: QueryEncoder, index: Any, items: pd.DataFrame):
+        self.workspace = workspace
+        self.encoder = encoder
+        self.index = index
+        self._items = items.set_index("id", drop=False)
+        self.notes: list[str] = []
+
+    @classmethod
+    def open(cls, workspace: Workspace, model: str | None = None) -> Searcher:
+        from curata.search.index import VectorIndex
+
+        encoder = make_encoder(workspace, model)
+        directory = _index_dir(workspace, encoder)
+        sidecar = _read_sidecar(directory)
+        if sidecar is None:
+            raise ValueError(f"no search index for model {encoder.name!r} in {workspace.root / 'index'}; "
+                             "build it with `curata index build`")
+        built = sidecar.get("encoder", {})
+        if not _same_model(built, encoder.card):
+            raise ValueError(f"the index in {directory} was built with {built.get('name')!r} "
+                             f"(version {built.get('version')!r}), not with the query encoder {encoder.name!r} "
+                             f"(version {encoder.card.get('version')!r}); rebuild it with `curata index build`")
+        return cls(workspace, encoder, VectorIndex.load(directory), workspace.items())
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return {"model": self.encoder.card, "items": len(self.index), "filters": list(FILTER_FIELDS)}
+
+    # ------------------------------------------------------------------------------------------ queries
+    def by_text(self, text: str, k: int = 10, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("empty text query: give some words to search for")
+        return self._search(self.encoder.encode_texts([text.strip()])[0], k, filters)
+
+    def by_image(self, image: np.ndarray | bytes | str | Path, k: int = 10, filters: dict[str, str] | None = None
+                 ) -> list[dict[str, Any]]:
+        """An RGB uint8 array, or encoded image bytes / a file path (decoded by curata.imageio)."""
+        if not isinstance(image, np.ndarray):
+            if isinstance(image, bytes) and not image:
+                raise ValueError("empty image query: no bytes were given")
+            try:
+                image = load_image(image, max_side=512)
+            except ImageError as e:
+                raise ImageError(e.code, f"query image cannot be decoded: {e.reason}") from e
+        elif image.ndim == 2 and image.dtype == np.uint8:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        return self._search(self.encoder.encode_images([image])[0], k, filters)
+
+    def by_item(self, item_id: str, k: int = 10, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Items like `item_id` (the item itself left out)."""
+        if not isinstance(item_id, str) or not item_id.strip():
+            raise ValueError("empty item id")
+        if item_id in self.index:
+            vector = self.index.get([item_id])[0]
+        elif item_id in self._items.index:
+            vector = self.encoder.encode_items(self.workspace, self._items.loc[[item_id]])[0]
+        else:
+            raise ValueError(f"unknown item {item_id!r}: not in the collection of {self.workspace.root}")
+        hits = self._search(vector, k + 1, filters, asked=k, exclude=item_id)
+        return hits[:k]
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _check(self, k: int, filters: dict[str, str] | None) -> None:
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        for field, value in (filters or {}).items():
+            if field not in FILTER_FIELDS:
+                raise ValueError(f"cannot filter on {field!r}; filter fields: {', '.join(FILTER_FIELDS)}")
+            if not isinstance(value, str | list | tuple) or not value:
+                raise ValueError(f"filter {field!r}: expected a value, got {value!r}")
+
+    def _search(self, vector: np.ndarray, k: int, filters: dict[str, str] | None, *, asked: int | None = None,
+                exclude: str | None = None) -> list[dict[str, Any]]:
+        asked = k if asked is None else asked
+        self._check(asked, filters)
+        self.notes = []
+        if not np.any(vector):
+            raise ValueError("the query encodes to an empty vector (nothing the model can read)")
+        vector = np.asarray(vector, np.float32)
+        vector = vector / np.linalg.norm(vector)
+        found = self.index.search(vector[None, :], k, filters=dict(filters) if filters else None)[0]
+        hits, stale = [], 0
+        for item_id, score in found:
+            if item_id == exclude:
+                continue
+            if item_id not in self._items.index:
+                stale += 1
+                continue
+            row = self._items.loc[item_id]
+            hits.append({"id": item_id, "score": round(float(score), 4), "label": _meta_value(row["label"]) or None,
+                         "collection": _meta_value(row["collection"]) or None, "text": row["text"] or "",
+                         "image": row["image"]})
+        if stale:
+            self.notes.append(f"{stale} indexed item(s) are no longer in the collection; run `curata index build`")
+        if len(hits) < asked:
+            scope = " matching the filters" if filters else ""
+            self.notes.append(f"asked for {asked} hits; the index has only {len(hits)} item(s){scope}")
+        return hits[:asked]
+
+
+def demo_search(workspace: Workspace, queries: list[str], *, k: int = 5, epochs: int = 15, name: str = "demo-joint",
+                reporter: Reporter = SILENT) -> dict[str, Any]:
+    """The demo's search stage: train a joint space quickly on the workspace's collection, index it,
+    run the text queries. Returns {"model", "train", "val", "val_untrained", "index", "queries"}."""
+    from curata.search.joint import JointOptions, train_joint
+
+    options = JointOptions(epochs=epochs, name=name, patience=max(3, epochs // 3))
+    summary = train_joint(workspace, options, reporter=reporter)
+    index = build_index(workspace, name, reporter=reporter)
+    searcher = Searcher.open(workspace, name)
+    results = []
+    for query in queries:
+        results.append({"query": query, "hits": searcher.by_text(query, k), "notes": list(searcher.notes)})
+    return {"model": name, "train": summary["metrics"]["train"], "val": summary["metrics"]["val"],
+            "val_untrained": summary["metrics"]["val_untrained"], "temperature": summary["temperature"],
+            "epochs_run": summary["training"]["epochs_run"], "index": index, "queries": results}
