@@ -49,7 +49,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # nlist/m None: chosen from the data at training time; nprobe None: nlist // 8 (at least 8).
     "ivfpq": {"nlist": None, "m": None, "nbits": 4, "nprobe": None, "rerank": 256, "train_min": 10_000},
 }
-# exact_limit None: 5,000,000 / dim items (~20k at 256-d, ~4k at 1280-d), a brute-force scan of a few ms
+# exact_limit None: 2,000,000 / dim items (~8k at 256-d, ~1.5k at 1280-d): a brute-force scan of ~1 ms
 COMMON = {"normalize": True, "threshold": AUTO_THRESHOLD, "exact_limit": None}
 SEARCH_PARAMS = ("ef_search", "nprobe", "rerank", "exact_limit")
 _CHUNK = 65_536  # rows moved at once when rebuilding or training: bounds the extra memory
@@ -148,7 +148,7 @@ class VectorIndex:
     @classmethod
     def create(cls, dim: int, *, kind: str = "auto", card: dict | None = None, **params: Any) -> VectorIndex:
         """A new empty index. Parameters (all optional): `normalize` (True), `exact_limit` (filtered
-        searches matching at most this many items are answered exactly; 5,000,000 / dim); hnsw: `m` (32),
+        searches matching at most this many items are answered exactly; 2,000,000 / dim); hnsw: `m` (32),
         `ef_construction` (128), `ef_search` (128); ivfpq: `nlist`, `m` (sub-quantisers), `nbits`
         (4 = fast-scan, 8), `nprobe`, `rerank` (candidates re-ranked exactly, 256), `train_min`
         (10,000); auto: `threshold` (50,000) plus the hnsw ones."""
@@ -165,7 +165,7 @@ class VectorIndex:
                                   f"known: {', '.join(sorted(known))}")
         known.update(params)
         if known["exact_limit"] is None:
-            known["exact_limit"] = max(1000, 5_000_000 // int(dim))
+            known["exact_limit"] = max(1000, 2_000_000 // int(dim))
         return cls(int(dim), kind, known, dict(card or {}))
 
     def _new_structure(self) -> None:
