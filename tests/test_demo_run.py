@@ -37,6 +37,13 @@ def test_demo_end_to_end_and_rerun_is_cached(tmp_path):
     assert clusters["k"] == 8 and len(clusters["names"]) == 8 and Path(clusters["map"]).is_file()
     assert -1 <= clusters["scores"]["ari"] <= 1
 
+    described = summary["descriptions"]
+    assert len(described["tokens"]) == 4 and all(t["sentence"].endswith(".") for t in described["tokens"])
+    assert set(described["keywords_at_5"]) >= {"neighbours", "popularity baseline"}
+    search = summary["search"]
+    assert [q["query"] for q in search["queries"]][0].startswith("a voronoi")
+    assert all(len(q["hits"]) == 3 for q in search["queries"])
+
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     again = json.loads(second.stdout)

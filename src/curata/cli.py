@@ -558,6 +558,14 @@ def demo_cmd(
         scores = ", ".join(f"{source} P@5 {s['precision@5']:.2f} R@5 {s['recall@5']:.2f}"
                            for source, s in described["keywords_at_5"].items())
         console.print(f"  keywords vs held-out tags: {escape(scores)}")
+    if summary.get("search"):
+        found = summary["search"]
+        recall = ", ".join(f"R@{k} {found['val'].get(f't2i_r{k}', 0):.2f} (untrained "
+                           f"{found['val_untrained'].get(f't2i_r{k}', 0):.2f})" for k in (1, 5, 10))
+        console.print(f"search: joint space '{escape(found['model'])}', text->image on held-out tokens: {recall}")
+        for query in found["queries"]:
+            hits = "; ".join(f"{h['id']} ({h['label']}, {h['score']:.2f})" for h in query["hits"])
+            console.print(f"  \"{escape(query['query'])}\" -> {escape(hits)}")
     console.print(f"total {summary['seconds']['total']:.1f} s; workspace {escape(str(summary['workspace']))}")
 
 

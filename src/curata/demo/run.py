@@ -63,6 +63,8 @@ def colour_namer_agreement(workspace: Workspace) -> float | None:
 
 
 DESCRIBED_TOKENS = 4
+DEMO_QUERIES = ("a voronoi piece in the cobalt palette", "a dense cellular automaton",
+                "a fractal with radial symmetry", "a sparse random walk with thin strokes")
 
 
 def describe_tokens(workspace: Workspace, demo: pd.DataFrame, n: int, seed: int = 0) -> dict[str, Any]:
@@ -150,6 +152,17 @@ def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, 
         t = time.perf_counter()
         descriptions = describe_tokens(workspace, demo, n=DESCRIBED_TOKENS, seed=seed)
         timings["describe"] = time.perf_counter() - t
+    search = None
+    if "effnet_lite0" in extractors:
+        from curata.search.searcher import demo_search
+
+        t = time.perf_counter()
+        found = demo_search(workspace, list(DEMO_QUERIES), k=3, reporter=reporter)
+        timings["search"] = time.perf_counter() - t
+        search = {"model": found["model"], "val": found["val"], "val_untrained": found["val_untrained"],
+                  "queries": [{"query": q["query"], "hits": [{"id": h["id"], "label": h["label"],
+                                                              "score": round(h["score"], 3)} for h in q["hits"]]}
+                              for q in found["queries"]]}
     timings["total"] = time.perf_counter() - started
     return {
         "workspace": str(workspace.root),
@@ -162,5 +175,6 @@ def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, 
         "tasks": tasks,
         "clusters": clusters,
         "descriptions": descriptions,
+        "search": search,
         "seconds": {k: round(v, 2) for k, v in timings.items()},
     }
