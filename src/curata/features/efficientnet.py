@@ -305,8 +305,8 @@ class EfficientNetLite2(EfficientNetLite):
 class EfficientNetLite0Logits(EfficientNetLite0):
     """The ImageNet-1k logits of EfficientNet-Lite0 (1000-d) instead of its pooled features: the
     classifier head folds the 1280 features into object categories, which groups products and other
-    photos by what they show better than the raw features do (k-means ARI on flipkart, UMAP-10:
-    0.56 against 0.51)."""
+    photos by what they show better than the raw features do (k-means ARI on flipkart, UMAP-10,
+    5 seeds: 0.554 against 0.513)."""
 
     name: ClassVar[str] = "effnet_lite0_logits"
 
