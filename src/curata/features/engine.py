@@ -39,7 +39,7 @@ def available_extractors() -> list[str]:
 
 def _import_builtin() -> None:
     """Importing the modules registers their extractors (plug-ins too: they load nothing until used)."""
-    from curata.features import color, efficientnet, local, palette, plugins, text  # noqa: F401
+    from curata.features import color, efficientnet, local, palette, pixels, plugins, text  # noqa: F401
 
 
 def make_extractor(name: str, **params: Any) -> Extractor:
@@ -101,6 +101,9 @@ def _load_batch(extractor: Extractor, sources: list[str], pool: ThreadPoolExecut
     return list(pool.map(one, sources))
 
 
+load_batch = _load_batch  # public name: the Ray engine loads through the very same code
+
+
 def _transform_isolated(extractor: Extractor, inputs: list[Any]) -> tuple[np.ndarray, list[str | None]]:
     """Transform a batch; if the batch fails, retry item by item so one bad input fails alone."""
     out = np.zeros((len(inputs), extractor.dim), np.float32)
@@ -120,6 +123,20 @@ def _transform_isolated(extractor: Extractor, inputs: list[Any]) -> tuple[np.nda
         except Exception as e:
             errors[i] = f"{type(e).__name__}: {e}"
     return out, errors
+
+
+def transform_loaded(extractor: Extractor, loaded: list[tuple[Any, str | None]]
+                     ) -> tuple[np.ndarray, list[str | None]]:
+    """Vectors and per-item errors for a batch from `load_batch`: items that failed to load keep their
+    reason, the rest go through the model with failures isolated (zeros where an item failed)."""
+    ok = [j for j, (_, error) in enumerate(loaded) if error is None]
+    vectors = np.zeros((len(loaded), extractor.dim), np.float32)
+    errors: list[str | None] = [error for _, error in loaded]
+    out, out_errors = _transform_isolated(extractor, [loaded[j][0] for j in ok])
+    for row, j in enumerate(ok):
+        vectors[j] = out[row]
+        errors[j] = out_errors[row]
+    return vectors, errors
 
 
 def _batches(seq: list[Any], size: int) -> Iterator[list[Any]]:
@@ -177,9 +194,20 @@ def ensure_fitted(extractor: Extractor, workspace: Workspace, items: pd.DataFram
     return fit_id
 
 
-def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32, refit: bool = False,
-            workers: int | None = None, reporter: Reporter = SILENT) -> FeatureRun:
-    """Compute `extractor` for every item of the workspace that lacks it."""
+@dataclass
+class ComputePlan:
+    """What a run has to do: the store to append to, the sources still missing (content hash -> image path
+    or text, identical content once) and the run record to fill in. Shared by the local and Ray engines."""
+
+    store: FeatureStore
+    todo: dict[str, str]
+    run: FeatureRun
+    started: float
+
+
+def plan_compute(extractor: Extractor, workspace: Workspace, *, refit: bool = False,
+                 reporter: Reporter = SILENT) -> ComputePlan:
+    """Fit the extractor if it needs the collection (once), then list the items its store lacks."""
     started = time.perf_counter()
     items = workspace.items()
     fit_id = ensure_fitted(extractor, workspace, items, refit=refit, reporter=reporter)
@@ -193,10 +221,17 @@ def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32,
             todo.setdefault(key, source)  # identical content is computed once
     run = FeatureRun(extractor.key, len(items), len(items) - sum(k in todo for k in keys), len(todo), 0, 0.0,
                      fitted=bool(fit_id))
-    if todo:
-        _compute_todo(extractor, store, todo, batch_size, workers, reporter, run)
-    run.seconds = time.perf_counter() - started
-    return run
+    return ComputePlan(store, todo, run, started)
+
+
+def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32, refit: bool = False,
+            workers: int | None = None, reporter: Reporter = SILENT) -> FeatureRun:
+    """Compute `extractor` for every item of the workspace that lacks it."""
+    plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)
+    if plan.todo:
+        _compute_todo(extractor, plan.store, plan.todo, batch_size, workers, reporter, plan.run)
+    plan.run.seconds = time.perf_counter() - plan.started
+    return plan.run
 
 
 def _compute_todo(extractor: Extractor, store: FeatureStore, todo: dict[str, str], batch_size: int,
@@ -220,13 +255,7 @@ def _compute_todo(extractor: Extractor, store: FeatureStore, todo: dict[str, str
             loaded = future.result() if future else []
             future = (prefetch.submit(_load_batch, extractor, [s for _, s in batches[i + 1]], loaders)
                       if i + 1 < len(batches) else None)
-            ok = [j for j, (_, error) in enumerate(loaded) if error is None]
-            vectors = np.zeros((len(batch), extractor.dim), np.float32)
-            errors: list[str | None] = [error for _, error in loaded]
-            out, out_errors = _transform_isolated(extractor, [loaded[j][0] for j in ok])
-            for row, j in enumerate(ok):
-                vectors[j] = out[row]
-                errors[j] = out_errors[row]
+            vectors, errors = transform_loaded(extractor, loaded)
             pending_keys.extend(k for k, _ in batch)
             pending_vecs.append(vectors)
             pending_errs.extend(errors)
