@@ -41,7 +41,7 @@ def test_demo_end_to_end_and_rerun_is_cached(tmp_path):
     assert len(described["tokens"]) == 4 and all(t["sentence"].endswith(".") for t in described["tokens"])
     assert set(described["keywords_at_5"]) >= {"neighbours", "popularity baseline"}
     search = summary["search"]
-    assert [q["query"] for q in search["queries"]][0].startswith("a voronoi")
+    assert search["queries"][0]["query"].startswith("a voronoi")
     assert all(len(q["hits"]) == 3 for q in search["queries"])
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
