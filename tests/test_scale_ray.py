@@ -1,0 +1,162 @@
+"""The Ray engine against the local engine, on a real local Ray runtime (2 CPUs) and 300 images the test
+draws: same vectors, same per-item errors, nothing recomputed, same predictions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from conftest import write_image
+from curata.features.engine import compute, load_matrix, make_extractor
+from curata.ingest.pipeline import ingest
+from curata.scale import compute_ray, predict_ray
+from curata.tasks.runner import TrainOptions, predict_images, run
+from curata.workspace import Workspace
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+WORDS = ["linen", "cotton", "silk", "wool", "denim", "leather", "canvas", "velvet"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    """One local runtime for the module; the engine reuses a runtime that is already initialised."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory) -> Path:
+    """300 small images (PNG and JPEG, 3 colour classes) listed in a CSV with a text and a label."""
+    root = tmp_path_factory.mktemp("scale")
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        label = list(COLOURS)[i % 3]
+        name = f"img/{label}_{i:03d}." + ("jpg" if i % 4 == 0 else "png")
+        write_image(root / name, size=(24 + i % 17, 20 + i % 11), color=COLOURS[label])
+        words = " ".join(rng.choice(WORDS, 3))
+        rows.append({"image": name, "text": f"{label} shirt in {words}", "label": label})
+    pd.DataFrame(rows).to_csv(root / "items.csv", index=False)
+    return root
+
+
+def _workspace(collection: Path, name: str) -> Workspace:
+    ws = Workspace(collection / name)
+    if not ws.exists:
+        ingest(collection / "items.csv", ws)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def corrupt(collection) -> Path:
+    """Ingested intact in both workspaces, then damaged: the engines must report it, not crash."""
+    _workspace(collection, "ws_local"), _workspace(collection, "ws_ray")
+    path = collection / "img" / "green_001.png"
+    (collection / "green_001.png.bak").write_bytes(path.read_bytes())
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    return path
+
+
+def _same_features(name: str, collection: Path) -> tuple:
+    local_ws, ray_ws = _workspace(collection, "ws_local"), _workspace(collection, "ws_ray")
+    local = compute(make_extractor(name), local_ws)
+    remote = compute_ray(make_extractor(name), ray_ws, batch_size=16)
+    assert (remote.items, remote.computed, remote.cached, remote.errors) == \
+           (local.items, local.computed, local.cached, local.errors)
+    expected, expected_errors = load_matrix(local_ws, make_extractor(name))
+    got, errors = load_matrix(ray_ws, make_extractor(name))
+    assert errors == expected_errors
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    return local, remote, errors
+
+
+def test_image_features_match_local_engine_and_report_the_corrupt_image(collection, corrupt):
+    ray_ws = _workspace(collection, "ws_ray")
+    bad = int(np.flatnonzero(ray_ws.items()["image"].str.endswith("green_001.png"))[0])
+    for name in ("color_stats", "palette"):
+        _, remote, errors = _same_features(name, collection)
+        assert remote.computed == 300 and remote.errors == 1
+        assert errors[bad]  # and the same reason as the local engine gives (checked in _same_features)
+        assert errors.count(None) == 299
+    # Failed rows are not cached: once the image is readable again exactly that one is computed, then nothing.
+    shutil.copyfile(collection / "green_001.png.bak", corrupt)
+    try:
+        retry = compute_ray(make_extractor("color_stats"), ray_ws)
+        assert (retry.computed, retry.cached, retry.errors) == (1, 299, 0)
+        assert load_matrix(ray_ws, make_extractor("color_stats"))[1] == [None] * 300
+        again = compute_ray(make_extractor("color_stats"), ray_ws)
+        assert (again.computed, again.cached) == (0, 300)
+    finally:
+        corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+
+
+def test_fitted_extractor_is_fitted_once_on_the_driver_and_shipped(collection):
+    _, remote, errors = _same_features("tfidf", collection)
+    assert remote.fitted and remote.computed > 1 and errors == [None] * 300
+    state = _workspace(collection, "ws_ray").root / "models" / "extractors"
+    assert len(list(state.rglob("fit.json"))) == 1
+    local_fit = json.loads(next((_workspace(collection, "ws_local").root / "models").rglob("fit.json")).read_text())
+    assert json.loads(next(state.rglob("fit.json")).read_text())["fit_id"] == local_fit["fit_id"]
+
+
+@pytest.fixture(scope="module")
+def bundle(collection) -> Path:
+    ws = _workspace(collection, "ws_local")
+    compute(make_extractor("color_stats"), ws)
+    return run(ws, TrainOptions(task="collection", target="label", features=["color_stats"], folds=3,
+                                name="colours")).bundle
+
+
+def test_predict_on_ray_matches_predict_images(collection, corrupt, bundle, tmp_path):
+    paths = [*sorted((collection / "img").glob("*"))[::3], corrupt, collection / "missing.png"]
+    expected = predict_images(bundle, paths)
+    # A Parquet file of paths relative to it: same rows as the local path, in order, and written as parts.
+    table = collection / "paths.parquet"
+    pd.DataFrame({"image": [str(p.relative_to(collection)) for p in paths]}).to_parquet(table)
+    got = predict_ray(bundle, table, output=tmp_path / "out", keep_rows=True, batch_size=8)
+    assert [r["image"] for r in got.rows] == [str(p) for p in paths]
+    for row, want in zip(got.rows, expected, strict=True):
+        assert row.get("error") == want.get("error") and row.get("prediction") == want.get("prediction")
+        for label, score in want.get("scores", {}).items():
+            assert row["scores"][label] == pytest.approx(score, abs=1e-4)
+    assert (got.items, got.errors) == (len(paths), 2)
+    assert "file not found" in got.rows[-1]["error"] and got.rows[-2]["error"]
+    parts = pd.read_parquet(tmp_path / "out")
+    assert len(parts) == len(paths) and parts["error"].notna().sum() == 2
+    assert sorted(parts["prediction"].dropna()) == sorted(r["prediction"] for r in expected if "prediction" in r)
+    with pytest.raises(ValueError, match="already holds"):
+        predict_ray(bundle, table, output=tmp_path / "out")
+
+
+def test_cli_engine_ray(collection, bundle):
+    from curata.cli import app
+
+    cli = CliRunner()
+    local_ws, ray_ws = _workspace(collection, "ws_local"), _workspace(collection, "ws_ray")
+    features = ["features", "-w", str(ray_ws.root), "-e", "color_hist", "--engine", "ray", "--json"]
+    result = cli.invoke(app, features)
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.stdout)[0]
+    assert first["computed"] == 300 and first["extractor"].startswith("color_hist")
+    compute(make_extractor("color_hist"), local_ws)
+    np.testing.assert_allclose(load_matrix(ray_ws, make_extractor("color_hist"))[0],
+                               load_matrix(local_ws, make_extractor("color_hist"))[0], rtol=1e-5, atol=1e-6)
+    # Every workspace item predicted from its image by actors: the model works (not the same garbage twice).
+    predicted = cli.invoke(app, ["predict", str(bundle), "--all", "--engine", "ray", "-w", str(local_ws.root),
+                                 "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = json.loads(predicted.stdout)
+    labels = dict(zip(local_ws.items()["id"], local_ws.items()["label"], strict=True))
+    assert len(rows) == 300 and sum(r.get("prediction") == labels[r["id"]] for r in rows) >= 290
+    bad = cli.invoke(app, ["features", "-w", str(ray_ws.root), "-e", "color_hist", "--engine", "spark"])
+    assert bad.exit_code == 2 and "engine" in bad.output
