@@ -1,0 +1,61 @@
+"""`curata serve`: the HTTP API and the web page over a workspace (uvicorn running curata.service)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from curata.clibase import BadInput, WorkspaceOpt, app, console, handle_errors
+from curata.workspace import default_workspace
+
+
+@app.command("serve")
+@handle_errors
+def serve_cmd(
+    workspace: WorkspaceOpt = default_workspace(),
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface, e.g. in "
+                                      "a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9797,
+    workers: Annotated[int, typer.Option(help="Worker processes; each loads the models once.")] = 1,
+    api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key clients must send in "
+                                                      "X-API-Key (default: $CURATA_API_KEY; neither: no key).")
+                            ] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="An origin allowed to call the "
+                                                          "API from a browser (repeatable; default none).")] = None,
+    allow_urls: Annotated[bool, typer.Option(help="Let clients send image URLs for the server to fetch (off: no "
+                                             "server-side fetches).")] = False,
+    allow_private_urls: Annotated[bool, typer.Option(help="With --allow-urls, also fetch from loopback and "
+                                                     "private addresses.")] = False,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(help="Largest image, in pixels (decompression-bomb guard).")
+                          ] = 40_000_000,
+    max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
+    lazy: Annotated[bool, typer.Option("--lazy", help="Load bundles on first use instead of at start-up.")
+                    ] = False,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")
+                         ] = "info",
+) -> None:
+    """Serve the API (/v1/..., docs at /docs) and the web page (/) for a workspace."""
+    import uvicorn
+
+    from curata.service.settings import ENV_SETTINGS, Settings
+
+    if not workspace.is_dir():
+        raise BadInput(f"workspace {workspace} does not exist; run `curata ingest` first")
+    if workers < 1 or not 0 < port < 65536:
+        raise BadInput("--workers must be >= 1 and --port between 1 and 65535")
+    if allow_private_urls and not allow_urls:
+        raise BadInput("--allow-private-urls needs --allow-urls")
+    settings = Settings(workspace=workspace.resolve(), api_key_file=api_key_file.resolve() if api_key_file else None,
+                        cors_origins=tuple(cors_origin or ()), allow_urls=allow_urls,
+                        allow_private_urls=allow_private_urls, max_request_bytes=int(max_upload_mb * 1024 * 1024),
+                        max_pixels=max_pixels, max_images=max_images, max_batch=max_images, preload=not lazy)
+    settings.api_key()  # a missing or empty key file fails here, with its name, not in every worker
+    # Workers are separate processes: they rebuild the settings from the environment (no key in it).
+    os.environ[ENV_SETTINGS] = settings.to_json()
+    console.print(f"curata serving {workspace} on http://{host}:{port}/ (API docs at /docs)", soft_wrap=True)
+    uvicorn.run("curata.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level=log_level, proxy_headers=False, server_header=False)

@@ -1,0 +1,1 @@
+"""The HTTP service and web page: `curata serve` (see `curata.service.app.create_app`)."""

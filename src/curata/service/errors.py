@@ -1,0 +1,99 @@
+"""One error shape for every failure: `{"error": {"code", "message", "field"}}`.
+
+FastAPI's own errors (validation, 404, 405) are reshaped here too, and anything unexpected becomes a
+500 with a fixed message: the trace goes to the server log, never into a response.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("curata.service")
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    406: "not_acceptable", 409: "conflict", 413: "request_too_large", 415: "unsupported_media_type",
+    422: "invalid_request", 429: "too_many_requests", 503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """A client-facing error: HTTP status, a short machine code, a human message, the field at fault."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(code, message, field), status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """'query.k', 'body.images.0.base64': where the problem is, without FastAPI's internal prefixes."""
+    parts = [str(p) for p in loc]
+    return ".".join(parts) or None
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.code, _hide_paths(request, exc.message), exc.field, exc.headers)
+
+
+def _hide_paths(request: Request, message: str) -> str:
+    """Library messages name files by their full path; clients learn nothing from the server's layout."""
+    state = getattr(request.app.state, "curata", None)
+    if state is None:
+        return message
+    root = str(state.workspace.root)
+    return message.replace(str(state.workspace.root.resolve()), "<workspace>").replace(root, "<workspace>")
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = first.get("loc", ())
+    message = str(first.get("msg", "invalid request"))
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    # A body that is not JSON at all arrives as a json_invalid error: say so plainly.
+    if first.get("type") == "json_invalid":
+        return error_response(400, "invalid_json", f"the body is not valid JSON: {message}", _field(loc))
+    return error_response(422, "invalid_request", message, _field(loc))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no such path: {request.url.path}"
+    elif exc.status_code == 405:
+        detail = f"method {request.method} is not allowed on {request.url.path}"
+    return error_response(exc.status_code, code, detail, None, getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("internal error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal server error (details are in the server log)")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+

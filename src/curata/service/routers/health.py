@@ -1,0 +1,35 @@
+"""Liveness (no authentication, no work) and readiness (what is loaded)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from curata import __version__
+from curata.service.deps import get_state, require_api_key
+from curata.service.schemas import Health, Ready
+from curata.service.state import ServiceState
+
+router = APIRouter(prefix="/v1", tags=["health"])
+
+
+@router.get("/health", response_model=Health, summary="Liveness: the process answers")
+def health() -> Health:
+    return Health(status="ok", version=__version__)
+
+
+@router.get("/ready", response_model=Ready, summary="Readiness: models loaded (503 while loading or broken)",
+            dependencies=[Depends(require_api_key)], responses={503: {"model": Ready}})
+def ready(state: ServiceState = Depends(get_state)) -> JSONResponse | Ready:
+    models = {name: "loaded" for name in state.bundles}
+    models.update({name: f"error: {reason}" for name, reason in state.bundle_errors.items()})
+    for name in state.bundle_names():
+        models.setdefault(name, "not loaded" if state.is_classifier(name) else "not a classifier")
+    exists = state.workspace.root.is_dir()
+    ok = exists and state.loaded and state.load_error is None
+    status = ("ready" if ok else "loading" if exists and not state.loaded
+              else state.load_error or "the workspace folder is gone")
+    body = Ready(ready=ok, status=status, workspace=str(state.workspace.root.name),
+                 items=len(state.items().frame) if ok else 0, models=models, search=state.engine_status("search"),
+                 describe=state.engine_status("describe"))
+    return body if ok else JSONResponse(body.model_dump(), status_code=503)

@@ -1,0 +1,206 @@
+"""Items of the collection: a filtered, paged list, facets for the filters, one item, its image, a
+thumbnail, and its cached feature vectors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+from fastapi import APIRouter, Depends, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, Response
+
+from curata.service.deps import get_state, require_api_key
+from curata.service.errors import ApiError
+from curata.service.schemas import Facets, FeatureInfo, ItemDetail, ItemFeatures, ItemPage, ItemSummary
+from curata.service.state import ItemsView, ServiceState
+
+router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=[Depends(require_api_key)])
+
+_MEDIA = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp", "BMP": "image/bmp",
+          "TIFF": "image/tiff", "MPO": "image/jpeg"}
+
+
+def item_urls(item_id: str) -> dict[str, str]:
+    path = quote(item_id, safe="/")
+    return {"image_url": f"/v1/items/{path}/image", "thumbnail_url": f"/v1/items/{path}/thumbnail"}
+
+
+def _text(value: Any) -> str:
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+
+def _summary(view: ItemsView, row: int, cluster: int | None) -> dict[str, Any]:
+    r = view.frame.iloc[row]
+    item_id = str(r["id"])
+    return {"id": item_id, "collection": _text(r["collection"]) or None, "source": _text(r["source"]) or None,
+            "label": _text(r["label"]) or None, "tags": [str(t) for t in (r["tags"] if r["tags"] is not None else [])],
+            "text": _text(r["text"]), "colour": view.colours[row], "cluster": cluster,
+            "width": int(r["width"]) if pd.notna(r["width"]) else None,
+            "height": int(r["height"]) if pd.notna(r["height"]) else None, **item_urls(item_id)}
+
+
+def _clusters_of(state: ServiceState, run: str | None, view: ItemsView) -> dict[str, int]:
+    if run is None:
+        return {}
+    frame = state.assignments(run)
+    return {str(i): int(c) for i, c in zip(frame["id"], frame["cluster"], strict=True)}
+
+
+@router.get("", response_model=ItemPage, summary="List items, filtered and paged")
+def list_items(
+    label: str | None = Query(None, max_length=512, description="Only items with this label."),
+    tag: str | None = Query(None, max_length=512, description="Only items with this tag (e.g. 'hair=short')."),
+    colour: str | None = Query(None, max_length=64, description="Only items whose dominant colour is this name."),
+    cluster: int | None = Query(None, ge=-1, description="Only items in this cluster of `cluster_run`."),
+    cluster_run: str | None = Query(None, max_length=120, description="Cluster run (default: the newest)."),
+    collection: str | None = Query(None, max_length=512, description="Only items of this collection."),
+    q: str | None = Query(None, max_length=512, description="Only items whose text contains this (any case)."),
+    offset: int = Query(0, ge=0, le=10_000_000),
+    limit: int = Query(48, ge=1, le=500),
+    state: ServiceState = Depends(get_state),
+) -> ItemPage:
+    view = state.items()
+    frame = view.frame
+    keep = np.ones(len(frame), bool)
+    if label is not None:
+        keep &= (frame["label"] == label).to_numpy()
+    if collection is not None:
+        keep &= (frame["collection"] == collection).to_numpy()
+    if tag is not None:
+        keep &= np.array([tags is not None and tag in set(tags) for tags in frame["tags"]], bool)
+    if colour is not None:
+        if not view.palette_ok.any():
+            raise ApiError(409, "no_palette_feature", "the colour filter needs the palette feature; run "
+                           "`curata features -e palette` first", "colour")
+        wanted = colour.strip().lower()
+        keep &= np.array([c == wanted for c in view.colours], bool)
+    if q:
+        keep &= frame["text"].fillna("").str.contains(q, case=False, regex=False).to_numpy()
+    run = cluster_run or (state.latest_run() if cluster is not None else None)
+    if cluster is not None and run is None:
+        raise ApiError(409, "no_cluster_run", "the cluster filter needs a cluster run; run `curata cluster` first",
+                       "cluster")
+    if cluster_run is not None:
+        state.cluster_run(cluster_run)  # 404 for an unknown run
+    clusters = _clusters_of(state, run, view)
+    if cluster is not None:
+        keep &= np.array([clusters.get(str(i)) == cluster for i in frame["id"]], bool)
+    rows = np.flatnonzero(keep)
+    page = rows[offset: offset + limit]
+    items = [ItemSummary(**_summary(view, int(r), clusters.get(str(frame["id"].iat[int(r)])))) for r in page]
+    return ItemPage(total=len(rows), offset=offset, limit=limit, cluster_run=run, items=items)
+
+
+@router.get("/facets", response_model=Facets, summary="Values to filter on, with their counts")
+def facets(state: ServiceState = Depends(get_state), top: int = Query(200, ge=1, le=5000)) -> Facets:
+    view = state.items()
+    frame = view.frame
+
+    def counts(values: Any) -> dict[str, int]:
+        series = pd.Series([v for v in values if v is not None and v == v and v != ""], dtype=object)
+        return {str(k): int(v) for k, v in series.value_counts().head(top).items()} if len(series) else {}
+
+    run = state.latest_run()
+    clusters = []
+    if run is not None:
+        summary = state.cluster_run(run)
+        for c in summary.get("clusters", []):
+            if isinstance(c, dict) and "cluster" in c:
+                clusters.append({"cluster": int(c["cluster"]), "name": str(c.get("name", c["cluster"])),
+                                 "size": int(c.get("size", 0))})
+    return Facets(total=len(frame), labels=counts(frame["label"]), collections=counts(frame["collection"]),
+                  tags=counts(t for tags in frame["tags"] if tags is not None for t in tags),
+                  colours=counts(view.colours), cluster_run=run, clusters=clusters)
+
+
+@router.get("/{item_id:path}/image", summary="The item's original image bytes",
+            response_class=FileResponse, responses={200: {"content": {"image/*": {}}}})
+def item_image(item_id: str, state: ServiceState = Depends(get_state)) -> FileResponse:
+    view, row = state.item_row(item_id)
+    record = view.frame.iloc[row]
+    path, _ = state.item_image(item_id)
+    if not path.is_file():
+        raise ApiError(404, "image_missing", f"the image of {item_id!r} is no longer on disk", "item_id")
+    media = _MEDIA.get(_text(record["image_format"]).upper(), "application/octet-stream")
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600",
+                                                         "X-Content-Type-Options": "nosniff"})
+
+
+@router.get("/{item_id:path}/thumbnail", summary="A thumbnail (never upscaled; PNG for small images, else JPEG)",
+            response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+async def item_thumbnail(item_id: str, size: int = Query(256, ge=16, le=1024),
+                         state: ServiceState = Depends(get_state)) -> Response:
+    data, media = await run_in_threadpool(state.thumbnail, item_id, size)
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/{item_id:path}/features", response_model=ItemFeatures, summary="The item's cached feature vectors")
+def item_features(item_id: str, name: str | None = Query(None, max_length=64, description="Only this feature."),
+                  values: bool = Query(False, description="Include the vectors (always with `name`)."),
+                  state: ServiceState = Depends(get_state)) -> ItemFeatures:
+    from curata.features.engine import available_extractors, load_matrix, make_extractor
+
+    view, row = state.item_row(item_id)
+    names = available_extractors()
+    if name is None:
+        # Only extractors with a store in features/ (a folder "<name>@v<version>-<digest>"): building the
+        # others can import heavy plug-in libraries for nothing.
+        folder = state.workspace.root / "features"
+        stored = {p.name.split("@", 1)[0] for p in folder.iterdir()} if folder.is_dir() else set()
+        names = [n for n in names if n in stored]
+    if name is not None:
+        if name not in names:
+            raise ApiError(404, "unknown_feature", f"no feature named {name!r}; known: {', '.join(names)}", "name")
+        names, values = [name], True
+    out = []
+    for feature in names:
+        try:
+            extractor = make_extractor(feature)
+            matrix, errors = load_matrix(state.workspace, extractor, view.frame.iloc[[row]])
+        except Exception:  # not computed, not fitted, or a plug-in without its model: not listed
+            continue
+        if errors[0] is None:
+            out.append(FeatureInfo(name=feature, key=extractor.key, dim=int(matrix.shape[1]),
+                                   values=[round(float(v), 6) for v in matrix[0]] if values else None))
+    if name is not None and not out:
+        raise ApiError(404, "feature_not_computed", f"{name!r} has not been computed for this item; run "
+                       f"`curata features -e {name}`", "name")
+    return ItemFeatures(id=item_id, features=out)
+
+
+@router.get("/{item_id:path}", response_model=ItemDetail, summary="One item with its palette and clusters")
+def get_item(item_id: str, state: ServiceState = Depends(get_state)) -> ItemDetail:
+    from curata.features.palette import describe_palette, dominant_color_names
+
+    view, row = state.item_row(item_id)
+    record = view.frame.iloc[row]
+    clusters: dict[str, int] = {}
+    for summary in state.cluster_runs()[:10]:
+        assigned = state.assignments(summary["run"])
+        hit = assigned.loc[assigned["id"] == item_id, "cluster"]
+        if len(hit):
+            clusters[summary["run"]] = int(hit.iat[0])
+    latest = state.latest_run()
+    detail = _summary(view, row, clusters.get(latest) if latest else None)
+    palette, colours = [], []
+    if view.palettes is not None and view.palette_ok[row]:
+        palette = [{k: p[k] for k in ("hex", "rgb", "share", "basic", "css", "delta_e")}
+                   for p in describe_palette(view.palettes[row])]
+        colours = [{"name": n, "share": round(s, 4)} for n, s in dominant_color_names(view.palettes[row])]
+    detail.update(captions=[str(c) for c in (record["captions"] if record["captions"] is not None else [])],
+                  attributes=_json(record["attributes"], []), meta=_json(record["meta"], {}),
+                  split=_text(record["split"]) or None, image_format=_text(record["image_format"]) or None,
+                  image_mode=_text(record["image_mode"]) or None, palette=palette, colours=colours, clusters=clusters)
+    return ItemDetail(**detail)
+
+
+def _json(text: Any, default: Any) -> Any:
+    try:
+        value = json.loads(text) if isinstance(text, str) and text else default
+    except ValueError:
+        return default
+    return value if isinstance(value, type(default)) else default

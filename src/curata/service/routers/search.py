@@ -1,0 +1,85 @@
+"""Search the collection by text, by image or by item (the index built by `curata index build`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from curata.service.deps import get_state, require_api_key
+from curata.service.errors import ApiError
+from curata.service.images import decode_all, read_sources
+from curata.service.routers.items import item_urls
+from curata.service.schemas import (
+    IMAGES_BODY,
+    ImageSearchResponse,
+    ImageSearchResult,
+    SearchHit,
+    SearchResponse,
+)
+from curata.service.state import ServiceState
+
+router = APIRouter(prefix="/v1/search", tags=["search"], dependencies=[Depends(require_api_key)])
+
+K = Query(10, ge=1, le=200, description="Number of results.")
+MODEL = Query(None, max_length=120, description="Search model / index name (default: the workspace's default).")
+LABEL = Query(None, max_length=512, description="Only items with this label.")
+COLLECTION = Query(None, max_length=512, description="Only items of this collection.")
+
+
+def _filters(label: str | None, collection: str | None) -> dict[str, str] | None:
+    given = {k: v for k, v in (("label", label), ("collection", collection)) if v is not None}
+    return given or None
+
+
+def _hits(raw: list[dict[str, Any]]) -> list[SearchHit]:
+    out = []
+    for hit in raw:
+        item_id = str(hit["id"])
+        out.append(SearchHit(id=item_id, score=float(hit.get("score", 0.0)), label=hit.get("label"),
+                             collection=hit.get("collection"), text=hit.get("text"), **item_urls(item_id)))
+    return out
+
+
+def _run(call: Any, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    try:
+        return call(*args, **kwargs)
+    except (KeyError, ValueError) as e:  # an unknown filter value or item the searcher refuses
+        raise ApiError(422, "bad_search", str(e).strip("'\"") or "the search cannot be run", None) from None
+
+
+@router.get("/text", response_model=SearchResponse, summary="Items matching a text query")
+def by_text(q: str = Query(..., min_length=1, max_length=1000, description="The query text."), k: int = K,
+            model: str | None = MODEL, label: str | None = LABEL, collection: str | None = COLLECTION,
+            state: ServiceState = Depends(get_state)) -> SearchResponse:
+    searcher = state.searcher(model)
+    return SearchResponse(query=q, results=_hits(_run(searcher.by_text, q, k=k, filters=_filters(label, collection))))
+
+
+@router.get("/item/{item_id:path}", response_model=SearchResponse, summary="Items nearest to a workspace item")
+def by_item(item_id: str, k: int = K, model: str | None = MODEL, label: str | None = LABEL,
+            collection: str | None = COLLECTION, state: ServiceState = Depends(get_state)) -> SearchResponse:
+    state.item_row(item_id)  # 404 for an unknown item
+    searcher = state.searcher(model)
+    hits = _run(searcher.by_item, item_id, k=k + 1, filters=_filters(label, collection))
+    hits = [h for h in hits if str(h.get("id")) != item_id][:k]  # the item itself is not its own neighbour
+    return SearchResponse(query=item_id, results=_hits(hits))
+
+
+@router.post("/image", response_model=ImageSearchResponse, openapi_extra=IMAGES_BODY,
+             summary="Items nearest to each uploaded image")
+async def by_image(request: Request, k: int = K, model: str | None = MODEL, label: str | None = LABEL,
+                   collection: str | None = COLLECTION, state: ServiceState = Depends(get_state)
+                   ) -> ImageSearchResponse:
+    searcher = await run_in_threadpool(state.searcher, model)  # 409 before reading the body
+    sources = await read_sources(request, state.settings, state)
+
+    def work() -> ImageSearchResponse:
+        images = decode_all(sources, state.settings)
+        filters = _filters(label, collection)
+        return ImageSearchResponse(results=[
+            ImageSearchResult(image=im.name, results=_hits(_run(searcher.by_image, im.image, k=k, filters=filters)))
+            for im in images])
+
+    return await run_in_threadpool(work)

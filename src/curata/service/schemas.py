@@ -1,0 +1,315 @@
+"""Pydantic schemas of the API: requests and responses, named for what they carry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Requests -------------------------------------------------------------------------------------------
+
+
+class ImageRef(BaseModel):
+    """One image in a JSON request: exactly one of `base64` (optionally a data: URL), `url` (only when the
+    server allows URLs) or `item` (a workspace item id); `text` for bundles that also read text."""
+
+    model_config = ConfigDict(extra="forbid")
+    base64: str | None = None
+    url: str | None = Field(None, max_length=2048)
+    item: str | None = Field(None, max_length=1024)
+    text: str | None = Field(None, max_length=100_000)
+    name: str | None = Field(None, max_length=256, description="A label echoed back in the result.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImageRef:
+        given = [k for k in ("base64", "url", "item") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of base64, url or item for each image")
+        return self
+
+
+class ImagesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[ImageRef] = Field(..., min_length=1)
+
+
+class DescribeItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(..., min_length=1, max_length=100)
+    top_k: int = Field(10, ge=1, le=100)
+
+
+# Errors and status ------------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    status: str = Field(description="'ready', 'loading', or why the service is not ready")
+    workspace: str
+    items: int
+    models: dict[str, str] = Field(description="bundle name -> 'loaded' or the reason it is not")
+    search: str
+    describe: str
+
+
+# Colours ------------------------------------------------------------------------------------------------
+
+
+class ColourName(BaseModel):
+    name: str
+    share: float
+
+
+class PaletteColour(BaseModel):
+    hex: str
+    rgb: tuple[int, int, int]
+    share: float
+    basic: str
+    css: str
+    delta_e: float
+
+
+class ColourResult(BaseModel):
+    image: str
+    colour: str | None = Field(description="The dominant colour name (largest total share).")
+    names: list[ColourName]
+    palette: list[PaletteColour]
+
+
+class ColoursResponse(BaseModel):
+    vocabulary: str
+    k: int
+    results: list[ColourResult]
+
+
+# Predictions ------------------------------------------------------------------------------------------
+
+
+class Prediction(BaseModel):
+    image: str
+    prediction: str | None = None
+    tags: list[str] | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+
+
+class PredictResponse(BaseModel):
+    bundle: str
+    task: str
+    target: str
+    results: list[Prediction]
+
+
+# Items ------------------------------------------------------------------------------------------------
+
+
+class ItemSummary(BaseModel):
+    id: str
+    collection: str | None = None
+    source: str | None = None
+    label: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    text: str = ""
+    colour: str | None = None
+    cluster: int | None = None
+    width: int | None = None
+    height: int | None = None
+    image_url: str
+    thumbnail_url: str
+
+
+class ItemPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    cluster_run: str | None = None
+    items: list[ItemSummary]
+
+
+class ItemDetail(ItemSummary):
+    captions: list[str] = Field(default_factory=list)
+    attributes: list[Any] = Field(default_factory=list)
+    split: str | None = None
+    image_format: str | None = None
+    image_mode: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+    palette: list[PaletteColour] = Field(default_factory=list)
+    colours: list[ColourName] = Field(default_factory=list)
+    clusters: dict[str, int] = Field(default_factory=dict, description="cluster run -> cluster of this item")
+
+
+class FeatureInfo(BaseModel):
+    name: str
+    key: str
+    dim: int
+    values: list[float] | None = None
+
+
+class ItemFeatures(BaseModel):
+    id: str
+    features: list[FeatureInfo]
+
+
+class ClusterFacet(BaseModel):
+    cluster: int
+    name: str
+    size: int
+
+
+class Facets(BaseModel):
+    total: int
+    labels: dict[str, int]
+    tags: dict[str, int]
+    colours: dict[str, int]
+    collections: dict[str, int]
+    cluster_run: str | None = None
+    clusters: list[ClusterFacet] = Field(default_factory=list)
+
+
+# Models and clusters ------------------------------------------------------------------------------------
+
+
+class ModelInfo(BaseModel):
+    name: str
+    status: str = Field(description="'loaded', 'not loaded' or 'error'")
+    error: str | None = None
+    loaded_at: str | None = None
+    task: str | None = None
+    target: str | None = None
+    model: str | None = None
+    labels: list[str] = Field(default_factory=list)
+    features: dict[str, str] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
+    created: str | None = None
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class ClusterRunSummary(BaseModel):
+    run: str
+    method: str | None = None
+    k: int | None = None
+    items: int | None = None
+    features: list[str] = Field(default_factory=list)
+    scores: dict[str, Any] = Field(default_factory=dict)
+    created: str
+
+
+class ClusterRunList(BaseModel):
+    runs: list[ClusterRunSummary]
+
+
+class ClusterAssignments(BaseModel):
+    run: str
+    total: int
+    offset: int
+    limit: int
+    assignments: list[dict[str, Any]]
+
+
+# Search and describe ----------------------------------------------------------------------------------
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    label: str | None = None
+    collection: str | None = None
+    text: str | None = None
+    image_url: str
+    thumbnail_url: str
+
+
+class SearchResponse(BaseModel):
+    query: str
+    results: list[SearchHit]
+
+
+class ImageSearchResult(BaseModel):
+    image: str
+    results: list[SearchHit]
+
+
+class ImageSearchResponse(BaseModel):
+    results: list[ImageSearchResult]
+
+
+class Keyword(BaseModel):
+    keyword: str
+    score: float
+    source: str | None = None
+
+
+class DescribedColour(BaseModel):
+    name: str
+    share: float
+    hex: str | None = None
+
+
+class Description(BaseModel):
+    id: str | None = None
+    image: str | None = None
+    keywords: list[Keyword] = Field(default_factory=list)
+    sentence: str = ""
+    colours: list[DescribedColour] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why this one could not be described (the others were).")
+
+
+class DescribeResponse(BaseModel):
+    results: list[Description]
+
+
+# The request body of every endpoint that takes images, for the OpenAPI document: those endpoints read
+# the body themselves (multipart or JSON), so FastAPI cannot infer it.
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic JSON schema with its $defs inlined (the OpenAPI document has no room for them here)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.rsplit("/", 1)[1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
+
+
+IMAGES_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Images as a multipart upload (one or more `files`, optional `text`: one for all or one "
+                       "per image, optional `item` ids) or as JSON. The type of each image is read from its "
+                       "bytes; size, pixel count and the number of images are limited.",
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["files"],
+                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                               "text": {"type": "string"}}}},
+            "application/json": {"schema": _inline(ImagesRequest.model_json_schema())},
+        },
+    },
+}

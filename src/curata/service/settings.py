@@ -1,0 +1,75 @@
+"""Service settings: one frozen object built by `curata serve` (or from the environment) and shared by
+every request. Limits live here so that they are enforced before any work is done."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+ENV_SETTINGS = "CURATA_SERVICE_SETTINGS"  # JSON of Settings, how `curata serve` hands them to uvicorn workers
+ENV_API_KEY = "CURATA_API_KEY"
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path = Path("curata-workspace")
+    # Authentication: a key read from `api_key_file`, else from $CURATA_API_KEY; None = no authentication.
+    api_key_file: Path | None = None
+    cors_origins: tuple[str, ...] = ()  # none by default: browsers on other origins get no CORS headers
+    allow_urls: bool = False  # fetch images from URLs given by clients (off: no server-side fetches)
+    allow_private_urls: bool = False  # also from loopback / private addresses (tests, intranets)
+    max_request_bytes: int = 20 * 1024 * 1024  # whole request body, checked before parsing
+    max_pixels: int = 40_000_000  # per image (decompression-bomb guard), checked before decoding
+    max_images: int = 16  # images per request
+    max_batch: int = 16  # images per model call inside a request
+    url_timeout: float = 10.0
+    thumbnail_cache: int = 512  # thumbnails kept in memory
+    preload: bool = True  # load every bundle and the search index at start-up (False: on first use)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workspace", Path(self.workspace))
+        if self.api_key_file is not None:
+            object.__setattr__(self, "api_key_file", Path(self.api_key_file))
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        for name in ("max_request_bytes", "max_pixels", "max_images", "max_batch"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def api_key(self) -> str | None:
+        """The key clients must send, or None when authentication is off."""
+        if self.api_key_file is not None:
+            try:
+                key = self.api_key_file.read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ValueError(f"cannot read the API key file {self.api_key_file}: {e}") from e
+            if not key:
+                raise ValueError(f"the API key file {self.api_key_file} is empty")
+            return key
+        key = os.environ.get(ENV_API_KEY, "").strip()
+        return key or None
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["workspace"] = str(self.workspace)
+        data["api_key_file"] = str(self.api_key_file) if self.api_key_file else None
+        data["cors_origins"] = list(self.cors_origins)
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> Settings:
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown service settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from $CURATA_SERVICE_SETTINGS (JSON), else defaults with $CURATA_WORKSPACE."""
+        text = os.environ.get(ENV_SETTINGS)
+        if text:
+            return cls.from_json(text)
+        return cls(workspace=Path(os.environ.get("CURATA_WORKSPACE", "curata-workspace")))

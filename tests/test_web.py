@@ -1,0 +1,117 @@
+"""The web page in a real browser (Debian chromium driven by Playwright) against a real server: the
+gallery, filters, search, an item's details and classifying an uploaded image."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_service_support import COLOURS, PER_COLOUR, Server, build_workspace, draw
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENS = Path("/tmp/curata-screens")  # a copy for people to look at; the originals stay in tmp_path
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="no browser: /usr/bin/chromium is not installed "
+                                 "(apt-get install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace = build_workspace(tmp_path_factory.getbasetemp() / "service-ws")
+    srv = Server(workspace, log=tmp_path_factory.mktemp("web-log") / "server.log").wait()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def shot(page, tmp_path: Path, name: str, full_page: bool = False) -> Path:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=full_page)
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, SCREENS / name)
+    return path
+
+
+def test_browse_filter_search_open_and_classify(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    js_errors: list[str] = []
+    page.on("pageerror", lambda e: js_errors.append(str(e)))
+    page.goto(server.url + "/")
+
+    # The gallery shows every item with its thumbnail, label and colour.
+    cards = page.locator("#gallery .card")
+    expect(cards).to_have_count(4 * PER_COLOUR)
+    expect(page.locator("#status")).to_have_text(f"{4 * PER_COLOUR} items")
+    page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every(i => i.complete && "
+                           "i.naturalWidth > 0)")
+    assert shot(page, tmp_path, "gallery.png").stat().st_size > 10_000
+
+    # A colour filter, then a label filter from the select.
+    page.click("#f-colours [data-colour='blue']")
+    expect(cards).to_have_count(PER_COLOUR)
+    labels = page.eval_on_selector_all("#gallery .card .row span:not(.swatch)", "els => els.map(e => e.textContent)")
+    assert set(labels) == {"blue"}
+    page.click("#clear-filters")
+    page.select_option("#f-label", "yellow")
+    expect(cards).to_have_count(PER_COLOUR)
+    page.click("#clear-filters")
+
+    # Search by text: the index when there is one, otherwise the page says it matched the text only.
+    page.fill("#search-text", "stripes")
+    page.press("#search-text", "Enter")
+    expect(page.locator("#heading")).to_contain_text("stripes")
+    expect(page.locator("#status")).to_have_text(re.compile(r"^\d+ (items?|results?)"))
+    if "text match only" in page.text_content("#status"):
+        expect(cards).to_have_count(8)
+    else:
+        assert cards.count() > 0
+    shot(page, tmp_path, "search.png")
+    page.click("#back")
+
+    # Open an item: its text, palette, the bundle's prediction.
+    expect(cards).to_have_count(4 * PER_COLOUR)
+    page.click("#gallery .card[data-id='demo/green-2']")
+    page.wait_for_selector("#item[open]")
+    page.wait_for_selector("#item-palette .palette span")
+    page.wait_for_selector("#item-predictions .model .big")
+    assert "green" in page.text_content("#item-text")
+    expect(page.locator("#item-predictions .model .big")).to_have_text("green")
+    expect(page.locator("#item-neighbours")).not_to_contain_text("loading", timeout=30_000)
+    expect(page.locator("#item-keywords")).not_to_contain_text("loading", timeout=60_000)
+    shot(page, tmp_path, "item.png")
+    page.click("#item-close")
+
+    # Classify an uploaded image: the model's label and the colours.
+    image = tmp_path / "upload.png"
+    draw(COLOURS["yellow"], "circle", seed=3).save(image)
+    page.set_input_files("#classify-file", str(image))
+    page.wait_for_selector("#classify-label")
+    expect(page.locator("#classify-label")).to_have_text("yellow")
+    page.wait_for_selector("#classify-result .palette span")
+    assert "yellow" in page.text_content("#classify-result .palette-legend")
+    shot(page, tmp_path, "classify.png", full_page=True)
+
+    # Search by dropping an image: results, or the reason there are none.
+    page.set_input_files("#search-file", str(image))
+    expect(page.locator("#heading")).to_have_text("Similar to your image")
+    expect(page.locator("#status")).not_to_have_text("searching…")
+    assert cards.count() > 0 or page.locator("#status.error").count() == 1
+    assert js_errors == []
+    page.close()
