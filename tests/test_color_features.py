@@ -358,7 +358,7 @@ def test_css_names():
 def test_two_colour_palette():
     img = two_colour(40, 100)  # 70% red, 30% teal; 4000 pixels, all of them used
     ex = PaletteExtractor()
-    assert ex.dim == 20 and ex.key == "palette@1[k=5]"
+    assert ex.dim == 20 and ex.key == "palette@2[k=5]"
     vec = ex.transform([img])[0]
     entries = vec.reshape(5, 4)
     np.testing.assert_allclose(entries[:2, 3], [0.7, 0.3], atol=1e-6)
@@ -418,7 +418,7 @@ def test_kmeans_palette_is_deterministic_and_sorted():
     shares = a.reshape(4, 4)[:, 3]
     assert (shares > 0).all() and shares.sum() == pytest.approx(1.0, abs=1e-6)
     assert (np.diff(shares) <= 0).all()
-    assert PaletteExtractor(k=4).dim == 16 and PaletteExtractor(k=4).key == "palette@1[k=4]"
+    assert PaletteExtractor(k=4).dim == 16 and PaletteExtractor(k=4).key == "palette@2[k=4]"
     with pytest.raises(ValueError):
         PaletteExtractor(k=0)
 
