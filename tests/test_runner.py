@@ -99,3 +99,16 @@ def test_cli_train_and_predict(demo_ws):
     missing = subprocess.run([*base, "predict", "nope", str(image), "-w", str(demo_ws.root)], capture_output=True,
                              text=True)
     assert missing.returncode == 2 and "no bundle" in missing.stderr
+
+
+def test_a_joint_space_bundle_is_not_a_classifier(tmp_path):
+    from curata.tasks.bundle import load_card
+
+    folder = tmp_path / "joint"
+    folder.mkdir()
+    (folder / "card.json").write_text(json.dumps({"kind": "joint_space", "dim": 256}))
+    with pytest.raises(BundleError, match="joint text-image space.*curata search --model joint"):
+        load_card(folder)
+    (folder / "card.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not a valid model card"):
+        load_card(folder)

@@ -41,7 +41,7 @@ from curata.scale.runtime import (
     ray_runtime,
 )
 from curata.tasks.bundle import load_bundle
-from curata.tasks.runner import _extractors_for, predict_blocks
+from curata.tasks.runner import bundle_extractors, predict_blocks
 from curata.workspace import Workspace
 
 IMAGE_COLUMNS = ("image", "path", "file", "uri", "url")  # first one present names the images of a table
@@ -261,7 +261,7 @@ def predict_ray(bundle_dir: Path, inputs: Workspace | Path | str | list[Path | s
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     task, card = load_bundle(Path(bundle_dir))
-    extractors = _extractors_for(card, Path(bundle_dir))  # checks versions, loads fitted state: fails early
+    extractors = bundle_extractors(card, Path(bundle_dir))  # checks versions, loads fitted state: fails early
     keep_rows = output is None if keep_rows is None else keep_rows
     if output is not None:
         output = Path(output)

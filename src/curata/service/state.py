@@ -60,10 +60,10 @@ class LoadedBundle:
     @classmethod
     def load(cls, name: str, directory: Path) -> LoadedBundle:
         from curata.tasks.bundle import load_bundle
-        from curata.tasks.runner import _extractors_for
+        from curata.tasks.runner import bundle_extractors
 
         task, card = load_bundle(directory)
-        bundle = cls(name, directory, task, card, _extractors_for(card, directory), _now())
+        bundle = cls(name, directory, task, card, bundle_extractors(card, directory), _now())
         # Warm up: one prediction loads every lazily loaded model (ONNX sessions, text encoders) now,
         # not in the first client's request, and proves the bundle works before it is swapped in.
         bundle.predict([np.full((32, 32, 3), 128, np.uint8)], [""])

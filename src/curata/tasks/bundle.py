@@ -73,8 +73,15 @@ def load_card(directory: Path) -> Card:
     if not path.is_file():
         raise BundleError(f"{directory} is not a model bundle (no card.json)")
     try:
-        return Card(**json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, TypeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise BundleError(f"{path} is not a valid model card: {e}") from e
+    if isinstance(data, dict) and data.get("kind") == "joint_space":
+        raise BundleError(f"{directory} is a joint text-image space, not a classifier: use it with "
+                          f"`curata search --model {directory.name}`")
+    try:
+        return Card(**data)
+    except TypeError as e:
         raise BundleError(f"{path} is not a valid model card: {e}") from e
 
 

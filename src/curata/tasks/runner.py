@@ -205,7 +205,9 @@ def _copy_fitted_extractors(workspace: Workspace, keys: dict[str, str], bundle_d
 # Prediction -----------------------------------------------------------------------------------------
 
 
-def _extractors_for(card: Card, bundle_dir: Path) -> dict[str, Any]:
+def bundle_extractors(card: Card, bundle_dir: Path) -> dict[str, Any]:
+    """The bundle's feature extractors, checked against its card, with their fitted state loaded
+    (build once and keep them, e.g. in a service: loading may start an ONNX or torch model)."""
     check_features(card)
     out = {}
     for name in card.features:
@@ -222,7 +224,7 @@ def _extractors_for(card: Card, bundle_dir: Path) -> dict[str, Any]:
 def featurise(card: Card, bundle_dir: Path, images: list[np.ndarray], texts: list[str]) -> dict[str, np.ndarray]:
     """Compute a bundle's features for new inputs (images already loaded, texts aligned with them)."""
     blocks = {}
-    for name, extractor in _extractors_for(card, bundle_dir).items():
+    for name, extractor in bundle_extractors(card, bundle_dir).items():
         if extractor.modality == "text":
             blocks[name] = extractor.transform(texts)
         else:
