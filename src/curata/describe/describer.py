@@ -24,7 +24,7 @@ from curata.features.engine import compute, load_matrix, make_extractor
 from curata.imageio import load_image
 from curata.progress import SILENT, Reporter
 from curata.tasks.bundle import BundleError, load_bundle, load_card
-from curata.tasks.runner import featurise, predict_blocks
+from curata.tasks.runner import bundle_extractors, extract_blocks, predict_blocks
 from curata.vectors import l2_rows
 from curata.workspace import Workspace
 
@@ -64,11 +64,11 @@ def find_bundle(workspace: Workspace, task: str, name: str | None = None) -> Pat
 
 class Describer:
     def __init__(self, workspace: Workspace, options: DescribeOptions, votes: NeighbourVotes | None,
-                 bundles: dict[str, tuple[Path, Any, Any]]):
+                 bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]]):
         self.workspace = workspace
         self.options = options
         self.votes = votes
-        self.bundles = bundles  # source -> (bundle dir, fitted task, card)
+        self.bundles = bundles  # source -> (bundle dir, fitted task, card, its loaded extractors)
         self._embedder = make_extractor(options.embedding)
         self._palette = make_extractor("palette")
         self._clip: tuple[Any, Any] | None = None
@@ -90,20 +90,20 @@ class Describer:
             kept = items[ok]
             votes = NeighbourVotes(kept["id"].tolist(), matrix[ok], [list(t) for t in kept["tags"]],
                                    kept["text"].tolist(), k=options.neighbours)
-        bundles: dict[str, tuple[Path, Any, Any]] = {}
+        bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]] = {}
         if options.use_models:
             for source, task, name in (("tags", "tags", options.tag_bundle),
                                        ("collection", "collection", options.collection_bundle)):
                 path = find_bundle(workspace, task, name)
                 if path is not None:
                     model, card = load_bundle(path)
-                    bundles[source] = (path, model, card)
+                    bundles[source] = (path, model, card, bundle_extractors(card, path))
         return cls(workspace, options, votes, bundles)
 
     @property
     def sources(self) -> dict[str, str]:
         out = {"colour": f"palette ({self.options.colour_vocabulary} names)"}
-        out.update({source: path.name for source, (path, _, _) in self.bundles.items()})
+        out.update({source: bundle[0].name for source, bundle in self.bundles.items()})
         if self.votes is not None:
             out["neighbours"] = f"{self.options.neighbours} nearest in {self.options.embedding}"
         if self.options.clip_path:
@@ -177,8 +177,8 @@ class Describer:
                     if row["prediction"] == label and proba >= SUBJECT_MIN_PROBABILITY:
                         subjects[i] = label
         if "tags" in self.bundles:
-            path, task, card = self.bundles["tags"]
-            scores = task.predict_proba(featurise(card, path, images, texts))
+            _, task, card, extractors = self.bundles["tags"]
+            scores = task.predict_proba(extract_blocks(extractors, images, texts))
             for i in range(len(images)):
                 groups[i].append(tag_keywords(scores[i], card.labels, "tags", top_k))
         neighbour_lists: list[list[tuple[str, float]]] = [[] for _ in images]
@@ -202,8 +202,8 @@ class Describer:
         return out
 
     def _predict(self, source: str, images: list[np.ndarray], texts: list[str]) -> list[dict[str, Any]]:
-        path, task, card = self.bundles[source]
-        return predict_blocks(task, card, featurise(card, path, images, texts), top=1)
+        _, task, card, extractors = self.bundles[source]
+        return predict_blocks(task, card, extract_blocks(extractors, images, texts), top=1)
 
     def _colours(self, palette_vector: np.ndarray) -> list[dict[str, Any]]:
         """Palette entries merged by name: [{"name", "share", "hex" (of its largest entry)}], largest first."""

@@ -41,7 +41,7 @@ from curata.scale.runtime import (
     ray_runtime,
 )
 from curata.tasks.bundle import load_bundle
-from curata.tasks.runner import bundle_extractors, predict_blocks
+from curata.tasks.runner import bundle_extractors, extract_blocks, predict_blocks
 from curata.workspace import Workspace
 
 IMAGE_COLUMNS = ("image", "path", "file", "uri", "url")  # first one present names the images of a table
@@ -83,14 +83,6 @@ def _load(path: str) -> tuple[np.ndarray | None, str | None]:
         return None, getattr(e, "reason", str(e))
 
 
-def _featurise(extractors: dict[str, Extractor], images: list[np.ndarray], texts: list[str]
-               ) -> dict[str, np.ndarray]:
-    """`runner.featurise` with extractors built once per actor (not once per batch)."""
-    return {name: extractor.transform(texts) if extractor.modality == "text"
-            else extractor.transform([extractor.prepare(im) for im in images])
-            for name, extractor in extractors.items()}
-
-
 class PredictActor:
     """One replica of the bundle: model and extractors built once, then called on batches of paths."""
 
@@ -109,7 +101,7 @@ class PredictActor:
         return value
 
     def _predict(self, images: list[np.ndarray], texts: list[str]) -> list[dict[str, Any]]:
-        return predict_blocks(self.task, self.card, _featurise(self.extractors, images, texts))
+        return predict_blocks(self.task, self.card, extract_blocks(self.extractors, images, texts))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         column = batch.column_names

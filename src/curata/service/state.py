@@ -70,14 +70,10 @@ class LoadedBundle:
         return bundle
 
     def featurise(self, images: list[np.ndarray], texts: list[str]) -> dict[str, np.ndarray]:
-        """Like `curata.tasks.runner.featurise`, with the extractors kept loaded between requests."""
-        blocks = {}
-        for feature, extractor in self.extractors.items():
-            if extractor.modality == "text":
-                blocks[feature] = extractor.transform(texts)
-            else:
-                blocks[feature] = extractor.transform([extractor.prepare(im) for im in images])
-        return blocks
+        """The bundle's features, with its extractors kept loaded between requests."""
+        from curata.tasks.runner import extract_blocks
+
+        return extract_blocks(self.extractors, images, texts)
 
     def predict(self, images: list[np.ndarray], texts: list[str], top: int = 3) -> list[dict[str, Any]]:
         from curata.tasks.runner import predict_blocks

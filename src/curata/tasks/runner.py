@@ -221,15 +221,19 @@ def bundle_extractors(card: Card, bundle_dir: Path) -> dict[str, Any]:
     return out
 
 
-def featurise(card: Card, bundle_dir: Path, images: list[np.ndarray], texts: list[str]) -> dict[str, np.ndarray]:
-    """Compute a bundle's features for new inputs (images already loaded, texts aligned with them)."""
-    blocks = {}
-    for name, extractor in bundle_extractors(card, bundle_dir).items():
-        if extractor.modality == "text":
-            blocks[name] = extractor.transform(texts)
-        else:
-            blocks[name] = extractor.transform([extractor.prepare(im) for im in images])
-    return blocks
+def featurise(card: Card, bundle_dir: Path, images: list[np.ndarray], texts: list[str],
+              extractors: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """Compute a bundle's features for new inputs (images already loaded, texts aligned with them).
+    Pass `extractors` (from `bundle_extractors`) to reuse loaded models across calls."""
+    return extract_blocks(extractors if extractors is not None else bundle_extractors(card, bundle_dir),
+                          images, texts)
+
+
+def extract_blocks(extractors: dict[str, Any], images: list[np.ndarray], texts: list[str]) -> dict[str, np.ndarray]:
+    """One feature block per extractor: text extractors read `texts`, the others the decoded images."""
+    return {name: extractor.transform(texts) if extractor.modality == "text"
+            else extractor.transform([extractor.prepare(im) for im in images])
+            for name, extractor in extractors.items()}
 
 
 def predict_blocks(task: Task, card: Card, blocks: dict[str, np.ndarray], top: int = 3) -> list[dict[str, Any]]:
