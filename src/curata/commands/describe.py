@@ -19,9 +19,10 @@ def _print_descriptions(rows: list[dict]) -> None:
     for row in rows:
         name = row.get("id") or row.get("image")
         if "error" in row:
-            console.print(f"[bold]{escape(str(name))}[/]: [red]{escape(row['error'])}[/]")
+            # soft_wrap: the path stays on one line whatever the terminal width (scripts grep for it)
+            console.print(f"[bold]{escape(str(name))}[/]: [red]{escape(row['error'])}[/]", soft_wrap=True)
             continue
-        console.print(f"[bold]{escape(str(name))}[/]: {escape(row['sentence'])}")
+        console.print(f"[bold]{escape(str(name))}[/]: {escape(row['sentence'])}", soft_wrap=True)
         table = Table(show_header=True, box=None, padding=(0, 2))
         for column in ("keyword", "score", "source"):
             table.add_column(column)
