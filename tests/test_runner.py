@@ -107,7 +107,7 @@ def test_a_joint_space_bundle_is_not_a_classifier(tmp_path):
     folder = tmp_path / "joint"
     folder.mkdir()
     (folder / "card.json").write_text(json.dumps({"kind": "joint_space", "dim": 256}))
-    with pytest.raises(BundleError, match="joint text-image space.*curata search --model joint"):
+    with pytest.raises(BundleError, match=r"joint text-image space.*curata search --model joint"):
         load_card(folder)
     (folder / "card.json").write_text("{not json")
     with pytest.raises(BundleError, match="not a valid model card"):
