@@ -67,8 +67,8 @@ def evaluate_keywords(workspace: Workspace, *, embedding: str = "effnet_lite0", 
     counts = y.sum(axis=0)
     popular = [vocabulary[j] for j in np.argsort(-counts, kind="stable")[:k]]
     ranked["popularity baseline"] = [popular] * len(test)
-    if with_model:
-        varied = (counts > 0) & (counts < len(ref))  # logistic regression needs both values in a column
+    varied = (counts > 0) & (counts < len(ref))  # logistic regression needs both values in a column
+    if with_model and varied.any():
         model = LogRegTagger().fit(matrix[ref], y[:, varied])
         scores = np.zeros((len(test), len(vocabulary)), np.float32)
         scores[:, varied] = model.predict_proba(matrix[test])
