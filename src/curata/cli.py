@@ -33,6 +33,15 @@ from curata.ingest.table import ColumnMap
 from curata.progress import rich_reporter
 from curata.workspace import Workspace, default_workspace
 
+# The scale-out options `features` and `predict` share.
+EngineOpt = Annotated[str, typer.Option(help="local (threads in this process) or ray (Ray Data actors on a local "
+                                        "Ray runtime, or on the cluster at --ray-address).")]
+RayAddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to run on with --engine ray (e.g. auto, "
+                                                   "ray://head:10001). Default: start a local runtime.")]
+RayCpusOpt = Annotated[int | None, typer.Option(help="CPUs of the local Ray runtime (default: all cores this "
+                                                "process may use).")]
+RayActorsOpt = Annotated[int | None, typer.Option(help="Model replicas with --engine ray (default: one per CPU).")]
+
 
 def print_ingest_report(report: IngestReport, max_rows: int = 30) -> None:
     summary = report.summary()
@@ -146,14 +155,10 @@ def features_cmd(
     refit: Annotated[bool, typer.Option(help="Refit collection-dependent extractors (tf-idf, visual words, "
                                               "Word2Vec) and recompute them.")] = False,
     list_: Annotated[bool, typer.Option("--list", help="List the available extractors and exit.")] = False,
-    engine: Annotated[str, typer.Option(help="local (threads in this process) or ray (Ray Data actors on a "
-                                        "local Ray runtime, or on the cluster at --ray-address).")] = "local",
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to run on with --engine ray (e.g. auto, "
-                                                    "ray://head:10001). Default: start a local runtime.")] = None,
-    ray_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray runtime (default: all cores this "
-                                                 "process may use).")] = None,
-    ray_actors: Annotated[int | None, typer.Option(help="Model replicas with --engine ray (default: one per "
-                                                   "CPU).")] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_cpus: RayCpusOpt = None,
+    ray_actors: RayActorsOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -331,14 +336,10 @@ def predict_cmd(
     all_items: Annotated[bool, typer.Option("--all", help="Predict every item of the workspace (cached "
                                             "features; with --engine ray, computed from the items' images "
                                             "and texts).")] = False,
-    engine: Annotated[str, typer.Option(help="local (this process) or ray (Ray Data actors on a local Ray "
-                                        "runtime, or on the cluster at --ray-address).")] = "local",
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster to run on with --engine ray (e.g. auto, "
-                                                    "ray://head:10001). Default: start a local runtime.")] = None,
-    ray_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray runtime (default: all cores this "
-                                                 "process may use).")] = None,
-    ray_actors: Annotated[int | None, typer.Option(help="Model replicas with --engine ray (default: one per "
-                                                   "CPU).")] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_cpus: RayCpusOpt = None,
+    ray_actors: RayActorsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images per model batch with --engine ray.")] = 32,
     output: Annotated[Path | None, typer.Option(help="With --engine ray: a new folder to write the predictions "
                                                 "to as Parquet parts (id, image, prediction, tags, scores, "
