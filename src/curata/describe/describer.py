@@ -64,8 +64,10 @@ def find_bundle(workspace: Workspace, task: str, name: str | None = None) -> Pat
 
 class Describer:
     def __init__(self, workspace: Workspace, options: DescribeOptions, votes: NeighbourVotes | None,
-                 bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]]):
+                 bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]], items: pd.DataFrame):
         self.workspace = workspace
+        # The collection as it was at open, like the neighbours: reopen to see items added since.
+        self.items = items.set_index("id", drop=False)
         self.options = options
         self.votes = votes
         self.bundles = bundles  # source -> (bundle dir, fitted task, card, its loaded extractors)
@@ -98,7 +100,7 @@ class Describer:
                 if path is not None:
                     model, card = load_bundle(path)
                     bundles[source] = (path, model, card, bundle_extractors(card, path))
-        return cls(workspace, options, votes, bundles)
+        return cls(workspace, options, votes, bundles, items)
 
     @property
     def sources(self) -> dict[str, str]:
@@ -114,7 +116,7 @@ class Describer:
 
     def describe_items(self, ids: Sequence[str], top_k: int = 10) -> list[dict[str, Any]]:
         """Describe workspace items by id (an unknown id or an unreadable image gets an error entry)."""
-        items = self.workspace.items().set_index("id", drop=False)
+        items = self.items
         out: list[dict[str, Any]] = []
         good, images, texts = [], [], []
         for i, item_id in enumerate(ids):
