@@ -195,6 +195,8 @@ def resize_to(image: np.ndarray, size: int, *, pixel_art: bool | None = None) ->
     """Resize an RGB array to size x size. Tiny pixel-art images are upscaled with NEAREST so their
     hard edges survive; everything else uses a box/bicubic filter suitable for the direction."""
     h, w = image.shape[:2]
+    if h == size and w == size:
+        return image  # already there (e.g. resized by an extractor's prepare step)
     if pixel_art is None:
         pixel_art = max(h, w) <= 128 and size > max(h, w)
     im = Image.fromarray(image)

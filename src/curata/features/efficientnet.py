@@ -255,6 +255,11 @@ class EfficientNetLite(Extractor):
             logits[start : start + len(x)] = lg
         return feats, logits
 
+    def prepare(self, item: np.ndarray) -> np.ndarray:
+        """Resize to the model's input in the loader threads, so the thread that runs ONNX only
+        normalises (resizing there cost ~2 ms per flipkart image next to ~5 ms of inference)."""
+        return resize_to(as_rgb(item), self.size)
+
     def transform(self, batch: list[np.ndarray]) -> np.ndarray:
         return self.features_and_logits(batch)[0]
 
