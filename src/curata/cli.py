@@ -25,6 +25,7 @@ from curata.clibase import (
     console,
     emit_json,
     handle_errors,
+    print_notes,
 )
 from curata.ingest.download import DownloadPolicy
 from curata.ingest.pipeline import FORMATS, IngestOptions, default_source_name, ingest
@@ -445,8 +446,7 @@ def cluster_cmd(
     console.print(table)
     for key, path in summary.get("files", {}).items():
         console.print(f"{key}: {escape(str(path))}")
-    for note in summary.get("notes", []):
-        console.print(f"[yellow]note[/] {escape(str(note))}")
+    print_notes(summary.get("notes", []))
 
 
 @app.command("duplicates")

@@ -72,3 +72,9 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def print_notes(notes: list[Any]) -> None:
+    """Notes a command wants the user to see (skipped items, fallbacks), one yellow line each."""
+    for note in notes:
+        console.print(f"[yellow]note[/] {escape(str(note))}")

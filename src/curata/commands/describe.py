@@ -10,7 +10,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from curata.clibase import BadInput, JsonOpt, QuietOpt, WorkspaceOpt, app, console, emit_json, handle_errors
+from curata.clibase import (
+    BadInput,
+    JsonOpt,
+    QuietOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    emit_json,
+    handle_errors,
+    print_notes,
+)
 from curata.progress import rich_reporter
 from curata.workspace import Workspace, default_workspace
 
@@ -138,6 +148,5 @@ def quality_cmd(
     for row in labels["suspicious"][:15]:
         table.add_row(escape(row["id"]), escape(row["label"]), escape(row["suggested"]), f"{row['margin']:.2f}")
     console.print(table)
-    for note in labels["notes"]:
-        console.print(f"[yellow]note[/] {escape(note)}")
+    print_notes(labels["notes"])
     console.print(f"report: {escape(summary['files']['html'])}")

@@ -9,7 +9,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from curata.clibase import BadInput, JsonOpt, QuietOpt, WorkspaceOpt, app, console, emit_json, err, handle_errors
+from curata.clibase import (
+    BadInput,
+    JsonOpt,
+    QuietOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    emit_json,
+    err,
+    handle_errors,
+    print_notes,
+)
 from curata.progress import rich_reporter
 from curata.workspace import Workspace, default_workspace
 
@@ -21,11 +32,6 @@ app.add_typer(index_app, name="index")
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="Joint-space bundle name (default: the newest one), or clip:<local CLIP folder>, or "
                           "open_clip:<architecture>:<checkpoint file>.")]
-
-
-def _print_notes(notes: list[str]) -> None:
-    for note in notes:
-        console.print(f"[yellow]note[/] {escape(str(note))}")
 
 
 @joint_app.command("train")
@@ -145,7 +151,7 @@ def index_build_cmd(
     console.print(f"[bold]index {escape(summary['model'])}[/]: {summary['total']} items "
                   f"(+{summary['added']} added, {summary['updated']} updated, -{summary['removed']} removed"
                   f"{', rebuilt' if summary['rebuilt'] else ''}) in {escape(summary['index'])}")
-    _print_notes(summary["notes"])
+    print_notes(summary["notes"])
 
 
 def _parse_filters(values: list[str] | None) -> dict[str, str]:
@@ -199,4 +205,4 @@ def search_cmd(
         table.add_row(str(rank), f"{hit['score']:.3f}", escape(hit["id"]), escape(hit["collection"] or ""),
                       escape(hit["label"] or ""), escape((hit["text"] or "")[:80]))
     console.print(table)
-    _print_notes(searcher.notes)
+    print_notes(searcher.notes)
