@@ -21,19 +21,17 @@ from PIL import Image
 from curata.service.errors import ApiError
 from curata.service.images import fetch_url
 from curata.service.settings import Settings
-from test_service_support import COLOURS, PER_COLOUR, Server, build_workspace, png_bytes
+from test_service_support import COLOURS, PER_COLOUR, Server, png_bytes, running_server, service_workspace
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    return build_workspace(tmp_path_factory.getbasetemp() / "service-ws")
+    return service_workspace(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def server(workspace, tmp_path_factory):
-    srv = Server(workspace, log=tmp_path_factory.mktemp("service-log") / "server.log").wait()
-    yield srv
-    srv.stop()
+def server(tmp_path_factory):
+    yield from running_server(tmp_path_factory, "service-log")
 
 
 @pytest.fixture(scope="module")

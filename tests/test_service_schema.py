@@ -14,7 +14,7 @@ from schemathesis.checks import not_a_server_error
 
 from curata.service.app import create_app
 from curata.service.settings import Settings
-from test_service_support import Server, build_workspace
+from test_service_support import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +29,8 @@ EXAMPLES = 6  # per operation and generation mode
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    return build_workspace(tmp_path_factory.getbasetemp() / "service-ws")
-
-
-@pytest.fixture(scope="module")
-def server(workspace, tmp_path_factory):
-    srv = Server(workspace, log=tmp_path_factory.mktemp("schema-log") / "server.log").wait()
-    yield srv
-    srv.stop()
+def server(tmp_path_factory):
+    yield from running_server(tmp_path_factory, "schema-log")
 
 
 @pytest.fixture(scope="module")

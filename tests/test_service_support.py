@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -137,6 +138,20 @@ class Server:
                 self.proc.wait(5)
         if self._out is not subprocess.DEVNULL:
             self._out.close()
+
+
+def service_workspace(tmp_path_factory) -> Path:
+    """The workspace every service test module shares (built once per test session)."""
+    return build_workspace(tmp_path_factory.getbasetemp() / "service-ws")
+
+
+def running_server(tmp_path_factory, log_name: str) -> Iterator[Server]:
+    """Body of a module fixture (`yield from`): a server on the shared workspace, stopped at the end."""
+    srv = Server(service_workspace(tmp_path_factory), log=tmp_path_factory.mktemp(log_name) / "server.log").wait()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def png_bytes(colour=(200, 30, 30), size=(64, 64), shape: str = "circle") -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_service_support import COLOURS, PER_COLOUR, Server, build_workspace, draw
+from test_service_support import COLOURS, PER_COLOUR, draw, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENS = Path("/tmp/curata-screens")  # a copy for people to look at; the originals stay in tmp_path
@@ -23,10 +23,7 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    workspace = build_workspace(tmp_path_factory.getbasetemp() / "service-ws")
-    srv = Server(workspace, log=tmp_path_factory.mktemp("web-log") / "server.log").wait()
-    yield srv
-    srv.stop()
+    yield from running_server(tmp_path_factory, "web-log")
 
 
 @pytest.fixture(scope="module")
