@@ -1,7 +1,7 @@
 """Vector index latency, recall and build cost: flat (exact baseline), HNSW, IVF-PQ + exact re-ranking.
 
     python benchmarks/search.py [--n 1000000] [--dim 256] [--queries 1000] [--hnsw-max 100000]
-                                [--workspaces benchmarks/workspaces] [--skip-random] [--skip-real]
+                                [--ivf auto,scan] [--workspaces benchmarks/workspaces] [--skip-random] [--skip-real]
                                 [--out benchmarks/results/search.json]
 
 Protocol (printed with the results):
@@ -137,13 +137,17 @@ def run_random(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> 
         del index
 
     if "ivfpq" in args.kinds:
-        for label, params, sweep in (
-                (f"ivfpq nlist=auto m={d // 2}x4", {}, "nprobe"),
-                (f"ivfpq nlist=1 m={d // 2}x4", {"nlist": 1}, "rerank")):
+        configs = {
+            # the default: k-means lists, probing a share of them
+            "auto": (f"ivfpq nlist=auto m={d // 2}x4", {}, "nprobe"),
+            # a parallel scan: 2 lists (one per core), both probed, codes of the vectors themselves
+            "scan": (f"ivfpq scan nlist=2 m={d // 2}x4", {"nlist": 2, "nprobe": 2, "residual": False}, "rerank"),
+        }
+        for label, params, sweep in (configs[c] for c in args.ivf):
             index, built = build("ivfpq", ids, x, **params)
             nlist = index.params["nlist"]
             values = ([max(1, nlist // 8), nlist // 4, nlist // 2, nlist] if sweep == "nprobe"
-                      else [64, 128, 256, 512, 1024])
+                      else [128, 256, 384, 512, 1024])
             for v in dict.fromkeys(values):
                 index.tune(**{sweep: v})
                 row(rows, name, label.replace("auto", str(nlist)), "ivfpq", built, f"{sweep}={v}",
@@ -219,6 +223,9 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=1000, help="random queries (default 1000)")
     p.add_argument("--flat-queries", type=int, default=100, help="queries timed on the exact baseline (slow)")
     p.add_argument("--kinds", default="flat,ivfpq,hnsw", help="index kinds on the random set")
+    p.add_argument("--ivf", default="auto,scan",
+                   help="ivfpq configurations on the random set: auto (k-means lists, nprobe sweep) and/or "
+                        "scan (2 lists scanned in parallel, no residuals, re-rank sweep)")
     p.add_argument("--hnsw-max", type=int, default=100_000, help="most random vectors the HNSW graph is built on")
     p.add_argument("--hnsw-m", type=int, default=32, help="HNSW M (links per node)")
     p.add_argument("--ef-construction", type=int, default=100, help="HNSW efConstruction")
@@ -233,6 +240,7 @@ def main() -> None:
     args = p.parse_args()
     args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    args.ivf = [c.strip() for c in args.ivf.split(",") if c.strip()]
 
     print(__doc__.split("Protocol")[1].split("The machine")[0], flush=True)
     print(f"cores usable: {available_cores()}; targets on the random set: p50 <= {TARGET_P50_MS} ms and "

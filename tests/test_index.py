@@ -328,3 +328,28 @@ def test_ivfpq_recall_on_thousands(bigger, nbits):
     assert recall(index.search(q, 10), brute(x, ids, q, 10)) >= 0.95
     index.tune(rerank=10, nprobe=1)  # fewer candidates: still k answers per query (exact fallback if short)
     assert all(len(r) == 10 for r in index.search(q, 10))
+
+
+def test_ivfpq_scan_without_residuals_splits_one_query_over_the_cores(monkeypatch, tmp_path):
+    """residual=False with every list probed: a compressed scan of all vectors, re-ranked exactly.
+    A single query over enough codes takes the list-parallel path, which must return what the
+    per-query path returns; the setting survives save/load."""
+    import curata.search.index as index_module
+
+    rng = np.random.default_rng(7)
+    x, q = unit(rng.standard_normal((6000, 32))), unit(rng.standard_normal((40, 32)))
+    ids = [f"r{i}" for i in range(len(x))]
+    index = VectorIndex.create(32, kind="ivfpq", train_min=1000, nlist=2, nprobe=2, residual=False)
+    index.add(ids, x)
+    assert not index.faiss_index.by_residual
+    want = brute(x, ids, q, 10)
+    serial = [index.search(q[i:i + 1], 10)[0] for i in range(len(q))]
+    assert recall(serial, want) >= 0.95  # uniform random vectors: the hard case for lists
+    monkeypatch.setattr(index_module, "_PARALLEL_SCAN", 1)
+    parallel = [index.search(q[i:i + 1], 10)[0] for i in range(len(q))]
+    assert [[i for i, _ in r] for r in parallel] == [[i for i, _ in r] for r in serial]
+    assert index.faiss_index.implem == 0  # the switch is undone after the search
+    index.save(tmp_path / "scan")
+    loaded = VectorIndex.load(tmp_path / "scan")
+    assert loaded.params["residual"] is False and not loaded.faiss_index.by_residual
+    assert [[i for i, _ in r] for r in loaded.search(q[:5], 10)] == [[i for i, _ in r] for r in serial[:5]]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,36 @@ def test_tfidf_invalid_params() -> None:
 
 
 @pytest.fixture(scope="module")
-def minilm() -> MiniLMText:
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private CURATA_CACHE, so that this module exercises the ONNX export itself (once)."""
+    root = tmp_path_factory.mktemp("curata_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CURATA_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def minilm(onnx_cache: Path) -> MiniLMText:
     return MiniLMText(threads=2)
+
+
+# Short, long (> 128 and > 256 word pieces), accents, scripts without spaces, RTL, emoji with ZWJ and
+# skin tone, combining marks, zero-width and no-break spaces, control characters, a 300-letter word
+# (one [UNK]), punctuation only, surrounding whitespace, upper case.
+PARITY_TEXTS = [
+    "hi",
+    "A red cotton t-shirt",
+    "Café crème, 陶瓷咖啡杯 — ünïcödé ✓ naïve résumé Ærøskøbing",
+    "Ελληνικά κείμενα, русский текст and العربية",
+    "Emoji 🙂👍🏽 and a family 👩‍👩‍👧",
+    "e\u0301 combining accent, \u200bzero width,\u00a0no-break space, tab\tnew\nline",
+    "A" * 300,
+    "!!! ??? ... ;;; ((( )))",
+    "  surrounded by spaces  ",
+    "DON'T SHOUT: e.g. U.S.A. 3.14 $100 50% #tag @user",
+    " ".join(f"sentence {i} of a long product description with antidisestablishmentarianism" for i in range(30)),
+    "Stainless steel water bottle, 750 ml, keeps drinks cold for 24 hours and hot for 12. " * 16,
+]
 
 
 def test_minilm_shapes_and_empty(minilm: MiniLMText) -> None:
@@ -136,6 +165,61 @@ def test_minilm_deterministic_and_batch_independent(minilm: MiniLMText) -> None:
     b = np.concatenate([minilm.transform([t]) for t in texts])
     np.testing.assert_allclose(a, b, atol=1e-5)  # padding in a batch must not change a vector
     np.testing.assert_array_equal(minilm.transform(texts), a)
+
+
+def test_minilm_matches_sentence_transformers(minilm: MiniLMText) -> None:
+    """The ONNX path gives sentence-transformers' vectors (the extractor keeps version "1")."""
+    from sentence_transformers import SentenceTransformer
+
+    from curata.features.plugins import quiet_hf_loading
+    from curata.features.text import minilm_path
+
+    with quiet_hf_loading():
+        reference = SentenceTransformer(str(minilm_path()), device="cpu", local_files_only=True)
+    assert len(reference.tokenizer(PARITY_TEXTS[-1])["input_ids"]) > 256  # truncation is exercised
+    for max_len in (128, 256):
+        reference.max_seq_length = max_len
+        expected = reference.encode(PARITY_TEXTS, normalize_embeddings=True, convert_to_numpy=True)
+        # batch_size 3: several sub-batches of different lengths, put back in the caller's order.
+        ours = MiniLMText(max_seq_length=max_len, batch_size=3, threads=2) if max_len != 128 else minilm
+        got = ours.transform(PARITY_TEXTS)
+        assert np.abs(got - expected).max() < 1e-5, max_len
+    one = np.concatenate([minilm.transform([t]) for t in PARITY_TEXTS[:4]])
+    np.testing.assert_allclose(one, minilm.transform(PARITY_TEXTS[:4]), atol=1e-6)
+
+
+def test_minilm_runs_without_torch(minilm: MiniLMText, onnx_cache: Path, tmp_path: Path) -> None:
+    """Once exported, encoding a query imports neither torch nor sentence-transformers."""
+    expected = minilm.transform(["a red cotton shirt"])  # also makes sure the export exists
+    out = tmp_path / "vec.npy"
+    code = (
+        "import sys, numpy as np\n"
+        "from curata.features.text import MiniLMText\n"
+        "np.save(sys.argv[1], MiniLMText(threads=1).transform(['a red cotton shirt']))\n"
+        "heavy = sorted(m for m in ('torch', 'sentence_transformers', 'transformers') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    env = {**os.environ, "CURATA_CACHE": str(onnx_cache)}
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, timeout=120)
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-6)
+
+
+def test_minilm_pickles_without_native_state(minilm: MiniLMText) -> None:
+    import pickle
+
+    minilm.transform(["warm"])
+    clone = pickle.loads(pickle.dumps(minilm))
+    assert clone._session is None and clone._tokenizer is None
+    np.testing.assert_array_equal(clone.transform(CORPUS), minilm.transform(CORPUS))
+
+
+def test_minilm_reexports_a_damaged_file(minilm: MiniLMText) -> None:
+    from curata.features.text import minilm_onnx_path
+
+    expected = minilm.transform(CORPUS[:3])
+    minilm_onnx_path().write_bytes(b"not an onnx model")  # e.g. a disk that filled up mid-copy
+    np.testing.assert_allclose(MiniLMText(threads=2).transform(CORPUS[:3]), expected, atol=1e-6)
+    assert minilm_onnx_path().stat().st_size > 1_000_000
 
 
 def test_minilm_params() -> None:

@@ -8,13 +8,9 @@ logits, because ONNX Runtime is several times faster than eager PyTorch on a few
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
-from functools import cache
+from functools import cache, partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,8 +18,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from curata.features.base import Extractor, ItemError, register
+from curata.features.onnx_runtime import OPSET, export_once, onnx_dir, open_session
 from curata.imageio import resize_to
-from curata.paths import cache_dir, default_threads
 
 # variant -> (input side in pixels, architecture name in efficientnet_lite_pytorch)
 VARIANTS: dict[str, tuple[int, str]] = {
@@ -35,7 +31,6 @@ N_CLASSES = 1000
 # Bump when anything that changes the exported graph changes (wrapper, preprocessing, opset):
 # the version is part of the ONNX file name, so old exports are simply not reused.
 EXPORT_VERSION = "1"
-OPSET = 17
 _SUB_BATCH = 32  # bounds memory for huge engine batches; 32 is where ORT throughput plateaus
 
 
@@ -81,60 +76,33 @@ def build_torch_model(variant: str = "lite0") -> Any:
     return _TwoHeads(net).eval()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive inter-process lock so that concurrent processes don't all export the same model."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock; the atomic rename below still keeps the file whole
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def onnx_path(variant: str) -> Path:
-    return cache_dir() / "onnx" / f"efficientnet_{variant}_v{EXPORT_VERSION}.onnx"
+    return onnx_dir() / f"efficientnet_{variant}_v{EXPORT_VERSION}.onnx"
 
 
 def export_onnx(variant: str, *, force: bool = False) -> Path:
     """Export the model to ONNX once (atomic write under a file lock) and return the file path."""
-    target = onnx_path(variant)
-    if target.exists() and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_suffix(".lock")):
-        if target.exists() and not force:  # another process exported it while we waited
-            return target
+
+    def write(tmp: str) -> None:
         import torch
 
         size = VARIANTS[variant][0]
         model = build_torch_model(variant)
-        fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # the classic exporter's deprecation/tracer chatter
-                torch.onnx.export(
-                    model,
-                    (torch.zeros(1, 3, size, size),),
-                    tmp,
-                    dynamo=False,  # the TorchScript exporter: no onnxscript needed, proven on this model
-                    input_names=["image"],
-                    output_names=["features", "logits"],
-                    dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
-                    opset_version=OPSET,
-                    do_constant_folding=True,
-                )
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return target
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the classic exporter's deprecation/tracer chatter
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, 3, size, size),),
+                tmp,
+                dynamo=False,  # the TorchScript exporter: no onnxscript needed, proven on this model
+                input_names=["image"],
+                output_names=["features", "logits"],
+                dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}, "logits": {0: "batch"}},
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
+
+    return export_once(onnx_path(variant), write, force=force)
 
 
 @cache
@@ -215,30 +183,16 @@ class EfficientNetLite(Extractor):
     def onnx_file(self) -> Path:
         return onnx_path(self.variant)
 
-    def _make_session(self, path: Path) -> Any:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads or default_threads()
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
-        # Idle pool threads otherwise busy-spin after each run and steal the cores from the JPEG
-        # decode and resize that happen between runs (2 cores, decode+resize+model: ~90 -> ~125 img/s).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
     @property
     def session(self) -> Any:
         with self._lock:
             if self._session is None:
-                path = export_onnx(self.variant)
-                try:
-                    self._session = self._make_session(path)
-                except Exception:
-                    # A file damaged outside our atomic write (disk full, manual edit): export again once.
-                    self._session = self._make_session(export_onnx(self.variant, force=True))
+                # No spinning: idle pool threads otherwise busy-spin after each run and steal the cores
+                # from the JPEG decode and resize that happen between runs (2 cores,
+                # decode+resize+model: ~90 -> ~125 img/s).
+                self._session = open_session(
+                    partial(export_onnx, self.variant), self.threads, spinning=False
+                )
             return self._session
 
     def features_and_logits(self, batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ colour names for people and for the zero-label colour namer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -188,7 +189,13 @@ def dominant_color_names(
     E.g. a palette of navy 0.4, sky blue 0.2, white 0.4 gives [("blue", 0.6), ("white", 0.4)].
     """
     entries = _entries(vector, k)
+    names = [name for name, _ in name_lab_colors(entries[:, :3], vocabulary)]
+    return merge_shares(zip(names, entries[:, 3].tolist(), strict=True))
+
+
+def merge_shares(named: Iterable[tuple[str, float]]) -> list[tuple[str, float]]:
+    """(name, share) pairs with equal names added up, largest total first (ties by name)."""
     totals: dict[str, float] = {}
-    for (name, _), share in zip(name_lab_colors(entries[:, :3], vocabulary), entries[:, 3], strict=True):
+    for name, share in named:
         totals[name] = totals.get(name, 0.0) + float(share)
     return sorted(totals.items(), key=lambda item: (-item[1], item[0]))

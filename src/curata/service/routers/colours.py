@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
@@ -25,17 +24,18 @@ async def colours(request: Request, k: int = Query(5, ge=1, le=12, description="
     sources = await read_sources(request, state.settings, state)
 
     def work() -> ColoursResponse:
-        from curata.features.palette import PaletteExtractor, describe_palette
-        from curata.tasks.colour import ZeroLabelColourNamer
+        from curata.features.palette import PaletteExtractor, describe_palette, merge_shares
 
         extractor = PaletteExtractor(k=k)
         images = decode_all(sources, state.settings, max_side=extractor.max_side)
         vectors = extractor.transform([extractor.prepare(im.image) for im in images])
-        names = ZeroLabelColourNamer(vocabulary=vocabulary, k=k).name(np.asarray(vectors))
         results = []
-        for im, vector, named in zip(images, vectors, names, strict=True):
+        for im, vector in zip(images, vectors, strict=True):
+            described = describe_palette(vector, k)
+            # the zero-label namer's answer (ZeroLabelColourNamer), from the names already computed
+            named = merge_shares((p[vocabulary], p["share"]) for p in described)
             palette = [PaletteColour(**{f: p[f] for f in ("hex", "rgb", "share", "basic", "css", "delta_e")})
-                       for p in describe_palette(vector, k)]
+                       for p in described]
             results.append(ColourResult(image=im.name, colour=named[0][0] if named else None, palette=palette,
                                         names=[ColourName(name=n, share=round(s, 4)) for n, s in named]))
         return ColoursResponse(vocabulary=vocabulary, k=k, results=results)
