@@ -228,3 +228,29 @@ def test_logits_extractor_is_the_classifier_output(lite0: EfficientNetLite0) -> 
     _, expected = lite0.features_and_logits(images)
     assert np.allclose(out, expected, atol=1e-5)
     assert [n for n, _ in top_classes(out, 1)[0]] == [lite0.predict_imagenet(images[:1], top=1)[0][0][0]]
+
+
+def test_int8_model_is_quantised_and_agrees_with_fp32(lite0: EfficientNetLite0) -> None:
+    import onnx
+
+    from curata.features.efficientnet import EfficientNetLite0Int8, calibration_images
+
+    int8 = EfficientNetLite0Int8()
+    assert int8.key != lite0.key and int8.onnx_file.name.endswith("_int8_v1.onnx")
+    images = _images()[:3] + calibration_images(3, 224, seed=99)
+    a, b = lite0.transform(images), int8.transform(images)
+    assert int8.onnx_file.is_file()
+    ops = {node.op_type for node in onnx.load(str(int8.onnx_file)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantised, not a copy of fp32
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cosine.min() > 0.9 and cosine.mean() > 0.95, cosine
+    assert not np.allclose(a, b, atol=1e-3)
+
+
+def test_single_threaded_twin_gives_the_same_features(lite0: EfficientNetLite0) -> None:
+    assert lite0.single_threaded() is lite0  # a chosen thread count is kept
+    default = EfficientNetLite0()
+    twin = default.single_threaded()
+    assert twin is not default and twin.threads == 1 and default.threads is None
+    images = _images()[:3]
+    np.testing.assert_allclose(twin.transform(images), lite0.transform(images), atol=1e-4)

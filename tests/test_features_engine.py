@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -137,3 +138,42 @@ def test_fitted_text_extractor_is_saved_reused_and_refit(workspace):
 def test_load_matrix_before_fit_is_a_clear_error(workspace):
     with pytest.raises(ValueError, match="has not been fitted"):
         load_matrix(workspace, Vocabulary())
+
+
+class ThreadSafeMean(MeanColour):
+    """MeanColour that declares parallel batches and records the threads its copy ran on."""
+
+    name = "test_mean_parallel"
+    parallel_batches = True
+    threads_seen: ClassVar[set[int]] = set()
+
+    def single_threaded(self):
+        return ThreadSafeMean()
+
+    def transform(self, batch):
+        import threading
+        import time
+
+        ThreadSafeMean.threads_seen.add(threading.get_ident())
+        time.sleep(0.02)  # long enough for batches to overlap
+        return super().transform(batch)
+
+
+def test_parallel_batches_keep_order_and_isolation(workspace, monkeypatch):
+    from PIL import Image
+
+    import curata.features.engine as engine
+
+    Image.new("RGB", (8, 8), (0, 50, 50)).save(Path(workspace.items()["image"][6]))  # fails alone
+    monkeypatch.setattr(engine, "default_threads", lambda: 2)
+    ThreadSafeMean.threads_seen = set()
+    run = compute(ThreadSafeMean(), workspace, batch_size=2)
+    assert (run.computed, run.errors) == (13, 1)
+    assert len(ThreadSafeMean.threads_seen) == 2  # two batches at a time, on two model threads
+    matrix, errors = load_matrix(workspace, ThreadSafeMean())
+    for i, (path, row, error) in enumerate(zip(workspace.items()["image"], matrix, errors, strict=True)):
+        if i == 6:
+            assert error == "no red at all"
+        else:  # every row in item order
+            assert error is None
+            np.testing.assert_allclose(row, load_image(path).reshape(-1, 3).mean(0), rtol=1e-5)

@@ -8,6 +8,8 @@ logits, because ONNX Runtime is several times faster than eager PyTorch on a few
 
 from __future__ import annotations
 
+import copy
+import tempfile
 import threading
 import warnings
 from functools import cache, partial
@@ -76,12 +78,45 @@ def build_torch_model(variant: str = "lite0") -> Any:
     return _TwoHeads(net).eval()
 
 
-def onnx_path(variant: str) -> Path:
-    return onnx_dir() / f"efficientnet_{variant}_v{EXPORT_VERSION}.onnx"
+PRECISIONS = ("fp32", "int8")
+CALIBRATION_IMAGES = 64  # enough: 64 or 200 calibration images gave the same agreement with fp32
 
 
-def export_onnx(variant: str, *, force: bool = False) -> Path:
-    """Export the model to ONNX once (atomic write under a file lock) and return the file path."""
+def onnx_path(variant: str, precision: str = "fp32") -> Path:
+    suffix = "" if precision == "fp32" else f"_{precision}"
+    return onnx_dir() / f"efficientnet_{variant}{suffix}_v{EXPORT_VERSION}.onnx"
+
+
+def calibration_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """Photo-like RGB images drawn here (smooth colour gradients, grain of varying strength, a few
+    hard-edged discs): the activation ranges int8 calibration needs, with no data shipped. Measured
+    on flipkart photos, calibrating on these or on 64 flipkart photos gives the same agreement."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = (g[..., None] for g in np.mgrid[0:size, 0:size].astype(np.float32) / size)
+    images = []
+    for _ in range(n):
+        c0, c1, c2 = rng.uniform(0, 255, (3, 3))
+        img = c0 * (1 - xx) * (1 - yy) + c1 * xx + c2 * yy * 0.5
+        img += rng.normal(0, rng.uniform(2, 25), (size, size, 1)).astype(np.float32)
+        img = np.clip(img, 0, 255).astype(np.uint8)
+        for _ in range(int(rng.integers(2, 12))):
+            centre = tuple(int(v) for v in rng.integers(0, size, 2))
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            cv2.circle(img, centre, int(rng.integers(size // 40 + 1, size // 2)), colour, -1)
+        images.append(img)
+    return images
+
+
+def export_onnx(variant: str, precision: str = "fp32", *, force: bool = False) -> Path:
+    """Export the model to ONNX once (atomic write under a file lock) and return the file path.
+    `precision="int8"` quantises the fp32 export statically (see `_quantise_int8`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+    if precision == "int8":
+        fp32 = export_onnx(variant, force=force)
+        return export_once(onnx_path(variant, "int8"), partial(_quantise_int8, fp32, variant), force=force)
 
     def write(tmp: str) -> None:
         import torch
@@ -103,6 +138,37 @@ def export_onnx(variant: str, *, force: bool = False) -> Path:
             )
 
     return export_once(onnx_path(variant), write, force=force)
+
+
+def _quantise_int8(fp32: Path, variant: str, tmp: str) -> None:
+    """Static int8 quantisation with ONNX Runtime: int8 weights per output channel, uint8 activations
+    whose ranges come from running `calibration_images` (min-max). The Lite models were designed for
+    it (ReLU6, no squeeze-excite). Takes ~10 s once; inference is ~1.8x faster on one core."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    size = VARIANTS[variant][0]
+    images = calibration_images(CALIBRATION_IMAGES, size)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": preprocess(images[i:i + 16], size)} for i in range(0, len(images), 16)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="curata-int8-") as work:
+        prepared = str(Path(work) / "prepared.onnx")
+        quant_pre_process(str(fp32), prepared, skip_symbolic_shape=True)  # shapes + fusions first
+        quantize_static(prepared, tmp, Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
 
 
 @cache
@@ -161,6 +227,8 @@ class EfficientNetLite(Extractor):
     modality = "image"
     max_side: ClassVar[int | None] = 224
     variant_default: ClassVar[str] = "lite0"
+    precision: ClassVar[str] = "fp32"
+    parallel_batches: ClassVar[bool] = True  # an ONNX Runtime session may run from several threads
 
     def __init__(self, variant: str | None = None, threads: int | None = None):
         variant = variant or self.variant_default
@@ -181,7 +249,7 @@ class EfficientNetLite(Extractor):
 
     @property
     def onnx_file(self) -> Path:
-        return onnx_path(self.variant)
+        return onnx_path(self.variant, self.precision)
 
     @property
     def session(self) -> Any:
@@ -191,7 +259,7 @@ class EfficientNetLite(Extractor):
                 # from the JPEG decode and resize that happen between runs (2 cores,
                 # decode+resize+model: ~90 -> ~125 img/s).
                 self._session = open_session(
-                    partial(export_onnx, self.variant), self.threads, spinning=False
+                    partial(export_onnx, self.variant, self.precision), self.threads, spinning=False
                 )
             return self._session
 
@@ -216,6 +284,15 @@ class EfficientNetLite(Extractor):
 
     def transform(self, batch: list[np.ndarray]) -> np.ndarray:
         return self.features_and_logits(batch)[0]
+
+    def single_threaded(self) -> EfficientNetLite:
+        """A copy whose session computes each run on the calling thread (one intra-op thread); kept
+        as is when the caller chose a thread count."""
+        if self.threads is not None:
+            return self
+        twin = copy.copy(self)
+        twin.threads, twin._session, twin._lock = 1, None, threading.Lock()
+        return twin
 
     def predict_imagenet(self, batch: list[np.ndarray], top: int = 5) -> list[list[tuple[str, float]]]:
         """Top-`top` ImageNet-1k classes per image as (name, softmax probability), most likely first."""
@@ -247,6 +324,16 @@ class EfficientNetLite0(EfficientNetLite):
     def __init__(self, variant: str | None = None, threads: int | None = None):
         _check_variant(variant, "lite0")
         super().__init__("lite0", threads=threads)
+
+
+@register
+class EfficientNetLite0Int8(EfficientNetLite0):
+    """EfficientNet-Lite0 quantised to int8 (static, per-channel; calibrated once on drawn images):
+    the same 1280-d features at ~1.8x the inference speed, agreeing with `effnet_lite0` at cosine
+    ~0.99 (benchmarks/features.py measures the agreement and the downstream accuracy of both)."""
+
+    name: ClassVar[str] = "effnet_lite0_int8"
+    precision: ClassVar[str] = "int8"
 
 
 @register

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ import pandas as pd
 from curata.features.base import REGISTRY, Extractor, ItemError
 from curata.features.store import FeatureStore, store_dirname
 from curata.imageio import ImageError, load_image
+from curata.paths import default_threads
 from curata.progress import SILENT, Reporter
 from curata.workspace import Workspace
 
@@ -248,21 +250,34 @@ def _compute_todo(extractor: Extractor, store: FeatureStore, todo: dict[str, str
 
     batches = list(_batches(list(todo.items()), batch_size))
     n_workers = workers or min(4, (os.cpu_count() or 2))
-    with ThreadPoolExecutor(max_workers=n_workers) as loaders, ThreadPoolExecutor(max_workers=1) as prefetch:
-        # Prefetch one batch ahead: decoding of batch i+1 overlaps the model on batch i.
+    # One batch per core through a thread-safe model (see Extractor.parallel_batches), else one at a time.
+    n_models = default_threads() if extractor.parallel_batches and len(batches) > 1 else 1
+    model = extractor.single_threaded() if n_models > 1 else extractor
+
+    def collect(batch: list[tuple[str, str]], result: Future) -> None:
+        vectors, errors = result.result()
+        pending_keys.extend(k for k, _ in batch)
+        pending_vecs.append(vectors)
+        pending_errs.extend(errors)
+        run.errors += sum(e is not None for e in errors)
+        if len(pending_keys) >= PART_SIZE:
+            flush()
+        advance(len(batch))
+
+    with (ThreadPoolExecutor(max_workers=n_workers) as loaders, ThreadPoolExecutor(max_workers=1) as prefetch,
+          ThreadPoolExecutor(max_workers=n_models) as models):
+        # Prefetch one batch ahead: decoding of batch i+1 overlaps the model on the batches before it.
         future: Future | None = prefetch.submit(_load_batch, extractor, [s for _, s in batches[0]], loaders)
+        running: deque[tuple[list[tuple[str, str]], Future]] = deque()
         for i, batch in enumerate(batches):
             loaded = future.result() if future else []
             future = (prefetch.submit(_load_batch, extractor, [s for _, s in batches[i + 1]], loaders)
                       if i + 1 < len(batches) else None)
-            vectors, errors = transform_loaded(extractor, loaded)
-            pending_keys.extend(k for k, _ in batch)
-            pending_vecs.append(vectors)
-            pending_errs.extend(errors)
-            run.errors += sum(e is not None for e in errors)
-            if len(pending_keys) >= PART_SIZE:
-                flush()
-            advance(len(batch))
+            running.append((batch, models.submit(transform_loaded, model, loaded)))
+            if len(running) >= n_models:  # results are stored in batch order
+                collect(*running.popleft())
+        while running:
+            collect(*running.popleft())
     flush()
 
 
