@@ -14,10 +14,11 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,8 @@ import pandas as pd
 from curata.service.errors import ApiError
 from curata.service.settings import Settings
 from curata.workspace import Workspace
+
+T = TypeVar("T")
 
 log = logging.getLogger("curata.service")
 
@@ -169,6 +172,15 @@ class ServiceState:
         self.loaded = False  # start() has finished (successfully or not)
         self.load_error: str | None = None
         self.api_key = self.settings.api_key()
+        self._compute_limiter: Any = None  # made on first use: it belongs to the event loop
+
+    async def compute(self, work: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound request work in a thread, at most `settings.compute_slots` at a time."""
+        import anyio.to_thread
+
+        if self._compute_limiter is None:
+            self._compute_limiter = anyio.CapacityLimiter(self.settings.compute_slots)
+        return await anyio.to_thread.run_sync(work, *args, limiter=self._compute_limiter)
 
     # start-up --------------------------------------------------------------------------------------
     def start_in_background(self) -> threading.Thread:

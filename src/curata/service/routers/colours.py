@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.concurrency import run_in_threadpool
 
 from curata.service.deps import get_state, require_api_key
 from curata.service.images import decode_all, read_sources
@@ -40,4 +39,4 @@ async def colours(request: Request, k: int = Query(5, ge=1, le=12, description="
                                         names=[ColourName(name=n, share=round(s, 4)) for n, s in named]))
         return ColoursResponse(vocabulary=vocabulary, k=k, results=results)
 
-    return await run_in_threadpool(work)
+    return await state.compute(work)

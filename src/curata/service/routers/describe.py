@@ -36,7 +36,7 @@ async def describe_images(request: Request, top_k: int = Query(10, ge=1, le=100)
             raise ApiError(422, "cannot_describe", str(e), "images") from None
         return DescribeResponse(results=[_description(r, image=im.name) for r, im in zip(raw, images, strict=True)])
 
-    return await run_in_threadpool(work)
+    return await state.compute(work)
 
 
 @router.post("/items", response_model=DescribeResponse, summary="Describe workspace items by id")

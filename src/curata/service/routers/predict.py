@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.concurrency import run_in_threadpool
 
 from curata.service.deps import get_state, require_api_key
 from curata.service.errors import ApiError
@@ -35,4 +34,4 @@ async def predict(bundle: str, request: Request, top: int = Query(3, ge=1, le=50
         results = [Prediction(image=im.name, **row) for im, row in zip(images, rows, strict=True)]
         return PredictResponse(bundle=bundle, task=loaded.card.task, target=loaded.card.target, results=results)
 
-    return await run_in_threadpool(work)
+    return await state.compute(work)

@@ -82,4 +82,4 @@ async def by_image(request: Request, k: int = K, model: str | None = MODEL, labe
             ImageSearchResult(image=im.name, results=_hits(_run(searcher.by_image, im.image, k=k, filters=filters)))
             for im in images])
 
-    return await run_in_threadpool(work)
+    return await state.compute(work)
