@@ -468,3 +468,42 @@ def test_settings_round_trip_and_key_sources(tmp_path, monkeypatch):
         Settings(max_images=0)
     with pytest.raises(ValueError, match="unknown service settings"):
         Settings.from_json(json.dumps({"workspace": "x", "nope": 1}))
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_compute_slots_bound_the_requests_computing_at_once(tmp_path, slots):
+    import threading
+    import time
+
+    import anyio
+
+    from curata.service.state import ServiceState
+
+    state = ServiceState(Settings(workspace=tmp_path, compute_slots=slots))
+    running, most, lock = 0, 0, threading.Lock()
+
+    def work(i: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return i * i
+
+    async def main() -> list[int]:
+        results: list[int] = [0] * 6
+
+        async def one(i: int) -> None:
+            results[i] = await state.compute(work, i)
+
+        async with anyio.create_task_group() as group:
+            for i in range(6):
+                group.start_soon(one, i)
+        return results
+
+    assert anyio.run(main) == [i * i for i in range(6)]
+    assert most == slots
+    with pytest.raises(ValueError, match="compute_slots must be >= 1"):
+        Settings(workspace=tmp_path, compute_slots=0)
