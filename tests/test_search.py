@@ -348,3 +348,28 @@ def test_demo_hook(trained: tuple[Workspace, dict], tmp_path: Path) -> None:
     assert [q["query"] for q in out["queries"]] == ["a blue circle", "a white triangle"]
     assert all(len(q["hits"]) == 3 for q in out["queries"])
     assert {"t2i_r1", "t2i_r10"} <= set(out["val"]) and "t2i_r10" in out["train"]
+
+
+@pytest.mark.parametrize("hidden", [0, 64])
+def test_numpy_embedding_equals_the_torch_heads(hidden):
+    """Queries are embedded in numpy on the heads' weights; it must be the torch eval forward."""
+    import torch
+
+    from curata.search.joint import JointOptions, JointSpace, _build_model
+
+    model = _build_model(48, 24, JointOptions(dim=16, hidden=hidden))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+        model.text.mean.copy_(torch.randn(24, generator=gen))
+        model.text.inv_std.uniform_(0.5, 2.0, generator=gen)
+    space = JointSpace(model, {"dim": 16})
+    x = np.random.default_rng(1).standard_normal((9, 24)).astype(np.float32)
+    x[4] = 0.0  # no text: matches nothing
+    model.eval()
+    with torch.no_grad():
+        want = model.text(torch.from_numpy(x)).numpy()
+    got = space.embed_texts(x)
+    np.testing.assert_allclose(np.delete(got, 4, 0), np.delete(want, 4, 0), atol=1e-5)
+    assert not got[4].any() and got.dtype == np.float32

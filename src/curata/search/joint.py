@@ -273,15 +273,25 @@ class JointSpace:
         return shared_extractor(self.card["encoders"]["text"]["extractor"])
 
     def _embed(self, head: Any, x: np.ndarray) -> np.ndarray:
-        torch = _torch()
+        """The head's eval-mode forward, in numpy on the head's current weights: for one search query
+        torch's per-op thread hand-offs cost ~3 ms against ~0.1 ms here (same result to 1e-6)."""
+        from scipy.special import erf
+
         x = np.asarray(x, dtype=np.float32)
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
-        self.model.eval()
-        with torch.no_grad():
-            out = np.concatenate([head(torch.from_numpy(x[i : i + 4096])).numpy() for i in range(0, len(x), 4096)])
+        weights = {name: t.detach().numpy() for name, t in head.state_dict().items()}
+        linears = sorted({name.rsplit(".", 1)[0] for name in weights if name.endswith(".weight")})
+        out = np.empty((len(x), self.dim), np.float32)
+        for a in range(0, len(x), 4096):
+            h = (x[a:a + 4096] - weights["mean"]) * weights["inv_std"]
+            for i, layer in enumerate(linears):  # "net" alone, or "net.0" then "net.3" (GELU, dropout between)
+                h = h @ weights[f"{layer}.weight"].T + weights[f"{layer}.bias"]
+                if i < len(linears) - 1:
+                    h = 0.5 * h * (1.0 + erf(h / np.sqrt(2.0)))  # exact GELU, torch's default
+            out[a:a + 4096] = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
         out[~np.abs(x).sum(axis=1).astype(bool)] = 0.0  # an empty input (no text) matches nothing
-        return out.astype(np.float32)
+        return out
 
     def embed_images(self, features: np.ndarray) -> np.ndarray:
         return self._embed(self.model.image, features)

@@ -127,6 +127,8 @@ class Searcher:
         self.encoder = encoder
         self.index = index
         self._items = items.set_index("id", drop=False)
+        # id -> row as a dict: a hit's fields without a pandas row lookup (~35 µs each) per hit
+        self._rows: dict[str, dict[str, Any]] = self._items[["label", "collection", "text", "image"]].to_dict("index")
         self.notes: list[str] = []
 
     @classmethod
@@ -207,10 +209,10 @@ class Searcher:
         for item_id, score in found:
             if item_id == exclude:
                 continue
-            if item_id not in self._items.index:
+            row = self._rows.get(item_id)
+            if row is None:
                 stale += 1
                 continue
-            row = self._items.loc[item_id]
             hits.append({"id": item_id, "score": round(float(score), 4), "label": _meta_value(row["label"]) or None,
                          "collection": _meta_value(row["collection"]) or None, "text": row["text"] or "",
                          "image": row["image"]})
