@@ -140,8 +140,9 @@ def run_random(args: argparse.Namespace, rows: list[dict], notes: list[str]) -> 
         configs = {
             # the default: k-means lists, probing a share of them
             "auto": (f"ivfpq nlist=auto m={d // 2}x4", {}, "nprobe"),
-            # a parallel scan: 2 lists (one per core), both probed, codes of the vectors themselves
-            "scan": (f"ivfpq scan nlist=2 m={d // 2}x4", {"nlist": 2, "nprobe": 2, "residual": False}, "rerank"),
+            # a parallel scan: 4 lists (two per core, so the threads finish together), all probed, codes
+            # of the vectors themselves
+            "scan": (f"ivfpq scan nlist=4 m={d // 2}x4", {"nlist": 4, "nprobe": 4, "residual": False}, "rerank"),
         }
         for label, params, sweep in (configs[c] for c in args.ivf):
             index, built = build("ivfpq", ids, x, **params)
@@ -225,7 +226,7 @@ def main() -> None:
     p.add_argument("--kinds", default="flat,ivfpq,hnsw", help="index kinds on the random set")
     p.add_argument("--ivf", default="auto,scan",
                    help="ivfpq configurations on the random set: auto (k-means lists, nprobe sweep) and/or "
-                        "scan (2 lists scanned in parallel, no residuals, re-rank sweep)")
+                        "scan (4 lists scanned in parallel, no residuals, re-rank sweep)")
     p.add_argument("--hnsw-max", type=int, default=100_000, help="most random vectors the HNSW graph is built on")
     p.add_argument("--hnsw-m", type=int, default=32, help="HNSW M (links per node)")
     p.add_argument("--ef-construction", type=int, default=100, help="HNSW efConstruction")

@@ -252,5 +252,6 @@ def test_single_threaded_twin_gives_the_same_features(lite0: EfficientNetLite0) 
     default = EfficientNetLite0()
     twin = default.single_threaded()
     assert twin is not default and twin.threads == 1 and default.threads is None
+    assert default.single_threaded() is twin  # made once: its session loads once
     images = _images()[:3]
     np.testing.assert_allclose(twin.transform(images), lite0.transform(images), atol=1e-4)

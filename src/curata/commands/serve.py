@@ -33,6 +33,9 @@ def serve_cmd(
     max_pixels: Annotated[int, typer.Option(help="Largest image, in pixels (decompression-bomb guard).")
                           ] = 40_000_000,
     max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
+    compute_slots: Annotated[int, typer.Option(help="Requests computing at once in each worker; the rest wait "
+                                               "their turn (threads of one process only fight over the GIL: "
+                                               "add --workers instead).")] = 1,
     lazy: Annotated[bool, typer.Option("--lazy", help="Load bundles on first use instead of at start-up.")
                     ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")
@@ -45,14 +48,15 @@ def serve_cmd(
 
     if not workspace.is_dir():
         raise BadInput(f"workspace {workspace} does not exist; run `curata ingest` first")
-    if workers < 1 or not 0 < port < 65536:
-        raise BadInput("--workers must be >= 1 and --port between 1 and 65535")
+    if workers < 1 or compute_slots < 1 or not 0 < port < 65536:
+        raise BadInput("--workers and --compute-slots must be >= 1 and --port between 1 and 65535")
     if allow_private_urls and not allow_urls:
         raise BadInput("--allow-private-urls needs --allow-urls")
     settings = Settings(workspace=workspace.resolve(), api_key_file=api_key_file.resolve() if api_key_file else None,
                         cors_origins=tuple(cors_origin or ()), allow_urls=allow_urls,
                         allow_private_urls=allow_private_urls, max_request_bytes=int(max_upload_mb * 1024 * 1024),
-                        max_pixels=max_pixels, max_images=max_images, max_batch=max_images, preload=not lazy)
+                        max_pixels=max_pixels, max_images=max_images, max_batch=max_images, preload=not lazy,
+                        compute_slots=compute_slots)
     settings.api_key()  # a missing or empty key file fails here, with its name, not in every worker
     # Workers are separate processes: they rebuild the settings from the environment (no key in it).
     os.environ[ENV_SETTINGS] = settings.to_json()

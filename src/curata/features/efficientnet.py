@@ -220,7 +220,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class EfficientNetLite(Extractor):
     """EfficientNet-Lite (ImageNet-1k) global-average-pooled features, 1280-d."""
 
-    _lazy = ("_session",)  # the ORT session holds native state: rebuilt lazily after pickling
+    _lazy = ("_session", "_twin")  # the ORT sessions hold native state: rebuilt lazily after pickling
 
     name: ClassVar[str] = "effnet_lite"
     version: ClassVar[str] = "1"
@@ -238,6 +238,7 @@ class EfficientNetLite(Extractor):
         self.size = VARIANTS[variant][0]
         self.threads = threads  # None -> default_threads() at session creation
         self._session: Any = None
+        self._twin: EfficientNetLite | None = None
         self._lock = threading.Lock()
 
     @property
@@ -290,9 +291,12 @@ class EfficientNetLite(Extractor):
         as is when the caller chose a thread count."""
         if self.threads is not None:
             return self
-        twin = copy.copy(self)
-        twin.threads, twin._session, twin._lock = 1, None, threading.Lock()
-        return twin
+        with self._lock:  # one twin, so its session loads once however often this is called
+            if self._twin is None:
+                twin = copy.copy(self)
+                twin.threads, twin._session, twin._twin, twin._lock = 1, None, None, threading.Lock()
+                self._twin = twin
+            return self._twin
 
     def predict_imagenet(self, batch: list[np.ndarray], top: int = 5) -> list[list[tuple[str, float]]]:
         """Top-`top` ImageNet-1k classes per image as (name, softmax probability), most likely first."""
