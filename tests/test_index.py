@@ -339,15 +339,17 @@ def test_ivfpq_scan_without_residuals_splits_one_query_over_the_cores(monkeypatc
     rng = np.random.default_rng(7)
     x, q = unit(rng.standard_normal((6000, 32))), unit(rng.standard_normal((40, 32)))
     ids = [f"r{i}" for i in range(len(x))]
-    index = VectorIndex.create(32, kind="ivfpq", train_min=1000, nlist=2, nprobe=2, residual=False)
-    index.add(ids, x)
+    index = VectorIndex.create(32, kind="ivfpq", train_min=1000, nlist=2, nprobe=2, residual=False, exact_limit=1)
+    index.add(ids, x, {"label": [f"l{i % 3}" for i in range(len(x))]})
     assert not index.faiss_index.by_residual
     want = brute(x, ids, q, 10)
     serial = [index.search(q[i:i + 1], 10)[0] for i in range(len(q))]
+    filtered = index.search(q[:5], 10, filters={"label": "l1"})
     assert recall(serial, want) >= 0.95  # uniform random vectors: the hard case for lists
     monkeypatch.setattr(index_module, "_PARALLEL_SCAN", 1)
     parallel = [index.search(q[i:i + 1], 10)[0] for i in range(len(q))]
     assert [[i for i, _ in r] for r in parallel] == [[i for i, _ in r] for r in serial]
+    assert index.search(q[:5], 10, filters={"label": "l1"}) == filtered  # the selector works there too
     assert index.faiss_index.implem == 0  # the switch is undone after the search
     index.save(tmp_path / "scan")
     loaded = VectorIndex.load(tmp_path / "scan")
