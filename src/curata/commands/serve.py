@@ -33,9 +33,10 @@ def serve_cmd(
     max_pixels: Annotated[int, typer.Option(help="Largest image, in pixels (decompression-bomb guard).")
                           ] = 40_000_000,
     max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
-    compute_slots: Annotated[int, typer.Option(help="Requests computing at once in each worker; the rest wait "
-                                               "their turn (threads of one process only fight over the GIL: "
-                                               "add --workers instead).")] = 1,
+    compute_slots: Annotated[int, typer.Option(help="Image requests (colours, predict, describe, image search) "
+                                               "computing at once in each worker; the rest wait their turn "
+                                               "(threads of one process only fight over the GIL: add "
+                                               "--workers instead).")] = 1,
     lazy: Annotated[bool, typer.Option("--lazy", help="Load bundles on first use instead of at start-up.")
                     ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")

@@ -27,9 +27,10 @@ class Settings:
     url_timeout: float = 10.0
     thumbnail_cache: int = 512  # thumbnails kept in memory
     preload: bool = True  # load every bundle and the search index at start-up (False: on first use)
-    # Requests computing at once in one worker process; the rest wait their turn. Python threads
-    # computing together only fight over the GIL: colour naming, 1 worker, measured 108 req/s one at a
-    # time against 62 req/s with 16 at once. Scale with --workers instead.
+    # Image requests computing at once in one worker process; the rest wait their turn. Their numpy
+    # work holds the GIL, so threads computing together only fight over it: colour naming, 1 worker,
+    # measured 108 req/s one at a time against 62 req/s with 16 at once. Scale with --workers instead.
+    # (Text search is not bound: ONNX Runtime and FAISS release the GIL, and it ran 2x slower bound.)
     compute_slots: int = 1
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -174,13 +175,13 @@ class ServiceState:
         self.api_key = self.settings.api_key()
         self._compute_limiter: Any = None  # made on first use: it belongs to the event loop
 
-    async def compute(self, work: Callable[..., T], *args: Any) -> T:
+    async def compute(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound request work in a thread, at most `settings.compute_slots` at a time."""
         import anyio.to_thread
 
         if self._compute_limiter is None:
             self._compute_limiter = anyio.CapacityLimiter(self.settings.compute_slots)
-        return await anyio.to_thread.run_sync(work, *args, limiter=self._compute_limiter)
+        return await anyio.to_thread.run_sync(partial(work, *args, **kwargs), limiter=self._compute_limiter)
 
     # start-up --------------------------------------------------------------------------------------
     def start_in_background(self) -> threading.Thread:
