@@ -305,14 +305,10 @@ class JointSpace:
 
     @classmethod
     def load(cls, directory: Path) -> JointSpace:
+        from curata.tasks.bundle import read_card_json
+
         directory = Path(directory)
-        card_path = directory / "card.json"
-        if not card_path.is_file():
-            raise ValueError(f"{directory} is not a joint-space bundle (no card.json)")
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise ValueError(f"{card_path} is not valid JSON: {e}") from e
+        card = read_card_json(directory, "a joint-space bundle")
         if card.get("kind") != KIND:
             raise ValueError(f"{directory.name} is a {card.get('kind') or card.get('task') or 'model'} bundle, "
                              "not a joint space (train one with `curata joint train`)")

@@ -68,14 +68,21 @@ def save_bundle(directory: Path, model: Any, card: Card) -> Path:
     return directory
 
 
-def load_card(directory: Path) -> Card:
-    path = directory / "card.json"
+def read_card_json(directory: Path, what: str = "a model bundle") -> Any:
+    """The parsed `card.json` of a bundle folder (classifier or joint space); a missing or unreadable
+    card is a BundleError naming the folder as not being `what`."""
+    path = Path(directory) / "card.json"
     if not path.is_file():
-        raise BundleError(f"{directory} is not a model bundle (no card.json)")
+        raise BundleError(f"{directory} is not {what} (no card.json)")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise BundleError(f"{path} is not a valid model card: {e}") from e
+
+
+def load_card(directory: Path) -> Card:
+    path = directory / "card.json"
+    data = read_card_json(directory)
     if isinstance(data, dict) and data.get("kind") == "joint_space":
         raise BundleError(f"{directory} is a joint text-image space, not a classifier: use it with "
                           f"`curata search --model {directory.name}`")
