@@ -8,7 +8,6 @@ import base64
 import http.server
 import io
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +20,16 @@ from PIL import Image
 from curata.service.errors import ApiError
 from curata.service.images import fetch_url
 from curata.service.settings import Settings
-from test_service_support import COLOURS, PER_COLOUR, Server, png_bytes, running_server, service_workspace
+from test_service_support import (
+    COLOURS,
+    PER_COLOUR,
+    Server,
+    assert_error,
+    png_bytes,
+    raw_request,
+    running_server,
+    service_workspace,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,42 +48,11 @@ def client(server):
         yield c
 
 
-def assert_error(response: httpx.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
-    """Every error has the same shape, a JSON type, and no trace."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert "Traceback" not in response.text and 'File "' not in response.text
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "field"}
-    assert body["error"]["message"]
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    if field is not None:
-        assert body["error"]["field"] == field, body
-    return body["error"]
+PAGE = {"X-Curata-Client": "test"}  # what a state change (a reload) needs beside the key
 
 
 def upload(*images: bytes, name: str = "image.png", mime: str = "image/png") -> list:
     return [("files", (f"{i}-{name}", data, mime)) for i, data in enumerate(images)]
-
-
-def raw_request(port: int, head: bytes, chunks) -> bytes:
-    """Send a request over a bare socket (so the body can be larger than what is ever read) and return
-    whatever the server answered before closing."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        s.sendall(head)
-        try:
-            for chunk in chunks:
-                s.sendall(chunk)
-        except OSError:  # the server answered and closed: what matters is its answer
-            pass
-        data = b""
-        try:
-            while part := s.recv(65536):
-                data += part
-        except OSError:
-            pass
-    return data
 
 
 # Health, docs, page ---------------------------------------------------------------------------------
@@ -133,7 +110,7 @@ def test_one_item_its_image_thumbnail_and_features(client, workspace):
     image = client.get(item["image_url"])
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     assert image.content == (workspace.parent / "source" / "images" / "green-1.png").read_bytes()
-    thumb = client.get(item["thumbnail_url"], params={"size": 32})
+    thumb = client.get(item["thumbnail_url"] + "&size=32")
     assert thumb.status_code == 200
     assert Image.open(io.BytesIO(thumb.content)).size == (32, 32)
     features = client.get("/v1/items/demo/green-1/features").json()["features"]
@@ -254,12 +231,12 @@ def test_malformed_requests(client, server):
 
 def test_request_size_is_checked_before_reading(server):
     # A declared 50 MB body is refused from its Content-Length, before any of it is read.
-    head = (b"POST /v1/colours HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = (b"POST /v1/colours HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Content-Length: 52428800\r\n\r\n")
     answer = raw_request(server.port, head, [b"x" * 65536] * 4)
     assert answer.startswith(b"HTTP/1.1 413") and b'"request_too_large"' in answer
     # A chunked 50 MB upload declares nothing: the streamed bytes are counted and it stops at the limit.
-    head = (b"POST /v1/predict/colour HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = (b"POST /v1/predict/colour HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
     chunk = b"x" * (1 << 20)
     answer = raw_request(server.port, head, [b"%x\r\n%s\r\n" % (len(chunk), chunk)] * 50 + [b"0\r\n\r\n"])
@@ -293,7 +270,7 @@ def test_search_with_a_real_index(client, workspace):
     got = client.get("/v1/search/text", params={"q": "a red picture with a white circle", "k": 5})
     assert got.status_code == 200, got.text
     hits = got.json()["results"]
-    assert len(hits) == 5 and all(h["thumbnail_url"].startswith("/v1/items/") for h in hits)
+    assert len(hits) == 5 and all(h["thumbnail_url"].startswith("/v1/item/thumbnail?id=") for h in hits)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     blue = client.get("/v1/search/text", params={"q": "picture", "label": "blue", "k": 50}).json()["results"]
     assert len(blue) == PER_COLOUR and {h["label"] for h in blue} == {"blue"}
@@ -302,7 +279,7 @@ def test_search_with_a_real_index(client, workspace):
     by_image = client.post("/v1/search/image", params={"k": 4}, files=upload(png_bytes(), png_bytes()))
     assert by_image.status_code == 200 and [len(r["results"]) for r in by_image.json()["results"]] == [4, 4]
     assert_error(client.get("/v1/search/text", params={"q": "x", "model": "colour"}), 409, "no_search_index")
-    assert client.get("/v1/models/joint").json()["status"] == "not a classifier"
+    assert client.get("/v1/models/joint").json()["status"] == "search model"
     assert_error(client.post("/v1/predict/joint", files=upload(png_bytes())), 409, "not_a_classifier")
     assert client.get("/v1/ready").json()["search"] == "ready"
 
@@ -344,7 +321,7 @@ def test_requests_during_reloads_get_the_old_or_the_new_model(client, server):
         deadline = time.monotonic() + 30
         # Reload again and again while predictions keep arriving, so that they overlap.
         while (len(reloads) < 4 or len(answers) < 12) and time.monotonic() < deadline:
-            reloads.append(client.post("/v1/models/colour/reload"))
+            reloads.append(client.post("/v1/models/colour/reload", headers=PAGE))
         stop.set()
         for f in futures:
             f.result()
@@ -359,13 +336,13 @@ def test_reloading_a_broken_bundle_keeps_the_old_one(client, workspace):
     text = card.read_text()
     card.write_text(text.replace('"color_stats@', '"color_stats@999-'))
     try:
-        error = assert_error(client.post("/v1/models/colour/reload"), 409, "bundle_error")
+        error = assert_error(client.post("/v1/models/colour/reload", headers=PAGE), 409, "bundle_error")
         assert "retrain" in error["message"]
         still = client.post("/v1/predict/colour", files=upload(png_bytes(COLOURS["red"])))
         assert still.status_code == 200 and still.json()["results"][0]["prediction"] == "red"
     finally:
         card.write_text(text)
-    assert client.post("/v1/models/colour/reload").status_code == 200
+    assert client.post("/v1/models/colour/reload", headers=PAGE).status_code == 200
     assert client.get("/v1/models/colour").json()["error"] is None
 
 
@@ -417,8 +394,14 @@ def test_api_key_cors_origins_and_url_fetching(workspace, tmp_path):
             assert_error(c.get("/v1/items", headers={"X-API-Key": "wrong"}), 401, "unauthorized")
             assert_error(c.post("/v1/colours", files=upload(png_bytes())), 401)
             assert c.get("/v1/items", headers={"X-API-Key": "s3cret"}).json()["total"] == 4 * PER_COLOUR
-            # The web page's cookie works as well as the header.
-            assert c.get("/v1/models", headers={"Cookie": "curata_api_key=s3cret"}).status_code == 200
+            # The web page exchanges the key for an HttpOnly session cookie, which then works as the header does.
+            session = c.post("/v1/session", headers={"X-API-Key": "s3cret"})
+            assert session.status_code == 204 and "httponly" in session.headers["set-cookie"].lower()
+            assert "s3cret" not in session.headers["set-cookie"]
+            cookie = {"Cookie": f"curata_session={session.cookies['curata_session']}"}
+            c.cookies.clear()
+            assert c.get("/v1/models", headers=cookie).status_code == 200
+            assert_error(c.get("/v1/models", headers={"Cookie": "curata_session=s3cret"}), 401)
             assert c.get("/").status_code == 200  # the page itself holds no data
             key = {"X-API-Key": "s3cret"}
             allowed = c.get("/v1/health", headers={"Origin": "http://allowed.example"})

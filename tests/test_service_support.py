@@ -154,6 +154,40 @@ def running_server(tmp_path_factory, log_name: str) -> Iterator[Server]:
         srv.stop()
 
 
+def assert_error(response: httpx.Response, status: int, code: str | None = None, field: str | None = None) -> dict:
+    """Every error has the same shape, a JSON type, and no trace."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "field"}
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    if field is not None:
+        assert body["error"]["field"] == field, body
+    return body["error"]
+
+
+def raw_request(port: int, head: bytes, chunks) -> bytes:
+    """Send a request over a bare socket (so the body can be larger than what is ever read) and return
+    whatever the server answered before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(head)
+        try:
+            for chunk in chunks:
+                s.sendall(chunk)
+        except OSError:  # the server answered and closed: what matters is its answer
+            pass
+        data = b""
+        try:
+            while part := s.recv(65536):
+                data += part
+        except OSError:
+            pass
+    return data
+
+
 def png_bytes(colour=(200, 30, 30), size=(64, 64), shape: str = "circle") -> bytes:
     import io
 

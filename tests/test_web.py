@@ -112,3 +112,63 @@ def test_browse_filter_search_open_and_classify(server, browser, tmp_path):
     assert cards.count() > 0 or page.locator("#status.error").count() == 1
     assert js_errors == []
     page.close()
+
+
+def test_a_keyed_server_a_session_and_another_sites_page(tmp_path_factory, browser, tmp_path):
+    """The key goes in once and becomes an HttpOnly cookie; a page on another port of the same host (the
+    same *site*, so SameSite=Strict does not stop the cookie) can neither show thumbnails nor act."""
+    import http.server
+    import threading
+
+    import httpx
+    from playwright.sync_api import expect
+
+    from test_service_support import Server, service_workspace
+
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret")
+    srv = Server(service_workspace(tmp_path_factory), "--api-key-file", str(key_file), "--lazy",
+                 log=tmp_path / "server.log").wait(headers={"X-API-Key": "s3cret"})
+    thumb = f"{srv.url}/v1/item/thumbnail?id=demo%2Fred-0"
+    attack = (f'<img id="stolen" src="{thumb}"><iframe name="sink"></iframe>'
+              f'<form id="f" method="post" target="sink" action="{srv.url}/v1/models/colour/reload"></form>'
+              '<script>document.getElementById("f").submit()</script>').encode()
+
+    class Attacker(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(attack)
+
+        def log_message(self, *args):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    key = {"X-API-Key": "s3cret"}
+    try:
+        before = httpx.get(f"{srv.url}/v1/models/colour", headers=key).json()["loaded_at"]
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(srv.url + "/")
+        expect(page.locator("#key-banner")).to_be_visible()
+        page.fill("#key-input", "s3cret")
+        page.click("#key-form button")
+        expect(page.locator("#gallery .card")).to_have_count(4 * PER_COLOUR)
+        page.wait_for_function("() => [...document.querySelectorAll('#gallery img')].every(i => i.complete && "
+                               "i.naturalWidth > 0)")
+        assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read the session
+        cookies = context.cookies()
+        assert [c["name"] for c in cookies] == ["curata_session"] and cookies[0]["httpOnly"]
+        # The same browser (cookie and all) visits a page on another port of the same host.
+        other = context.new_page()
+        other.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        other.wait_for_function("() => document.getElementById('stolen').complete")
+        assert other.evaluate("document.getElementById('stolen').naturalWidth") == 0
+        other.wait_for_timeout(1000)  # the form post has been sent and answered
+        assert httpx.get(f"{srv.url}/v1/models/colour", headers=key).json()["loaded_at"] == before
+        context.close()
+    finally:
+        evil.shutdown()
+        srv.stop()

@@ -130,19 +130,54 @@ def _frame_count(im: Image.Image) -> int:
         raise ImageError("corrupt", f"cannot read the frames of this image: {type(e).__name__}: {e}") from e
 
 
+def _high_depth(mode: str) -> bool:
+    return mode.startswith("I;16") or mode in ("I", "F")
+
+
+_CHUNK_PIXELS = 1 << 20
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float image scaled to 8-bit L. Scaled in float32 chunks of rows: a
+    float64 copy of a 40 MP image and its temporaries took ~1 GB (the result is the same for 16-bit: the
+    nearest 8-bit level is never within float32 error of a rounding boundary)."""
+    top = float(im.getextrema()[1])
+    if im.mode == "F" and top <= 1.0:
+        hi = 1.0  # float images are conventionally 0..1
+    elif im.mode.startswith("I;16") or top > 255:
+        hi = max(65535.0, top)  # 32-bit integers beyond 16 bits are scaled, not clipped to white
+    else:
+        hi = 255.0
+    width, height = im.size
+    out = np.empty((height, width), np.uint8)
+    scale = np.float32(255.0 / hi)
+    step = max(1, _CHUNK_PIXELS // max(1, width))
+    for y in range(0, height, step):
+        # Cropped rows, not np.asarray(im): that copies the whole image twice (tobytes) before any scaling.
+        chunk = np.array(im.crop((0, y, width, min(height, y + step))), dtype=np.float32)
+        chunk *= scale
+        chunk += np.float32(0.5)
+        np.clip(chunk, 0, 255, out=chunk)
+        out[y: y + step] = chunk  # truncation of x + 0.5: rounding
+    return Image.fromarray(out, "L")
+
+
+# Modes Image.reduce averages exactly (alpha premultiplied); others are reduced once converted to RGB.
+_REDUCE_MODES = ("RGB", "RGBA", "L", "LA")
+
+
+def _reduced(im: Image.Image, max_side: int) -> Image.Image:
+    """`im` shrunk by the largest integer factor that keeps its long side >= max_side (a box average)."""
+    factor = max(im.size) // max_side
+    if factor < 2 or im.mode not in _REDUCE_MODES or (im.mode in ("L", "RGB") and im.has_transparency_data):
+        return im  # a tRNS colour key must be matched on the original pixels, before any averaging
+    return im.reduce(factor)
+
+
 def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    if _high_depth(im.mode):
+        im = _to_8bit(im)
     mode = im.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        top = float(arr.max())
-        if mode == "F" and top <= 1.0:
-            hi = 1.0  # float images are conventionally 0..1
-        elif mode.startswith("I;16") or top > 255:
-            hi = max(65535.0, top)  # 32-bit integers beyond 16 bits are scaled, not clipped to white
-        else:
-            hi = 255.0
-        arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
     if mode in ("P", "L", "RGB") and im.has_transparency_data:
         # A palette transparency, or a tRNS colour key on L/RGB: the keyed pixels are transparent.
         im = im.convert("RGBA")
@@ -168,6 +203,8 @@ def load_image(
     max_side: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     background: tuple[int, int, int] = DEFAULT_BACKGROUND,
+    reduce: bool = False,
+    check_frames: bool = False,
 ) -> np.ndarray:
     """Load an image as an RGB uint8 array of shape (H, W, 3).
 
@@ -175,17 +212,30 @@ def load_image(
     JPEGs are then decoded in draft mode at the smallest DCT scale that is still >= max_side
     (the result may be larger than max_side; resizing is the caller's choice). EXIF orientation
     is applied, alpha composited on `background`, the first frame of an animation is used.
+
+    `reduce` extends the hint to every format: the decoded image is shrunk by an integer factor
+    (Image.reduce, a box average) to no less than max_side before conversion, so a 40 MP image
+    needed at 512 px is never converted or copied at full size (the service; the feature engine
+    leaves it off, so cached features keep their values). `check_frames` walks every frame header,
+    as `verify_image` does, so a file damaged after its first frame is refused as at ingest.
     """
     im = _open(source)
     with im:
         _check_pixels(im, max_pixels)
+        if check_frames:
+            _frame_count(im)
+            im.seek(0)
         # Image.open is positioned on the first frame and _decode loaded it. No n_frames/seek(0)
-        # here: counting frames walks the whole animation and fails on damage in later frames.
+        # by default: counting frames walks the whole animation and fails on damage in later frames.
         _decode(im, max_side)
         with contextlib.suppress(Exception):  # a broken EXIF block must not lose the image
             im = ImageOps.exif_transpose(im)
         try:
+            if reduce and max_side:
+                im = _reduced(_to_8bit(im) if _high_depth(im.mode) else im, max_side)
             rgb = _to_rgb(im, background)
+            if reduce and max_side:
+                rgb = _reduced(rgb, max_side)  # palette, 1-bit, CMYK...: once they are RGB
         except _DECODE_ERRORS as e:  # a mode Pillow cannot convert to RGB
             raise ImageError("unsupported_mode", f"cannot convert {im.mode} to RGB: {e}") from e
         return np.asarray(rgb, dtype=np.uint8).copy()

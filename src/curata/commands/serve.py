@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from curata.clibase import BadInput, WorkspaceOpt, app, console, handle_errors
+from curata.clibase import BadInput, WorkspaceOpt, app, console, err, handle_errors
 from curata.workspace import default_workspace
 
 
@@ -39,6 +40,16 @@ def serve_cmd(
                                                "--workers instead).")] = 1,
     lazy: Annotated[bool, typer.Option("--lazy", help="Load bundles on first use instead of at start-up.")
                     ] = False,
+    allowed_host: Annotated[list[str] | None, typer.Option("--allowed-host", help="A host name clients may use "
+                                                           "to reach the server (repeatable). Requests naming "
+                                                           "another Host are refused, which stops DNS rebinding. "
+                                                           "Default: the loopback names when --host is a loopback "
+                                                           "address, any name otherwise.")] = None,
+    body_timeout: Annotated[float, typer.Option(help="Seconds a client has to send a whole request body.")
+                            ] = 60.0,
+    max_auth_failures: Annotated[int, typer.Option(help="Wrong API keys one client address may send per minute "
+                                                   "before it gets 429 (for every request) until the minute "
+                                                   "passes.")] = 30,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")
                          ] = "info",
 ) -> None:
@@ -53,14 +64,35 @@ def serve_cmd(
         raise BadInput("--workers and --compute-slots must be >= 1 and --port between 1 and 65535")
     if allow_private_urls and not allow_urls:
         raise BadInput("--allow-private-urls needs --allow-urls")
+    if body_timeout <= 0 or max_auth_failures < 1:
+        raise BadInput("--body-timeout must be > 0 seconds and --max-auth-failures >= 1")
+    loopback = _is_loopback(host)
+    hosts = tuple(allowed_host or ()) or ((*LOOPBACK_NAMES, host) if loopback else ())
     settings = Settings(workspace=workspace.resolve(), api_key_file=api_key_file.resolve() if api_key_file else None,
                         cors_origins=tuple(cors_origin or ()), allow_urls=allow_urls,
                         allow_private_urls=allow_private_urls, max_request_bytes=int(max_upload_mb * 1024 * 1024),
-                        max_pixels=max_pixels, max_images=max_images, max_batch=max_images, preload=not lazy,
-                        compute_slots=compute_slots)
-    settings.api_key()  # a missing or empty key file fails here, with its name, not in every worker
+                        max_pixels=max_pixels, max_request_pixels=4 * max_pixels, max_images=max_images,
+                        max_batch=max_images, preload=not lazy,
+                        compute_slots=compute_slots, allowed_hosts=hosts, body_timeout=body_timeout,
+                        max_auth_failures=max_auth_failures)
+    # A missing or empty key file fails here, with its name, not in every worker.
+    if settings.api_key() is None and not loopback:
+        err.print(f"[bold yellow]warning:[/] serving on {host}, reachable from other machines, with no API key: "
+                  "anyone who can reach it can read the collection and use its models; set --api-key-file or "
+                  "CURATA_API_KEY", soft_wrap=True)
     # Workers are separate processes: they rebuild the settings from the environment (no key in it).
     os.environ[ENV_SETTINGS] = settings.to_json()
     console.print(f"curata serving {workspace} on http://{host}:{port}/ (API docs at /docs)", soft_wrap=True)
     uvicorn.run("curata.service.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level=log_level, proxy_headers=False, server_header=False)
+                log_level=log_level, proxy_headers=False, server_header=False,
+                http="curata.service.protocol:JsonErrorHttpToolsProtocol")
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.strip().lower() == "localhost"

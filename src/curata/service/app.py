@@ -19,8 +19,9 @@ from fastapi.staticfiles import StaticFiles
 
 from curata import __version__
 from curata.service.errors import install_error_handlers
+from curata.service.guard import CLIENT_HEADER, RequestGuard
 from curata.service.limits import BodyLimitMiddleware
-from curata.service.routers import clusters, colours, describe, health, items, models, predict, search
+from curata.service.routers import clusters, colours, describe, health, items, models, predict, search, session
 from curata.service.schemas import ErrorResponse
 from curata.service.settings import Settings
 from curata.service.state import ServiceState
@@ -56,13 +57,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               "path but /v1/health needs the `X-API-Key` header.")
     app.state.curata = state
     install_error_handlers(app)
-    # Added first, so it sits inside CORS: a 413 still carries the CORS headers a browser needs to read it.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    # Outermost last: CORS answers preflights, then the guard checks host, origin and key before the body
+    # limit reads a byte of the body (a 413 or 401 still carries the CORS headers a browser needs).
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(RequestGuard, settings=settings, api_key=state.api_key)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Content-Type"], allow_credentials=False, max_age=600)
-    for module in (health, items, models, predict, colours, describe, search, clusters):
+                           allow_headers=["X-API-Key", "Content-Type", CLIENT_HEADER], allow_credentials=False,
+                           max_age=600)
+    for module in (health, session, items, models, predict, colours, describe, search, clusters):
         app.include_router(module.router)
+    app.include_router(items.item_router)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -7,6 +7,8 @@ FastAPI's own errors (validation, 404, 405) are reshaped here too, and anything 
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -53,12 +55,22 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _hide_paths(request: Request, message: str) -> str:
-    """Library messages name files by their full path; clients learn nothing from the server's layout."""
     state = getattr(request.app.state, "curata", None)
-    if state is None:
-        return message
-    root = str(state.workspace.root)
-    return message.replace(str(state.workspace.root.resolve()), "<workspace>").replace(root, "<workspace>")
+    return hide_paths(message, state.workspace.root if state is not None else None)
+
+
+# An absolute file path (not one of the API's own /v1/... paths): two or more segments after a slash.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w<>.:/])/(?!v1/)(?:[\w.+@~-]+/)+([\w.+@~-]*)")
+
+
+def hide_paths(message: str, workspace: Path | None = None) -> str:
+    """Library messages name files by their full path; clients learn nothing from the server's layout:
+    the workspace becomes `<workspace>`, any other absolute path `<server>/<its file name>`."""
+    if workspace is not None:
+        for root in {str(workspace.resolve()), str(workspace)}:
+            if root not in (".", "/"):
+                message = message.replace(root, "<workspace>")
+    return _ABSOLUTE_PATH.sub(lambda m: f"<server>/{m.group(1)}", message)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -86,6 +98,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, detail, None, getattr(exc, "headers", None))
 
 
+async def _too_deep(request: Request, exc: Exception) -> JSONResponse:
+    # The body limit refuses deep JSON before parsing; this is the last line if anything recurses anyway.
+    return error_response(400, "too_deep", "the request is nested too deeply to process")
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("internal error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error (details are in the server log)")
@@ -95,5 +112,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RecursionError, _too_deep)
     app.add_exception_handler(Exception, _unexpected)
 

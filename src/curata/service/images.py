@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import ipaddress
 import json
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
+import anyio.to_thread
 import numpy as np
 from fastapi import Request
 from pydantic import ValidationError
@@ -87,7 +90,8 @@ async def read_sources(request: Request, settings: Settings, items: ItemLookup) 
     if media_type == "multipart/form-data":
         sources = await _from_multipart(request, settings, items)
     elif media_type == "application/json" or media_type.endswith("+json"):
-        sources = _from_json(await request.body(), settings, items)
+        # Parsed in a worker thread: the event loop (and /v1/health) never waits on a client's JSON.
+        sources = await anyio.to_thread.run_sync(_from_json, await request.body(), settings, items)
     else:
         raise ApiError(415, "unsupported_media_type",
                        f"send images as multipart/form-data (field 'files') or as application/json "
@@ -152,6 +156,13 @@ def _from_json(body: bytes, settings: Settings, items: ItemLookup) -> list[Image
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ApiError(400, "too_deep", "the JSON body is nested too deeply") from None
+    # Count before validating: pydantic would build every object of a flood first.
+    listed = payload.get("images") if isinstance(payload, dict) else None
+    if isinstance(listed, list) and len(listed) > settings.max_images:
+        raise ApiError(413, "too_many_images",
+                       f"{len(listed)} images in one request; the limit is {settings.max_images}", "images")
     try:
         request = ImagesRequest.model_validate(payload)
     except ValidationError as e:
@@ -176,9 +187,14 @@ def _from_json(body: bytes, settings: Settings, items: ItemLookup) -> list[Image
     return sources
 
 
+_B64_WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
+
+
 def _b64(text: str, field: str) -> bytes:
     if text.startswith("data:"):  # a data URL from a browser: keep what follows the comma
         text = text.partition(",")[2]
+    # MIME base64 breaks lines (76 characters, CRLF): ASCII whitespace goes, any other stray character is refused.
+    text = text.translate(_B64_WHITESPACE)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -203,15 +219,54 @@ def _url_source(settings: Settings, url: str, field: str) -> ImageSource:
 # Decoding (runs in a worker thread) ---------------------------------------------------------------------
 
 
-def decode_all(sources: list[ImageSource], settings: Settings, *, max_side: int | None = None) -> list[DecodedImage]:
-    """Fetch what must be fetched and decode every image, or raise an ApiError naming the first bad one."""
-    out = []
+async def fetch_sources(sources: list[ImageSource], settings: Settings) -> None:
+    """Fetch a request's URL images before it takes a compute slot, so a slow URL holds only its own request,
+    never the slots other requests wait for: in one worker thread, all within `url_timeout` together."""
+    if any(source.url is not None and source.data is None for source in sources):
+        await anyio.to_thread.run_sync(_fetch_all, sources, settings)
+
+
+def _fetch_all(sources: list[ImageSource], settings: Settings) -> None:
+    deadline = time.monotonic() + settings.url_timeout
     for source in sources:
-        if source.url is not None:
-            source.data = fetch_url(source.url, settings, source.field)
-        out.append(DecodedImage(source.name, decode_source(source, settings, max_side=max_side), source.text,
-                                source.item))
-    return out
+        if source.url is not None and source.data is None:
+            source.data = fetch_url(source.url, settings, source.field, deadline=deadline)
+
+
+def decode_all(sources: list[ImageSource], settings: Settings, *, max_side: int | None = None) -> list[DecodedImage]:
+    """Decode every image, or raise an ApiError naming the first bad one. URL sources should have been fetched by
+    `fetch_sources` (outside the compute slots); any left are fetched here."""
+    _fetch_all(sources, settings)
+    _check_request_pixels(sources, settings)
+    return [DecodedImage(source.name, decode_source(source, settings, max_side=max_side), source.text, source.item)
+            for source in sources]
+
+
+def _check_request_pixels(sources: list[ImageSource], settings: Settings) -> None:
+    """Refuse a request whose images add up to more than `max_request_pixels`, from their headers (PIL reads the
+    size without decoding): 16 images each under `max_pixels` cost 77 s of CPU and 3.9 GB decoded."""
+    from PIL import Image
+
+    total = 0
+    for source in sources:
+        what: Path | io.BytesIO | None = source.path
+        if what is None and source.data and sniff_image_type(source.data[:16]) is not None:
+            what = io.BytesIO(source.data)
+        if what is None:
+            continue  # not an image: decoding says so
+        try:
+            with Image.open(what) as im:
+                width, height = im.size
+        except Exception:  # unreadable: decoding reports it, with its reason
+            continue
+        if width * height > settings.max_pixels:
+            raise ApiError(413, "too_many_pixels", f"{width}x{height} = {width * height / 1e6:.1f} megapixels "
+                           f"exceeds the cap of {settings.max_pixels / 1e6:.1f} MP per image", source.field)
+        total += width * height
+        if total > settings.max_request_pixels:
+            raise ApiError(413, "too_many_pixels", f"the images of this request add up to more than "
+                           f"{settings.max_request_pixels / 1e6:.0f} megapixels (the server's max_request_pixels): "
+                           "send fewer or smaller images", source.field)
 
 
 def decode_source(source: ImageSource, settings: Settings, *, max_side: int | None = None) -> np.ndarray:
@@ -229,7 +284,10 @@ def decode_source(source: ImageSource, settings: Settings, *, max_side: int | No
 
 def _load(what: bytes | Path, settings: Settings, field: str, max_side: int | None) -> np.ndarray:
     try:
-        return load_image(what, max_pixels=settings.max_pixels, max_side=max_side)
+        # Reduced to max_side in every format (the task needs no more); a client's bytes have every frame header
+        # walked, as ingest's verify_image does, so the service refuses what ingest refuses.
+        return load_image(what, max_pixels=settings.max_pixels, max_side=max_side, reduce=True,
+                          check_frames=isinstance(what, bytes))
     except ImageError as e:
         status = 413 if e.code == "too_many_pixels" else 422
         raise ApiError(status, e.code, e.reason, field) from None
@@ -237,16 +295,32 @@ def _load(what: bytes | Path, settings: Settings, field: str, max_side: int | No
         raise ApiError(413, "too_many_pixels", "the image is too large to decode", field) from None
 
 
-def fetch_url(url: str, settings: Settings, field: str) -> bytes:
-    """GET an image with a timeout and a byte cap, following a few redirects, each target re-checked."""
+def fetch_url(url: str, settings: Settings, field: str, *, deadline: float | None = None) -> bytes:
+    """GET an image under a byte cap, following a few redirects, each target re-checked. The fetch ends by
+    `deadline` (time.monotonic(); default `url_timeout` from now), whatever it is doing: connecting, following
+    redirects, reading (a server trickling a byte every few seconds cannot hold it longer). Each connection goes
+    to the address `_check_host` checked, never to a second DNS answer (rebinding)."""
     import httpx
 
     limit = settings.max_request_bytes
+    deadline = time.monotonic() + settings.url_timeout if deadline is None else deadline
+    # Checked between chunks; a read that stalls ends within a quarter of the budget, which bounds the overshoot.
+    read_cap = max(1.0, settings.url_timeout / 4)
     try:
-        with httpx.Client(timeout=settings.url_timeout, follow_redirects=False) as client:
+        # trust_env off: a proxy from the environment would resolve the host itself, past the check.
+        with httpx.Client(follow_redirects=False, trust_env=False) as client:
             for _ in range(_MAX_REDIRECTS + 1):
-                _check_host(url, settings, field)
-                with client.stream("GET", url, headers={"Accept": ", ".join(ACCEPTED_TYPES)}) as response:
+                target = httpx.URL(url)
+                address = _check_host(url, settings, field)
+                headers = {"Accept": ", ".join(ACCEPTED_TYPES), "Host": target.netloc.decode("ascii")}
+                # https: the TLS name (SNI and certificate check) stays the host's, only the address is pinned.
+                extensions = {"sni_hostname": target.raw_host.decode("ascii")} if target.scheme == "https" else {}
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise httpx.TimeoutException("deadline")
+                timeout = httpx.Timeout(remaining, read=min(remaining, read_cap))
+                with client.stream("GET", target.copy_with(host=address), headers=headers, extensions=extensions,
+                                   timeout=timeout) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue
@@ -254,30 +328,42 @@ def fetch_url(url: str, settings: Settings, field: str) -> bytes:
                         raise ApiError(422, "fetch_failed", f"the URL answered HTTP {response.status_code}", field)
                     chunks, size = [], 0
                     for chunk in response.iter_bytes():
+                        if time.monotonic() > deadline:
+                            raise httpx.TimeoutException("deadline")
                         size += len(chunk)
                         if size > limit:
                             raise ApiError(413, "image_too_large", f"the image at the URL exceeds "
                                            f"{limit / 2**20:.1f} MiB", field)
                         chunks.append(chunk)
                     return b"".join(chunks)
-    except httpx.HTTPError as e:
+    except httpx.TimeoutException:
+        raise ApiError(422, "fetch_failed", f"the URL did not deliver the image within {settings.url_timeout:g} s",
+                       field) from None
+    except (httpx.HTTPError, httpx.InvalidURL) as e:
         raise ApiError(422, "fetch_failed", f"cannot fetch the URL: {type(e).__name__}", field) from None
     raise ApiError(422, "fetch_failed", f"more than {_MAX_REDIRECTS} redirects", field)
 
 
-def _check_host(url: str, settings: Settings, field: str) -> None:
-    """Refuse loopback, private, link-local and reserved addresses unless the operator allows them, so an
-    enabled URL fetch cannot be turned against the server's own network."""
+def _check_host(url: str, settings: Settings, field: str) -> str:
+    """The address to connect to for `url`: its host resolved once. Loopback, private, link-local and reserved
+    addresses are refused unless the operator allows them, so an enabled URL fetch cannot be turned against the
+    server's own network; the caller connects to this address, so a second lookup (DNS rebinding) cannot."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(422, "bad_url", "only http:// and https:// URLs with a host are accepted", field)
-    if settings.allow_private_urls:
-        return
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-    except OSError:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port:
+        raise ApiError(422, "bad_url", "only http:// and https:// URLs with a host are accepted", field)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
         raise ApiError(422, "fetch_failed", f"cannot resolve {parts.hostname}", field) from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise ApiError(403, "url_not_allowed", f"{parts.hostname} resolves to a non-public address", field)
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses:
+        raise ApiError(422, "fetch_failed", f"cannot resolve {parts.hostname}", field)
+    if not settings.allow_private_urls:
+        for address in addresses:
+            if not ipaddress.ip_address(address).is_global:
+                raise ApiError(403, "url_not_allowed", f"{parts.hostname} resolves to a non-public address", field)
+    return addresses[0]

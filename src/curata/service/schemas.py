@@ -307,7 +307,8 @@ IMAGES_BODY: dict[str, Any] = {
         "content": {
             "multipart/form-data": {"schema": {
                 "type": "object", "required": ["files"],
-                "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                "properties": {"files": {"type": "array", "minItems": 1,
+                                         "items": {"type": "string", "format": "binary"}},
                                "text": {"type": "string"}}}},
             "application/json": {"schema": _inline(ImagesRequest.model_json_schema())},
         },

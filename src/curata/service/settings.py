@@ -22,6 +22,9 @@ class Settings:
     allow_private_urls: bool = False  # also from loopback / private addresses (tests, intranets)
     max_request_bytes: int = 20 * 1024 * 1024  # whole request body, checked before parsing
     max_pixels: int = 40_000_000  # per image (decompression-bomb guard), checked before decoding
+    # All images of one request together, from their headers before decoding: 16 images under max_pixels
+    # each took 77 s of CPU and 3.9 GB.
+    max_request_pixels: int = 160_000_000
     max_images: int = 16  # images per request
     max_batch: int = 16  # images per model call inside a request
     url_timeout: float = 10.0
@@ -32,15 +35,28 @@ class Settings:
     # measured 108 req/s one at a time against 62 req/s with 16 at once. Scale with --workers instead.
     # (Text search is not bound: ONNX Runtime and FAISS release the GIL, and it ran 2x slower bound.)
     compute_slots: int = 1
+    # Host names the server answers to (DNS-rebinding guard); empty: any. `curata serve` on a loopback
+    # address allows only loopback names unless --allowed-host adds more.
+    allowed_hosts: tuple[str, ...] = ()
+    body_timeout: float = 60.0  # seconds for a whole request body to arrive (slow uploads are cut off)
+    # Request bodies held in memory at once by one worker: past it, new uploads get 503 until others finish.
+    max_inflight_bytes: int = 128 * 1024 * 1024
+    max_json_values: int = 4096  # JSON values (objects, arrays, items) in one body, counted before parsing
+    max_json_depth: int = 32  # nesting of a JSON body, checked before parsing
+    max_auth_failures: int = 30  # wrong API keys from one client address per minute before 429
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "workspace", Path(self.workspace))
         if self.api_key_file is not None:
             object.__setattr__(self, "api_key_file", Path(self.api_key_file))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
-        for name in ("max_request_bytes", "max_pixels", "max_images", "max_batch", "compute_slots"):
+        object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in self.allowed_hosts))
+        for name in ("max_request_bytes", "max_pixels", "max_request_pixels", "max_images", "max_batch",
+                     "compute_slots", "max_inflight_bytes", "max_json_values", "max_json_depth", "max_auth_failures"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.body_timeout <= 0:
+            raise ValueError(f"body_timeout must be > 0, got {self.body_timeout}")
 
     def api_key(self) -> str | None:
         """The key clients must send, or None when authentication is off."""
@@ -60,6 +76,7 @@ class Settings:
         data["workspace"] = str(self.workspace)
         data["api_key_file"] = str(self.api_key_file) if self.api_key_file else None
         data["cors_origins"] = list(self.cors_origins)
+        data["allowed_hosts"] = list(self.allowed_hosts)
         return json.dumps(data)
 
     @classmethod

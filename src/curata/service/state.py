@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
-from curata.service.errors import ApiError
+from curata.service.errors import ApiError, hide_paths
 from curata.service.settings import Settings
 from curata.workspace import Workspace
 
@@ -164,7 +164,7 @@ class ServiceState:
         self._reload_lock = threading.Lock()  # one (re)load at a time; readers never take it
         self._search_lock = threading.Lock()
         self._describe_lock = threading.Lock()  # opening the describer can take long: search must not wait
-        self._searchers: dict[str | None, tuple[Any, float | None]] = {}  # model -> (searcher, index stamp)
+        self._searchers: dict[str | None, tuple[Any, tuple[Any, ...]]] = {}  # model -> (searcher, files stamp)
         self._describer: Any = None
         self._thumbs: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
@@ -172,6 +172,8 @@ class ServiceState:
         self.engine_errors: dict[str, str] = {}
         self.loaded = False  # start() has finished (successfully or not)
         self.load_error: str | None = None
+        self.items_error: str | None = None  # why the collection file on disk is not the one being served
+        self._items_failed_mtime: float | None = None
         self.api_key = self.settings.api_key()
         self._compute_limiter: Any = None  # made on first use: it belongs to the event loop
 
@@ -198,7 +200,7 @@ class ServiceState:
             self.start()
         except Exception as e:  # reported by /v1/ready; the routes still answer (with what they can)
             log.exception("loading the workspace failed")
-            self.load_error = f"{type(e).__name__}: {e}"
+            self.load_error = hide_paths(f"{type(e).__name__}: {e}", self.workspace.root)
         finally:
             self.loaded = True
 
@@ -228,15 +230,31 @@ class ServiceState:
 
     # items -----------------------------------------------------------------------------------------
     def items(self) -> ItemsView:
-        """The current snapshot; re-read when the collection file changed (another ingest ran)."""
+        """The current snapshot; re-read when the collection file changed (another ingest ran). A file that
+        cannot be read keeps the last good snapshot in service (/v1/ready says why it is stale) and is
+        tried again when it changes; with no good snapshot at all, the request gets a 503."""
         path = self.workspace.collection_path
-        mtime = path.stat().st_mtime if path.exists() else -1.0
+        try:
+            mtime = path.stat().st_mtime if path.exists() else -1.0
+        except OSError:
+            mtime = -2.0
         view = self._items
-        if mtime != view.mtime:
+        if mtime != view.mtime and mtime != self._items_failed_mtime:
             with self._items_lock:
-                if mtime != self._items.mtime:
-                    self._items = _load_items(self.workspace)
+                if mtime != self._items.mtime and mtime != self._items_failed_mtime:
+                    try:
+                        self._items = _load_items(self.workspace)
+                        self.items_error = None
+                        self._items_failed_mtime = None
+                    except Exception as e:  # a torn or foreign file: serve what was last good
+                        log.warning("the collection cannot be read: %s", e)
+                        self.items_error = hide_paths(f"the collection file cannot be read ({e}); serving the "
+                                                      "last good snapshot", self.workspace.root)
+                        self._items_failed_mtime = mtime
                 view = self._items
+        if self.items_error is not None and view.mtime == -1.0 and path.exists():
+            raise ApiError(503, "collection_unreadable", self.items_error.replace("; serving the last good "
+                           "snapshot", ""))
         return view
 
     def item_row(self, item_id: str) -> tuple[ItemsView, int]:
@@ -295,11 +313,18 @@ class ServiceState:
                            f"it and POST /v1/models/{name}/reload", "bundle")
         with self._reload_lock:  # loaded meanwhile (by start-up, or by a concurrent first request)?
             loaded = self.bundles.get(name)
-        return loaded if loaded is not None else self.reload(name)
+        if loaded is None:
+            loaded = self.reload(name)
+        assert loaded is not None  # classifiers only here
+        return loaded
 
-    def reload(self, name: str) -> LoadedBundle:
-        """(Re)load a bundle from disk and swap it in; on failure the old one (if any) stays in service."""
+    def reload(self, name: str) -> LoadedBundle | None:
+        """(Re)load a bundle from disk and swap it in; on failure the old one (if any) stays in service. A joint
+        search space reopens the searchers instead (None)."""
         directory = self.bundle_dir(name)
+        if (self.raw_card(name) or {}).get("kind") == "joint_space":
+            self.reload_search(name)
+            return None
         if not self.is_classifier(name):
             raise ApiError(409, "not_a_classifier", f"bundle {name!r} is not a classifier; nothing to load", "bundle")
         with self._reload_lock:
@@ -307,6 +332,7 @@ class ServiceState:
                 bundle = LoadedBundle.load(name, directory)
             except Exception as e:  # a broken bundle is reported, it never takes the service down
                 reason = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+                reason = hide_paths(reason, self.workspace.root)
                 self.bundle_errors = {**self.bundle_errors, name: reason}
                 raise ApiError(409, "bundle_error", f"bundle {name!r} cannot be loaded: {reason}", "bundle") from None
             # Copy-on-write: readers holding the old dict (or the old bundle) are unaffected.
@@ -326,6 +352,8 @@ class ServiceState:
             info["status"] = "error"
         elif card is None:
             info.update(status="error", error="card.json is not readable JSON")
+        elif card.get("kind") == "joint_space":
+            info["status"] = "search model"  # reloaded through the searchers, not predicted with
         elif not self.is_classifier(name):
             info["status"] = "not a classifier"
         info.update(_card_fields(card or {}))
@@ -333,14 +361,18 @@ class ServiceState:
 
     # search and describe ---------------------------------------------------------------------------
     def searcher(self, model: str | None = None) -> Any:
+        """The searcher of `model`, reopened (aside, then swapped) when its index or the search models on
+        disk changed since it was opened: `curata index build` and `joint train` are picked up."""
         if model is not None:
             check_name(model, "search_model")
         found = self._searchers.get(model)
-        if found is not None:
-            return found
+        stamp = self._search_stamp(found[0] if found else None)
+        if found is not None and found[1] == stamp:
+            return found[0]
         with self._search_lock:
-            if model in self._searchers:
-                return self._searchers[model]
+            found = self._searchers.get(model)
+            if found is not None and found[1] == stamp:
+                return found[0]
             try:
                 from curata.search.searcher import Searcher
             except ImportError:
@@ -351,12 +383,38 @@ class ServiceState:
             except ImportError as e:
                 self.engine_errors["search"] = f"search is not available in this installation ({e})"
                 raise ApiError(409, "search_unavailable", self.engine_errors["search"]) from None
-            except (ValueError, FileNotFoundError) as e:
-                self.engine_errors["search"] = f"no search index ({e}); run `curata index build` first"
+            except (ValueError, FileNotFoundError, OSError) as e:
+                if found is not None:  # a rebuild in progress or a broken one: keep serving the old index
+                    log.warning("search index not reopened: %s", e)
+                    return found[0]
+                reason = hide_paths(str(e), self.workspace.root)
+                self.engine_errors["search"] = f"no usable search index ({reason}); run `curata index build`"
                 raise ApiError(409, "no_search_index", self.engine_errors["search"]) from None
             self.engine_errors.pop("search", None)
-            self._searchers = {**self._searchers, model: searcher}
+            self._searchers = {**self._searchers, model: (searcher, self._search_stamp(searcher))}
             return searcher
+
+    def reload_search(self, name: str) -> None:
+        """POST /v1/models/{joint space}/reload: drop every open searcher, then open the default one again."""
+        with self._search_lock:
+            self._searchers = {}
+        self.searcher(None)
+
+    def _search_stamp(self, searcher: Any) -> tuple[Any, ...]:
+        """What a searcher depends on, as cheap stats: its index folder (saved by renaming a new folder into
+        place, so a rebuild changes the inode) and the models folder (a retrained space is renamed in)."""
+        paths = [self.workspace.root / "models", self.workspace.root / "index"]
+        if searcher is not None:
+            index_dir = self.workspace.root / "index" / searcher.encoder.index_name
+            paths += [index_dir, index_dir / "search.json"]
+        out = []
+        for path in paths:
+            try:
+                st = path.stat()
+                out.append((st.st_ino, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
 
     def describer(self) -> Any:
         if self._describer is not None:
@@ -374,7 +432,8 @@ class ServiceState:
                     self.engine_errors["describe"] = f"describe is not available in this installation ({e})"
                     raise ApiError(409, "describe_unavailable", self.engine_errors["describe"]) from None
                 except (ValueError, FileNotFoundError) as e:
-                    self.engine_errors["describe"] = f"cannot describe with this workspace: {e}"
+                    reason = hide_paths(str(e), self.workspace.root)
+                    self.engine_errors["describe"] = f"cannot describe with this workspace: {reason}"
                     raise ApiError(409, "no_describer", self.engine_errors["describe"]) from None
                 self.engine_errors.pop("describe", None)
             return self._describer
@@ -429,7 +488,18 @@ class ServiceState:
         return cached[1]
 
     # thumbnails ------------------------------------------------------------------------------------
+    def cached_thumbnail(self, item_id: str, size: int) -> tuple[bytes, str] | None:
+        """The thumbnail when it is cached (404 for an unknown item): no compute slot needed."""
+        self.item_image(item_id)
+        with self._thumbs_lock:
+            cached = self._thumbs.get((item_id, size))
+            if cached is not None:
+                self._thumbs.move_to_end((item_id, size))
+        return None if cached is None else (cached[1:], "image/png" if cached[:1] == b"P" else "image/jpeg")
+
     def thumbnail(self, item_id: str, size: int) -> tuple[bytes, str]:
+        """The thumbnail, made if not cached. Making one decodes the image: run it in a compute slot (`compute`),
+        like all image work (4 at once of a 40 MP item took 3 GB outside them)."""
         from PIL import Image
 
         from curata.service.images import _load
@@ -443,7 +513,8 @@ class ServiceState:
         if cached is None:
             if not path.is_file():
                 raise ApiError(404, "image_missing", f"the image of {item_id!r} is no longer on disk", "item_id")
-            image = Image.fromarray(_load(path, self.settings, "item_id", size))
+            # Decoded reduced, to no less than size + 1 on the long side: `small` below still means the original is.
+            image = Image.fromarray(_load(path, self.settings, "item_id", size + 1))
             small = max(image.size) <= size
             # Never upscale (the page scales with CSS, pixel art stays crisp); small images stay lossless.
             image.thumbnail((size, size), Image.Resampling.LANCZOS)

@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Query, Request
 
 from curata.service.deps import get_state, require_api_key
-from curata.service.images import decode_all, read_sources
+from curata.service.images import decode_all, fetch_sources, read_sources
 from curata.service.schemas import IMAGES_BODY, ColourName, ColourResult, ColoursResponse, PaletteColour
 from curata.service.state import ServiceState
 
@@ -21,6 +21,7 @@ async def colours(request: Request, k: int = Query(5, ge=1, le=12, description="
                                                                                     "names."),
                   state: ServiceState = Depends(get_state)) -> ColoursResponse:
     sources = await read_sources(request, state.settings, state)
+    await fetch_sources(sources, state.settings)  # URLs: before the compute slot, never holding it
 
     def work() -> ColoursResponse:
         from curata.features.palette import PaletteExtractor, describe_palette, merge_shares

@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from curata.service.deps import get_state, require_api_key
 from curata.service.errors import ApiError
-from curata.service.images import decode_all, read_sources
+from curata.service.images import decode_all, fetch_sources, read_sources
 from curata.service.schemas import IMAGES_BODY, DescribeItemsRequest, DescribeResponse, Description
 from curata.service.state import ServiceState
 
@@ -27,6 +27,7 @@ async def describe_images(request: Request, top_k: int = Query(10, ge=1, le=100)
                           state: ServiceState = Depends(get_state)) -> DescribeResponse:
     describer = await run_in_threadpool(state.describer)  # 409 before reading the body (opens on first use)
     sources = await read_sources(request, state.settings, state)
+    await fetch_sources(sources, state.settings)  # URLs: before the compute slot, never holding it
 
     def work() -> DescribeResponse:
         images = decode_all(sources, state.settings)

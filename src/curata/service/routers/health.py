@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from curata import __version__
 from curata.service.deps import get_state, require_api_key
+from curata.service.errors import ApiError
 from curata.service.schemas import Health, Ready
 from curata.service.state import ServiceState
 
@@ -26,10 +27,13 @@ def ready(state: ServiceState = Depends(get_state)) -> JSONResponse | Ready:
     for name in state.bundle_names():
         models.setdefault(name, "not loaded" if state.is_classifier(name) else "not a classifier")
     exists = state.workspace.root.is_dir()
-    ok = exists and state.loaded and state.load_error is None
+    try:
+        count = len(state.items().frame) if exists and state.loaded else 0
+    except ApiError:  # no good snapshot of the collection at all: items_error says why
+        count = 0
+    ok = exists and state.loaded and state.load_error is None and state.items_error is None
     status = ("ready" if ok else "loading" if exists and not state.loaded
-              else state.load_error or "the workspace folder is gone")
-    body = Ready(ready=ok, status=status, workspace=str(state.workspace.root.name),
-                 items=len(state.items().frame) if ok else 0, models=models, search=state.engine_status("search"),
-                 describe=state.engine_status("describe"))
+              else state.load_error or state.items_error or "the workspace folder is gone")
+    body = Ready(ready=ok, status=status, workspace=str(state.workspace.root.name), items=count, models=models,
+                 search=state.engine_status("search"), describe=state.engine_status("describe"))
     return body if ok else JSONResponse(body.model_dump(), status_code=503)

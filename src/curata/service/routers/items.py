@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from curata.service.deps import get_state, require_api_key
 from curata.service.errors import ApiError
@@ -24,9 +24,23 @@ _MEDIA = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": 
           "TIFF": "image/tiff", "MPO": "image/jpeg"}
 
 
+# Every item by query parameter as well (/v1/item?id=...): any id works there, including ids that end in
+# /image or hold ".." segments, which path URLs cannot carry (browsers normalise them away).
+item_router = APIRouter(prefix="/v1/item", tags=["items"], dependencies=[Depends(require_api_key)])
+ITEM_ID = Query(..., min_length=1, max_length=1024, description="The item id.")
+
+
 def item_urls(item_id: str) -> dict[str, str]:
-    path = quote(item_id, safe="/")
-    return {"image_url": f"/v1/items/{path}/image", "thumbnail_url": f"/v1/items/{path}/thumbnail"}
+    query = quote(item_id, safe="")
+    return {"image_url": f"/v1/item/image?id={query}", "thumbnail_url": f"/v1/item/thumbnail?id={query}"}
+
+
+def _whole_id(state: ServiceState, item_id: str, suffix: str) -> str | None:
+    """`/v1/items/a/image` names the image of item `a`; when there is no item `a` but an item `a/image`,
+    it names that item (its details, like any `/v1/items/{id}`)."""
+    view = state.items()
+    whole = f"{item_id}/{suffix}"
+    return whole if item_id not in view.index and whole in view.index else None
 
 
 def _text(value: Any) -> str:
@@ -52,12 +66,16 @@ def _clusters_of(state: ServiceState, run: str | None, view: ItemsView) -> dict[
 
 @router.get("", response_model=ItemPage, summary="List items, filtered and paged")
 def list_items(
-    label: str | None = Query(None, max_length=512, description="Only items with this label."),
-    tag: str | None = Query(None, max_length=512, description="Only items with this tag (e.g. 'hair=short')."),
-    colour: str | None = Query(None, max_length=64, description="Only items whose dominant colour is this name."),
+    label: str | None = Query(None, min_length=1, max_length=512, description="Only items with this label."),
+    tag: str | None = Query(None, min_length=1, max_length=512, description="Only items with this tag "
+                            "(e.g. 'hair=short')."),
+    colour: str | None = Query(None, min_length=1, max_length=64, description="Only items whose dominant colour "
+                               "is this name."),
     cluster: int | None = Query(None, ge=-1, description="Only items in this cluster of `cluster_run`."),
-    cluster_run: str | None = Query(None, max_length=120, description="Cluster run (default: the newest)."),
-    collection: str | None = Query(None, max_length=512, description="Only items of this collection."),
+    cluster_run: str | None = Query(None, min_length=1, max_length=120, description="Cluster run (default: the "
+                                    "newest)."),
+    collection: str | None = Query(None, min_length=1, max_length=512, description="Only items of this "
+                                   "collection."),
     q: str | None = Query(None, max_length=512, description="Only items whose text contains this (any case)."),
     offset: int = Query(0, ge=0, le=10_000_000),
     limit: int = Query(48, ge=1, le=500),
@@ -119,7 +137,9 @@ def facets(state: ServiceState = Depends(get_state), top: int = Query(200, ge=1,
 
 @router.get("/{item_id:path}/image", summary="The item's original image bytes",
             response_class=FileResponse, responses={200: {"content": {"image/*": {}}}})
-def item_image(item_id: str, state: ServiceState = Depends(get_state)) -> FileResponse:
+def item_image(item_id: str, state: ServiceState = Depends(get_state)) -> Response:
+    if (whole := _whole_id(state, item_id, "image")) is not None:
+        return JSONResponse(get_item(whole, state).model_dump())
     view, row = state.item_row(item_id)
     record = view.frame.iloc[row]
     path, _ = state.item_image(item_id)
@@ -134,15 +154,22 @@ def item_image(item_id: str, state: ServiceState = Depends(get_state)) -> FileRe
             response_class=Response, responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
 async def item_thumbnail(item_id: str, size: int = Query(256, ge=16, le=1024),
                          state: ServiceState = Depends(get_state)) -> Response:
-    data, media = await run_in_threadpool(state.thumbnail, item_id, size)
+    if (whole := _whole_id(state, item_id, "thumbnail")) is not None:
+        return JSONResponse(get_item(whole, state).model_dump())
+    # A cached one needs no compute slot; making one decodes the image, which takes a slot like all image work.
+    hit = await run_in_threadpool(state.cached_thumbnail, item_id, size)
+    data, media = hit if hit is not None else await state.compute(state.thumbnail, item_id, size)
     return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/{item_id:path}/features", response_model=ItemFeatures, summary="The item's cached feature vectors")
 def item_features(item_id: str, name: str | None = Query(None, max_length=64, description="Only this feature."),
                   values: bool = Query(False, description="Include the vectors (always with `name`)."),
-                  state: ServiceState = Depends(get_state)) -> ItemFeatures:
+                  state: ServiceState = Depends(get_state)) -> ItemFeatures | JSONResponse:
     from curata.features.engine import available_extractors, load_matrix, make_extractor
+
+    if (whole := _whole_id(state, item_id, "features")) is not None:
+        return JSONResponse(get_item(whole, state).model_dump())
 
     view, row = state.item_row(item_id)
     names = available_extractors()
@@ -204,3 +231,33 @@ def _json(text: Any, default: Any) -> Any:
     except ValueError:
         return default
     return value if isinstance(value, type(default)) else default
+
+
+@item_router.get("", response_model=ItemDetail, summary="One item, by id as a query parameter (any id)")
+def get_item_by_query(id: str = ITEM_ID, state: ServiceState = Depends(get_state)) -> ItemDetail:
+    return get_item(id, state)
+
+
+@item_router.get("/image", summary="The item's original image bytes, by id as a query parameter",
+                 response_class=FileResponse, responses={200: {"content": {"image/*": {}}}})
+def item_image_by_query(id: str = ITEM_ID, state: ServiceState = Depends(get_state)) -> Response:
+    state.item_row(id)  # an exact id: a known item never falls back to another (see _whole_id)
+    return item_image(id, state)
+
+
+@item_router.get("/thumbnail", summary="A thumbnail, by id as a query parameter", response_class=Response,
+                 responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
+async def item_thumbnail_by_query(id: str = ITEM_ID, size: int = Query(256, ge=16, le=1024),
+                                  state: ServiceState = Depends(get_state)) -> Response:
+    state.item_row(id)
+    return await item_thumbnail(id, size, state)
+
+
+@item_router.get("/features", response_model=ItemFeatures, summary="Cached feature vectors, by id as a query "
+                 "parameter")
+def item_features_by_query(id: str = ITEM_ID, name: str | None = Query(None, max_length=64),
+                           values: bool = Query(False), state: ServiceState = Depends(get_state)) -> ItemFeatures:
+    state.item_row(id)
+    result = item_features(id, name, values, state)
+    assert isinstance(result, ItemFeatures)
+    return result

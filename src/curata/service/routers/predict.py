@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from curata.service.deps import get_state, require_api_key
 from curata.service.errors import ApiError
-from curata.service.images import decode_all, read_sources
+from curata.service.images import decode_all, fetch_sources, read_sources
 from curata.service.schemas import IMAGES_BODY, Prediction, PredictResponse
 from curata.service.state import ServiceState
 
@@ -19,6 +19,7 @@ async def predict(bundle: str, request: Request, top: int = Query(3, ge=1, le=50
                   state: ServiceState = Depends(get_state)) -> PredictResponse:
     state.bundle_dir(bundle)  # 404 before reading the body
     sources = await read_sources(request, state.settings, state)
+    await fetch_sources(sources, state.settings)  # URLs: before the compute slot, never holding it
 
     def work() -> PredictResponse:
         loaded = state.bundle(bundle)  # picked once: a concurrent reload cannot change it under us

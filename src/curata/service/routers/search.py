@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from curata.service.deps import get_state, require_api_key
 from curata.service.errors import ApiError
-from curata.service.images import decode_all, read_sources
+from curata.service.images import decode_all, fetch_sources, read_sources
 from curata.service.routers.items import item_urls
 from curata.service.schemas import (
     IMAGES_BODY,
@@ -57,6 +57,14 @@ def by_text(q: str = Query(..., min_length=1, max_length=1000, description="The 
     return SearchResponse(query=q, results=_hits(_run(searcher.by_text, q, k=k, filters=_filters(label, collection))))
 
 
+@router.get("/item", response_model=SearchResponse, summary="Items nearest to a workspace item (any id, as a "
+            "query parameter)")
+def by_item_query(id: str = Query(..., min_length=1, max_length=1024, description="The item id."), k: int = K,
+                  model: str | None = MODEL, label: str | None = LABEL, collection: str | None = COLLECTION,
+                  state: ServiceState = Depends(get_state)) -> SearchResponse:
+    return by_item(id, k, model, label, collection, state)
+
+
 @router.get("/item/{item_id:path}", response_model=SearchResponse, summary="Items nearest to a workspace item")
 def by_item(item_id: str, k: int = K, model: str | None = MODEL, label: str | None = LABEL,
             collection: str | None = COLLECTION, state: ServiceState = Depends(get_state)) -> SearchResponse:
@@ -74,6 +82,7 @@ async def by_image(request: Request, k: int = K, model: str | None = MODEL, labe
                    ) -> ImageSearchResponse:
     searcher = await run_in_threadpool(state.searcher, model)  # 409 before reading the body
     sources = await read_sources(request, state.settings, state)
+    await fetch_sources(sources, state.settings)  # URLs: before the compute slot, never holding it
 
     def work() -> ImageSearchResponse:
         images = decode_all(sources, state.settings)

@@ -3,7 +3,6 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const KEY_COOKIE = "curata_api_key";
 const PAGE = 48;
 const view = { mode: "browse", filters: {}, offset: 0, total: 0, query: "" };
 let classifiers = [];
@@ -26,13 +25,9 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-function itemPath(id) {
-  return id.split("/").map(encodeURIComponent).join("/");
-}
-
-function apiKey() {
-  const match = document.cookie.split("; ").find((c) => c.startsWith(KEY_COOKIE + "="));
-  return match ? decodeURIComponent(match.slice(KEY_COOKIE.length + 1)) : "";
+// Items are addressed by query parameter: any id works, even one with "/image" or ".." segments in it.
+function itemQuery(id) {
+  return "id=" + encodeURIComponent(id);
 }
 
 class ApiError extends Error {
@@ -45,8 +40,9 @@ class ApiError extends Error {
 
 async function api(path, options = {}) {
   const headers = new Headers(options.headers || {});
-  const key = apiKey();
-  if (key) headers.set("X-API-Key", key);
+  // The key lives in an HttpOnly session cookie (no script can read it); this header marks the page's own
+  // requests, which no other site can send without a CORS preflight the server refuses.
+  headers.set("X-Curata-Client", "page");
   let response;
   try {
     response = await fetch(path, { ...options, headers, credentials: "same-origin" });
@@ -125,7 +121,7 @@ function paletteStrip(palette) {
 // Gallery ---------------------------------------------------------------------------------------------
 
 function card(item, score) {
-  const img = el("img", { src: item.thumbnail_url + "?size=256", alt: item.label || item.id, loading: "lazy" });
+  const img = el("img", { src: item.thumbnail_url + "&size=256", alt: item.label || item.id, loading: "lazy" });
   const row = el("div", { class: "row" });
   if (item.colour) row.append(swatch(item.colour));
   row.append(el("span", { text: item.label || "—" }));
@@ -327,13 +323,13 @@ function note(text, isError = false, title = null) {
 async function openItem(id) {
   const dialog = $("item");
   $("item-title").textContent = id;
-  $("item-img").src = `/v1/items/${itemPath(id)}/thumbnail?size=768`;
+  $("item-img").src = `/v1/item/thumbnail?${itemQuery(id)}&size=768`;
   $("item-img").alt = id;
   for (const s of ["item-text", "item-sentence"]) $(s).textContent = "";
   for (const s of ["item-meta", "item-palette", "item-predictions", "item-keywords", "item-neighbours"]) section(s, note("loading…"));
   if (!dialog.open) dialog.showModal();
 
-  api(`/v1/items/${itemPath(id)}`).then((item) => {
+  api(`/v1/item?${itemQuery(id)}`).then((item) => {
     $("item-text").textContent = item.text || "";
     const meta = [];
     if (item.label) meta.push(el("span", { class: "chip", text: `label: ${item.label}` }));
@@ -363,7 +359,7 @@ async function openItem(id) {
     $("item-sentence").textContent = d.sentence || "";
   }).catch((e) => section("item-keywords", note(unavailable(e), e.status !== 409, e.message)));
 
-  api(`/v1/search/item/${itemPath(id)}?k=12`).then((r) => {
+  api(`/v1/search/item?${itemQuery(id)}&k=12`).then((r) => {
     section("item-neighbours", r.results.length ? r.results.map((h) => card({ ...h, colour: null }, h.score)) : note("no neighbours"));
   }).catch((e) => section("item-neighbours", note(unavailable(e), e.status !== 409, e.message)));
 }
@@ -414,9 +410,12 @@ function start() {
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const key = $("key-input").value.trim();
-    document.cookie = `${KEY_COOKIE}=${encodeURIComponent(key)}; path=/; SameSite=Strict`;
-    $("key-banner").hidden = true;
-    boot();
+    // The server checks the key and answers with an HttpOnly cookie; the page never stores the key.
+    api("/v1/session", { method: "POST", headers: { "X-API-Key": key } }).then(() => {
+      $("key-input").value = "";
+      $("key-banner").hidden = true;
+      boot();
+    }, () => { $("key-banner").hidden = false; });
   });
   dropZone($("search-drop"), $("search-file"), searchImage);
   dropZone($("classify-drop"), $("classify-file"), classify);
