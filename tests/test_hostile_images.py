@@ -254,6 +254,33 @@ def test_a_trickling_url_is_cut_at_the_deadline_and_holds_no_compute_slot(live_s
     assert result["elapsed"] < 3.0 + 1.5, result["elapsed"]
 
 
+def test_many_trickling_urls_never_take_the_shared_thread_pool(live_service):
+    """48 slow URLs at once took all 40 threads of the shared pool: /v1/health and every synchronous route waited
+    ~10 s, and the requests queued behind the first 40 overran their deadline. Fetches have slots of their own
+    now (8), and a request waiting for one spends its own deadline."""
+    import asyncio
+
+    async def attack() -> tuple[list[int], float, float]:
+        async with httpx.AsyncClient(base_url=live_service, timeout=30,
+                                     limits=httpx.Limits(max_connections=100)) as c:
+            body = {"images": [{"url": f"http://127.0.0.1:{port}/x"}]}
+            t = time.monotonic()
+            slow = [asyncio.create_task(c.post("/v1/colours", json=body)) for _ in range(48)]
+            await asyncio.sleep(1.0)  # every fetch has started or is waiting for a slot
+            probe = time.monotonic()
+            assert (await c.get("/v1/health")).status_code == 200
+            assert (await c.get("/v1/items")).status_code == 200  # a synchronous route: the shared pool
+            probed = time.monotonic() - probe
+            answers = await asyncio.gather(*slow)
+            return [r.status_code for r in answers], probed, time.monotonic() - t
+
+    with serve(_Trickle) as port:
+        codes, probed, total = asyncio.run(attack())
+    assert probed < 1.0, probed
+    assert set(codes) <= {422, 503} and codes.count(422) >= 8, codes  # cut at the deadline, or no slot in time
+    assert total < 3.0 + 2.0, total  # every request ends by its own deadline (3 s), none waits a second one
+
+
 class _Image(http.server.BaseHTTPRequestHandler):
     hosts: ClassVar[list[str]] = []
 

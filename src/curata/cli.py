@@ -55,6 +55,10 @@ def print_ingest_report(report: IngestReport, max_rows: int = 30) -> None:
     notes = Counter(note for e in report.ok for note in e.notes)
     for note, count in notes.most_common():
         console.print(f"  [yellow]note[/] {count} x {escape(note)}")
+    for entry in report.skipped[:max_rows]:
+        console.print(f"  [yellow]skipped[/] {escape(entry.ref)}: {escape(entry.reason)}")
+    if len(report.skipped) > max_rows:
+        console.print(f"  ... and {len(report.skipped) - max_rows} more skipped in reports/ingest-latest.json")
     if not report.errors:
         return
     table = Table(title=f"Rejected items ({len(report.errors)})")
@@ -211,6 +215,7 @@ def features_cmd(
                       f"[red]{r.errors}[/]" if r.errors else "0", f"{r.seconds:.1f}",
                       f"{r.per_second:.0f}" if r.computed else "-")
     console.print(table)
+    print_notes([note for r in runs for note in r.notes])
 
 
 TaskArg = Annotated[str, typer.Argument(help="Task: colour, tags, collection (alias algorithm) or category.")]

@@ -6,7 +6,9 @@ area); both register on `app` here, so adding a command never means editing a sh
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -45,6 +47,31 @@ class BadInput(Exception):
     """A user mistake: reported in one line, exit code 2."""
 
 
+# A full or read-only disk is the machine's state, not a bug: one line saying what to do, exit code 2.
+DISK_ERRORS = {
+    errno.ENOSPC: ("no space left on device", "free space and rerun"),
+    errno.EDQUOT: ("disk quota exceeded", "free space (or raise the quota) and rerun"),
+    errno.EROFS: ("read-only file system", "use a writable workspace and rerun"),
+}
+
+
+def disk_error_message(error: BaseException | None) -> str | None:
+    """The one-line message for a full / read-only disk (the error or what caused it), or None. Some
+    writers (pyarrow) raise without an errno, so their message is matched too."""
+    seen = 0
+    while error is not None and seen < 5:
+        if isinstance(error, OSError):
+            code = error.errno if error.errno in DISK_ERRORS else next(
+                (c for c in DISK_ERRORS if os.strerror(c).lower() in str(error).lower()), None)
+            if code is not None:
+                what, todo = DISK_ERRORS[code]
+                file = error.filename or getattr(error, "written_file", None)
+                where = f" while writing {file}" if file else ""
+                return f"{what}{where}; {todo}"
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Map exceptions to exit codes: bad input -> 2 with a one-line message, bugs -> 1."""
 
@@ -63,6 +90,10 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
         except Exception as e:  # an internal error: say so, keep the trace for bug reports
+            message = disk_error_message(e)
+            if message is not None:
+                err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+                raise typer.Exit(EXIT_BAD_INPUT) from None
             err.print_exception(show_locals=False)
             err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(EXIT_INTERNAL) from None

@@ -17,6 +17,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curata.atomic import name_file, sync_file
+
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),  # stable item id, unique in the workspace
@@ -38,6 +40,7 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = [f.name for f in SCHEMA]
+REQUIRED = ("id", "source", "image", "image_sha256")  # never null in a collection curata wrote
 
 
 @dataclass
@@ -80,10 +83,31 @@ def items_to_frame(items: list[Item]) -> pd.DataFrame:
     return table.to_pandas()
 
 
+class CollectionError(ValueError):
+    """The collection file is not a curata collection (another table, or damaged): one line, exit code 2."""
+
+
 def read_collection(path: Path) -> pd.DataFrame:
+    """The items table; a file of another schema or a damaged one is a CollectionError naming it (read with
+    SCHEMA alone, a foreign table would come back as rows of nulls, and ingest would save them)."""
     if not path.exists():
         return empty_frame()
-    return pq.read_table(path, schema=SCHEMA).to_pandas()
+    fix = "restore it, or move it away and ingest again"
+    try:
+        missing = [c for c in REQUIRED if c not in pq.read_schema(path).names]
+        if missing:
+            raise CollectionError(f"{path} is not a curata collection: it has no {', '.join(missing)} column; {fix}")
+        frame = pq.read_table(path, schema=SCHEMA).to_pandas()
+    except (pa.ArrowException, ValueError) as e:  # not Parquet, truncated, or columns of other types
+        if isinstance(e, CollectionError):
+            raise
+        reason = " ".join(str(e).split())
+        raise CollectionError(f"{path} is not a readable curata collection ({type(e).__name__}: {reason}); "
+                              f"{fix}") from e
+    empty = [c for c in REQUIRED if frame[c].isna().any()]
+    if empty:
+        raise CollectionError(f"{path} has items without {' or '.join(empty)}: not a curata collection; {fix}")
+    return frame
 
 
 def write_collection(frame: pd.DataFrame, path: Path) -> None:
@@ -94,7 +118,11 @@ def write_collection(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         pq.write_table(table, tmp)
+        sync_file(tmp)  # on disk before the rename: after a power cut, the old file or the new one, whole
         tmp.replace(path)
+    except OSError as e:  # a full disk: say which file (pyarrow's error does not)
+        name_file(e, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -15,12 +15,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from curata.atomic import atomic_write_text
 from curata.collection import read_collection, upsert, write_collection
 
 DEFAULT_WORKSPACE = "curata-workspace"
@@ -63,12 +66,25 @@ class Workspace:
         """Upsert items by id; returns (added, updated, unchanged). Holds the workspace lock, so two
         concurrent ingests cannot lose each other's items in the read-modify-write."""
         self.create()
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self.lock():
             merged, added, updated, unchanged = upsert(self.items(), frame)
             if added or updated or not self.exists:
                 write_collection(merged, self.collection_path)
         return added, updated, unchanged
+
+    @contextmanager
+    def lock(self, name: str = "", on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold an exclusive lock across processes: the collection's (`.lock`), or a named one (`.lock-<name>`,
+        e.g. one per feature extractor). `on_wait` is called once if another process holds it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / (f".lock-{name}" if name else ".lock"), "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            yield  # released when the file closes (also when the process dies)
 
     # Reports --------------------------------------------------------------------------------
     def write_report(self, kind: str, payload: dict[str, Any]) -> Path:
@@ -77,6 +93,6 @@ class Workspace:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         text = json.dumps(payload, indent=2, ensure_ascii=False, default=str)
         path = reports / f"{kind}-{stamp}.json"
-        path.write_text(text, encoding="utf-8")
-        (reports / f"{kind}-latest.json").write_text(text, encoding="utf-8")
+        atomic_write_text(path, text)  # a crash must not leave a torn report for tools that read -latest
+        atomic_write_text(reports / f"{kind}-latest.json", text)
         return path

@@ -17,12 +17,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from curata.atomic import replace_folder
 from curata.features.base import REGISTRY, Extractor, ItemError
 from curata.features.store import FeatureStore, store_dirname
 from curata.imageio import ImageError, load_image
@@ -71,6 +73,7 @@ class FeatureRun:
     errors: int
     seconds: float
     fitted: bool = False
+    notes: list[str] = field(default_factory=list)  # repairs made on the way (unreadable parts dropped)
 
     @property
     def per_second(self) -> float:
@@ -178,6 +181,7 @@ def ensure_fitted(extractor: Extractor, workspace: Workspace, items: pd.DataFram
     if fit_file.exists():
         extractor.load(state_dir)
         return json.loads(fit_file.read_text())["fit_id"]
+    shutil.rmtree(state_dir, ignore_errors=True)  # state without fit.json: an older run died while saving it
     if items.empty:
         raise ValueError(f"{extractor.name} must be fitted on the collection, and the collection is empty")
     if extractor.modality == "text":
@@ -190,10 +194,20 @@ def ensure_fitted(extractor: Extractor, workspace: Workspace, items: pd.DataFram
                                  reporter.task(f"fitting {extractor.name}", len(sample)))
         fit_keys = sorted(sample["image_sha256"])
     extractor.fit(inputs)
-    extractor.save(state_dir)
     fit_id = hashlib.sha1("\n".join(fit_keys).encode()).hexdigest()[:10]
-    fit_file.write_text(json.dumps({"fit_id": fit_id, "key": extractor.key, "n_inputs": len(inputs)}))
+    with replace_folder(state_dir) as staged:  # state and fit.json appear together, or not at all
+        extractor.save(staged)
+        (staged / "fit.json").write_text(json.dumps({"fit_id": fit_id, "key": extractor.key,
+                                                     "n_inputs": len(inputs)}))
     return fit_id
+
+
+def feature_lock(extractor: Extractor, workspace: Workspace, reporter: Reporter = SILENT
+                 ) -> AbstractContextManager[None]:
+    """One run at a time per extractor and workspace (fit, plan, compute, append): a second concurrent
+    `curata features` waits, then finds the items computed instead of computing and storing them twice."""
+    return workspace.lock(f"features-{store_dirname(extractor.key)}",
+                          on_wait=lambda: reporter.task(f"waiting for another run computing {extractor.name}", None))
 
 
 @dataclass
@@ -216,22 +230,23 @@ def plan_compute(extractor: Extractor, workspace: Workspace, *, refit: bool = Fa
     store = FeatureStore.for_extractor(workspace.dir("features"), extractor, fit_id)
     keys = item_keys(items, extractor)
     sources = list(items["text"].fillna("")) if extractor.modality == "text" else list(items["image"])
-    known = store.known_hashes()
+    known = store.known_hashes()  # drops unreadable parts: their items are computed again below
     todo: dict[str, str] = {}
     for key, source in zip(keys, sources, strict=True):
         if key not in known:
             todo.setdefault(key, source)  # identical content is computed once
     run = FeatureRun(extractor.key, len(items), len(items) - sum(k in todo for k in keys), len(todo), 0, 0.0,
-                     fitted=bool(fit_id))
+                     fitted=bool(fit_id), notes=list(store.notes))
     return ComputePlan(store, todo, run, started)
 
 
 def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32, refit: bool = False,
             workers: int | None = None, reporter: Reporter = SILENT) -> FeatureRun:
     """Compute `extractor` for every item of the workspace that lacks it."""
-    plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)
-    if plan.todo:
-        _compute_todo(extractor, plan.store, plan.todo, batch_size, workers, reporter, plan.run)
+    with feature_lock(extractor, workspace, reporter):
+        plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)
+        if plan.todo:
+            _compute_todo(extractor, plan.store, plan.todo, batch_size, workers, reporter, plan.run)
     plan.run.seconds = time.perf_counter() - plan.started
     return plan.run
 

@@ -184,9 +184,9 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
     _fetch_remote(records, workspace, options.download, reporter)
 
     advance = reporter.task(f"verifying {source_name}", len(records))
-    to_check = [r for r in records if r.error is None and r.image]
+    to_check = [r for r in records if r.error is None and r.skip is None and r.image]
     for r in records:
-        if r.error is None and not r.image:
+        if r.error is None and r.skip is None and not r.image:
             r.error = ("missing_image", "no image for this record")
 
     def check(record: RawRecord) -> _Checked:
@@ -203,6 +203,9 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
     first_seen: dict[str, str] = {}
     for record in records:
         item_id = f"{source_name}/{record.local_id}"
+        if record.skip is not None:  # not an item, but never dropped without a line in the report
+            report.entries.append(Entry(record.ref, item_id, "skipped", *record.skip))
+            continue
         result = checked.get(id(record))
         error = record.error or (result.error if result else None)
         if error is None and item_id in first_seen:

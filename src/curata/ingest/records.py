@@ -28,6 +28,7 @@ class RawRecord:
     meta: dict[str, Any] = field(default_factory=dict)
     collection: str | None = None
     error: tuple[str, str] | None = None  # (code, reason) found while parsing
+    skip: tuple[str, str] | None = None  # (code, reason): not an item (hidden file, dangling link), reported only
     notes: list[str] = field(default_factory=list)  # warnings that do not reject the item
 
 

@@ -11,7 +11,7 @@ from typing import Any
 class Entry:
     ref: str
     id: str
-    status: str  # "ok" | "error"
+    status: str  # "ok" | "error" | "skipped" (not an item: hidden file, dangling link)
     code: str = "ok"  # machine code of the reason, e.g. "truncated", "duplicate_id"
     reason: str = ""
     notes: list[str] = field(default_factory=list)  # accepted with conversions (CMYK, alpha, ...)
@@ -35,6 +35,10 @@ class IngestReport:
     def errors(self) -> list[Entry]:
         return [e for e in self.entries if e.status == "error"]
 
+    @property
+    def skipped(self) -> list[Entry]:
+        return [e for e in self.entries if e.status == "skipped"]
+
     def summary(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -44,6 +48,8 @@ class IngestReport:
             "errors": len(self.errors),
             "with_notes": sum(1 for e in self.ok if e.notes),
             "error_codes": dict(Counter(e.code for e in self.errors)),
+            "skipped": len(self.skipped),
+            "skipped_codes": dict(Counter(e.code for e in self.skipped)),
             "added": self.added,
             "updated": self.updated,
             "unchanged": self.unchanged,

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from curata.features.base import Extractor
-from curata.features.engine import PART_SIZE, FeatureRun, load_batch, plan_compute, transform_loaded
+from curata.features.engine import PART_SIZE, FeatureRun, feature_lock, load_batch, plan_compute, transform_loaded
 from curata.features.store import FeatureStore
 from curata.progress import SILENT, Reporter
 from curata.scale.runtime import actor_pool, frame_dataset, limit_threads, quiet_data_context, ray_runtime
@@ -96,6 +96,12 @@ def compute_ray(extractor: Extractor, workspace: Workspace, *, batch_size: int =
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    with feature_lock(extractor, workspace, reporter):
+        return _compute_ray(extractor, workspace, batch_size, refit, address, num_cpus, actors, reporter)
+
+
+def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, refit: bool, address: str | None,
+                 num_cpus: int | None, actors: int | None, reporter: Reporter) -> FeatureRun:
     plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)  # fit once, on the driver
     if plan.todo:  # nothing to do starts nothing
         advance = reporter.task(f"{extractor.name} (ray)", len(plan.todo))

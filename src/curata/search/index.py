@@ -21,7 +21,7 @@ matching few items is answered exactly over those items, which is both faster an
 
 On disk (`save`/`load`) the index is a folder: `index.faiss` (+ `store.faiss`, the exact vectors of
 an ivfpq index), `items.parquet` (id, slot, metadata fields) and `index.json` (kind, parameters,
-the caller's card); it is written to a temporary sibling folder and renamed into place.
+the caller's card); it is written to a staging folder and renamed into place (`curata.atomic`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -40,6 +38,8 @@ from typing import Any
 import faiss
 import numpy as np
 import pandas as pd
+
+from curata.atomic import replace_folder
 
 FORMAT = "curata-vector-index/1"
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -564,9 +564,10 @@ class VectorIndex:
         return scores, labels
 
     # Persistence ------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
-        """Write the index to `directory` atomically: a temporary sibling folder renamed into place
-        (an existing index there is replaced; any other non-empty folder is refused)."""
+    def save(self, directory: str | Path, extra: Mapping[str, str] | None = None) -> None:
+        """Write the index to `directory` atomically: a staging folder renamed into place (an existing
+        index there is replaced; any other non-empty folder is refused). `extra`: more text files (name ->
+        content) written inside, so a caller's sidecar is replaced together with the index."""
         directory = Path(directory)
         if directory.exists() and (not directory.is_dir() or (any(directory.iterdir())
                                                               and not (directory / "index.json").exists())):
@@ -578,10 +579,7 @@ class VectorIndex:
                 "fields": self.fields, "faiss": faiss.__version__}, indent=2, ensure_ascii=False)
         except (TypeError, ValueError) as e:
             raise IndexErrorBadInput(f"the index card must be JSON-serialisable: {e}") from e
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with replace_folder(directory) as tmp:
             if self._index is not None:
                 faiss.write_index(self._index, str(tmp / "index.faiss"))
             if self._store is not None:
@@ -591,17 +589,9 @@ class VectorIndex:
             for name, f in self._fields.items():
                 table[f"meta.{name}"] = [f.values[c] if c >= 0 else None for c in f.codes[slots].tolist()]
             pd.DataFrame(table).to_parquet(tmp / "items.parquet", index=False)
+            for name, text in (extra or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
             (tmp / "index.json").write_text(state, encoding="utf-8")
-            old = None
-            if directory.exists():
-                old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
-                directory.rename(old)
-            tmp.rename(directory)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def load(cls, directory: str | Path) -> VectorIndex:
@@ -636,7 +626,8 @@ class VectorIndex:
         except IndexErrorBadInput:
             raise
         except Exception as e:  # faiss, parquet or JSON errors: one clear message
-            raise IndexErrorBadInput(f"corrupt vector index at {directory}: {type(e).__name__}: {e}") from e
+            reason = " ".join(str(e).split())  # one line: FAISS and Arrow messages may span several
+            raise IndexErrorBadInput(f"corrupt vector index at {directory}: {type(e).__name__}: {reason}") from e
         return self
 
     def _check_consistent(self, count: int) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curata.atomic import replace_folder
 from curata.features.base import Extractor
 from curata.features.engine import compute, load_matrix, make_extractor, text_hash
 from curata.features.store import FeatureStore
@@ -320,8 +321,17 @@ class JointSpace:
                                  f"computes {current}; retrain it")
         options = JointOptions(**{k: v for k, v in card["params"].items() if k in JointOptions.__dataclass_fields__})
         model = _build_model(card["encoders"]["image"]["dim"], card["encoders"]["text"]["dim"], options)
-        state = _torch().load(directory / "heads.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        weights = directory / "heads.pt"
+        retrain = (f"retrain it with `curata joint train --features {card['encoders']['image']['extractor']},"
+                   f"{card['encoders']['text']['extractor']} --name {directory.name}`")
+        if not weights.is_file():
+            raise ValueError(f"{directory} has a card but no heads.pt; {retrain}")
+        try:
+            model.load_state_dict(_torch().load(weights, map_location="cpu", weights_only=True))
+        except Exception as e:  # truncated (EOFError, RuntimeError) or of other shapes
+            reason = (str(e).strip().splitlines() or [""])[0]  # torch's messages run over many lines
+            raise ValueError(f"{weights} cannot be loaded ({type(e).__name__}: {reason}); it is truncated or "
+                             f"corrupt: {retrain}") from e
         model.eval()
         return cls(model, card, directory)
 
@@ -330,14 +340,17 @@ class JointSpace:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def joint_bundles(workspace: Workspace) -> list[tuple[str, dict[str, Any]]]:
-    """(name, card) of every joint-space bundle in the workspace, newest first."""
+def joint_bundles(workspace: Workspace, unreadable: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(name, card) of every joint-space bundle in the workspace, newest first. Cards that cannot be read
+    are skipped; pass a list as `unreadable` to collect them (path and reason)."""
     found = []
     models = workspace.root / "models"
     for card_path in models.glob("*/card.json") if models.is_dir() else []:
         try:
             card = json.loads(card_path.read_text(encoding="utf-8"))
-        except ValueError:
+        except ValueError as e:
+            if unreadable is not None:
+                unreadable.append(f"{card_path} ({e})")
             continue
         if isinstance(card, dict) and card.get("kind") == KIND:
             found.append((card_path.parent.name, card))
@@ -347,9 +360,11 @@ def joint_bundles(workspace: Workspace) -> list[tuple[str, dict[str, Any]]]:
 def load_joint(workspace: Workspace, name: str | None = None) -> JointSpace:
     """A joint space of the workspace by bundle name (or a bundle folder path); None = the newest."""
     if name is None:
-        bundles = joint_bundles(workspace)
+        unreadable: list[str] = []
+        bundles = joint_bundles(workspace, unreadable)
         if not bundles:
-            raise ValueError(f"no joint-space model in {workspace.root / 'models'}; train one with "
+            damaged = f" (unreadable model card: {'; '.join(unreadable)})" if unreadable else ""
+            raise ValueError(f"no joint-space model in {workspace.root / 'models'}{damaged}; train one with "
                              "`curata joint train`")
         name = bundles[0][0]
     path = Path(name)
@@ -521,15 +536,18 @@ def train_joint(workspace: Workspace, options: JointOptions | None = None, *, it
     }
     space.card = card
     if save:
+        from curata.tasks.bundle import check_replaceable
+
         directory = workspace.dir("models") / name
-        directory.mkdir(parents=True, exist_ok=True)
-        weights = directory / "heads.pt"
-        torch.save(model.state_dict(), weights)
-        card["fingerprint"] = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+        check_replaceable(directory)
         ids = data.items["id"].tolist()
         split = {"train": [ids[i] for i in train], "val": [ids[i] for i in val], "holdout": [ids[i] for i in held]}
-        (directory / "split.json").write_text(json.dumps(split), encoding="utf-8")
-        (directory / "card.json").write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
+        # Staged, then renamed into place: a crash or a full disk midway leaves the previous space whole.
+        with replace_folder(directory) as tmp:
+            torch.save(model.state_dict(), tmp / "heads.pt")
+            card["fingerprint"] = hashlib.sha256((tmp / "heads.pt").read_bytes()).hexdigest()[:16]
+            (tmp / "split.json").write_text(json.dumps(split), encoding="utf-8")
+            (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
         space.directory = directory
         card["path"] = str(directory)
     return {**card, "space": space}

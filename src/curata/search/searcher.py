@@ -60,7 +60,7 @@ def build_index(workspace: Workspace, model: str | None = None, *, reporter: Rep
 
     Returns {"model", "index", "added", "updated", "removed", "failed", "total", "rebuilt", "notes"}.
     """
-    from curata.search.index import VectorIndex
+    from curata.search.index import IndexErrorBadInput, VectorIndex
 
     items = workspace.items()
     if items.empty:
@@ -76,7 +76,14 @@ def build_index(workspace: Workspace, model: str | None = None, *, reporter: Rep
             notes.append(f"the index was built with another version of {encoder.name}: rebuilt from scratch")
             rebuilt = True
         else:
-            index = VectorIndex.load(directory)
+            try:
+                index = VectorIndex.load(directory)
+            except IndexErrorBadInput as e:  # derived data: a rebuild repairs it
+                notes.append(f"{e}: rebuilt from scratch")
+                rebuilt = True
+    elif (directory / SIDECAR).exists():
+        notes.append(f"{directory / SIDECAR} is unreadable: the index is rebuilt from scratch")
+        rebuilt = True
     if index is None:
         index = VectorIndex.create(encoder.dim, card={"encoder": encoder.card})
         sidecar = {"encoder": encoder.card, "hashes": {}}
@@ -111,10 +118,8 @@ def build_index(workspace: Workspace, model: str | None = None, *, reporter: Rep
         advance(len(chunk))
     if failed:
         notes.append(f"{failed} item(s) have no usable image features and are not searchable by image")
-    directory.mkdir(parents=True, exist_ok=True)
-    index.save(directory)
-    # Written after save(): the sidecar must describe what is on disk, even if save() rewrote the folder.
-    (directory / SIDECAR).write_text(json.dumps({"encoder": encoder.card, "hashes": hashes}), encoding="utf-8")
+    # The sidecar is saved inside the index folder, so both are replaced together (or neither, on a crash).
+    index.save(directory, extra={SIDECAR: json.dumps({"encoder": encoder.card, "hashes": hashes})})
     return {"model": encoder.name, "index": str(directory), "added": added - updated, "updated": updated,
             "removed": int(removed), "failed": failed, "total": len(index), "rebuilt": rebuilt, "notes": notes}
 
@@ -133,7 +138,7 @@ class Searcher:
 
     @classmethod
     def open(cls, workspace: Workspace, model: str | None = None) -> Searcher:
-        from curata.search.index import VectorIndex
+        from curata.search.index import IndexErrorBadInput, VectorIndex
 
         encoder = make_encoder(workspace, model)
         directory = _index_dir(workspace, encoder)
@@ -146,7 +151,11 @@ class Searcher:
             raise ValueError(f"the index in {directory} was built with {built.get('name')!r} "
                              f"(version {built.get('version')!r}), not with the query encoder {encoder.name!r} "
                              f"(version {encoder.card.get('version')!r}); rebuild it with `curata index build`")
-        return cls(workspace, encoder, VectorIndex.load(directory), workspace.items())
+        try:
+            index = VectorIndex.load(directory)
+        except IndexErrorBadInput as e:
+            raise IndexErrorBadInput(f"{e}; rebuild it with `curata index build`") from e
+        return cls(workspace, encoder, index, workspace.items())
 
     @property
     def card(self) -> dict[str, Any]:

@@ -13,11 +13,11 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="Required when the server was started with an API key.")
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:  # async: no thread-pool hop
     return request.app.state.curata
 
 
-def require_api_key(request: Request, key: str | None = Security(_api_key_header),
+async def require_api_key(request: Request, key: str | None = Security(_api_key_header),
                     state: ServiceState = Depends(get_state)) -> None:
     """Everything but health needs the key when one is configured. `RequestGuard` checks it (the header,
     or the page's session cookie) before the body is read; this declares it in the OpenAPI document and

@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import anyio.to_thread
@@ -219,17 +219,25 @@ def _url_source(settings: Settings, url: str, field: str) -> ImageSource:
 # Decoding (runs in a worker thread) ---------------------------------------------------------------------
 
 
-async def fetch_sources(sources: list[ImageSource], settings: Settings) -> None:
+async def fetch_sources(sources: list[ImageSource], settings: Settings, limiter: Any = None) -> None:
     """Fetch a request's URL images before it takes a compute slot, so a slow URL holds only its own request,
-    never the slots other requests wait for: in one worker thread, all within `url_timeout` together."""
-    if any(source.url is not None and source.data is None for source in sources):
-        await anyio.to_thread.run_sync(_fetch_all, sources, settings)
-
-
-def _fetch_all(sources: list[ImageSource], settings: Settings) -> None:
+    never the slots other requests wait for: in one worker thread, all within `url_timeout` together.
+    `limiter` bounds the fetches of a worker at once: without it, 40 trickling URLs took every thread of
+    the shared pool, and /v1/health and every other request waited ~10 s. The deadline starts now, so a
+    request that waits for a fetch slot spends its own budget, not a new one."""
+    if not any(source.url is not None and source.data is None for source in sources):
+        return
     deadline = time.monotonic() + settings.url_timeout
+    await anyio.to_thread.run_sync(_fetch_all, sources, settings, deadline, limiter=limiter)
+
+
+def _fetch_all(sources: list[ImageSource], settings: Settings, deadline: float | None = None) -> None:
+    deadline = time.monotonic() + settings.url_timeout if deadline is None else deadline
     for source in sources:
         if source.url is not None and source.data is None:
+            if time.monotonic() >= deadline:
+                raise ApiError(503, "busy", "too many URL fetches at once on this server; retry in a moment",
+                               source.field)
             source.data = fetch_url(source.url, settings, source.field, deadline=deadline)
 
 

@@ -27,7 +27,8 @@ class Settings:
     max_request_pixels: int = 160_000_000
     max_images: int = 16  # images per request
     max_batch: int = 16  # images per model call inside a request
-    url_timeout: float = 10.0
+    url_timeout: float = 10.0  # for all the URL fetches of one request together
+    url_fetch_slots: int = 8  # URL fetches at once per worker (threads of the shared pool they may hold)
     thumbnail_cache: int = 512  # thumbnails kept in memory
     preload: bool = True  # load every bundle and the search index at start-up (False: on first use)
     # Image requests computing at once in one worker process; the rest wait their turn. Their numpy
@@ -52,7 +53,8 @@ class Settings:
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in self.allowed_hosts))
         for name in ("max_request_bytes", "max_pixels", "max_request_pixels", "max_images", "max_batch",
-                     "compute_slots", "max_inflight_bytes", "max_json_values", "max_json_depth", "max_auth_failures"):
+                     "compute_slots", "max_inflight_bytes", "max_json_values", "url_fetch_slots",
+                     "max_json_depth", "max_auth_failures"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.body_timeout <= 0:

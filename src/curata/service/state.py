@@ -176,6 +176,16 @@ class ServiceState:
         self._items_failed_mtime: float | None = None
         self.api_key = self.settings.api_key()
         self._compute_limiter: Any = None  # made on first use: it belongs to the event loop
+        self._fetch_limiter: Any = None
+
+    def fetch_limiter(self) -> Any:
+        """At most `settings.url_fetch_slots` URL fetches at once in this worker (made on first use: it
+        belongs to the event loop)."""
+        import anyio
+
+        if self._fetch_limiter is None:
+            self._fetch_limiter = anyio.CapacityLimiter(self.settings.url_fetch_slots)
+        return self._fetch_limiter
 
     async def compute(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run CPU-bound request work in a thread, at most `settings.compute_slots` at a time."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import platform
+import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -25,8 +26,11 @@ from typing import Any
 import joblib
 
 from curata import __version__
+from curata.atomic import replace_folder
 from curata.features.engine import make_extractor
 
+# What a bundle folder may hold (classifier or joint space): anything else is not ours to replace.
+BUNDLE_FILES = {"card.json", "model.joblib", "extractors", "heads.pt", "split.json"}
 LIBRARIES = ("numpy", "scikit-learn", "torch", "onnxruntime", "sentence-transformers", "opencv-python-headless")
 
 
@@ -59,13 +63,31 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def save_bundle(directory: Path, model: Any, card: Card) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
+def check_replaceable(directory: Path) -> None:
+    """Refuse to replace a folder that is not a bundle (a bundle named `extractors` would wipe the fitted
+    extractor state); replacing a bundle of either kind is fine."""
+    if directory.is_dir() and not {p.name for p in directory.iterdir()} <= BUNDLE_FILES:
+        raise BundleError(f"{directory} exists and is not a model bundle; refusing to replace it (choose another "
+                          "--name)")
+
+
+def save_bundle(directory: Path, model: Any, card: Card, extractors: dict[str, Path] | None = None) -> Path:
+    """Write the bundle in a staging folder renamed into place: a crash or a full disk midway leaves the
+    previous bundle whole. `extractors`: fitted-state folders copied in as `extractors/<name>`."""
+    check_replaceable(directory)
     card.versions = card.versions or _versions()
     card.created = card.created or datetime.now(UTC).isoformat(timespec="seconds")
-    joblib.dump(model, directory / "model.joblib")
-    (directory / "card.json").write_text(json.dumps(card.to_dict(), indent=2, default=str), encoding="utf-8")
+    with replace_folder(directory) as tmp:
+        joblib.dump(model, tmp / "model.joblib")
+        for name, source in (extractors or {}).items():
+            shutil.copytree(source, tmp / "extractors" / name)
+        (tmp / "card.json").write_text(json.dumps(card.to_dict(), indent=2, default=str), encoding="utf-8")
     return directory
+
+
+def retrain_hint(card: Card, directory: Path) -> str:
+    return (f"retrain it with `curata train {card.task} --target {card.target} --features "
+            f"{','.join(card.features)} --name {directory.name}`")
 
 
 def read_card_json(directory: Path, what: str = "a model bundle") -> Any:
@@ -77,7 +99,8 @@ def read_card_json(directory: Path, what: str = "a model bundle") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise BundleError(f"{path} is not a valid model card: {e}") from e
+        raise BundleError(f"{path} is not a valid model card: {e}; it is truncated or corrupt: retrain the model "
+                          "(`curata train` or `curata joint train`)") from e
 
 
 def load_card(directory: Path) -> Card:
@@ -94,10 +117,15 @@ def load_card(directory: Path) -> Card:
 
 def load_bundle(directory: Path) -> tuple[Any, Card]:
     card = load_card(directory)
+    path = directory / "model.joblib"
     try:
-        model = joblib.load(directory / "model.joblib")
+        model = joblib.load(path)
     except FileNotFoundError as e:
-        raise BundleError(f"{directory} has a card but no model.joblib") from e
+        raise BundleError(f"{directory} has a card but no model.joblib; {retrain_hint(card, directory)}") from e
+    except Exception as e:  # truncated (EOFError), corrupt (UnpicklingError...) or from incompatible code
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise BundleError(f"{path} cannot be loaded ({type(e).__name__}: {reason}); it is truncated or corrupt: "
+                          f"{retrain_hint(card, directory)}") from e
     return model, card
 
 

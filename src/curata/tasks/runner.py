@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,8 +165,8 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
                     metrics={k: v for k, v in best.summary.items()},
                     training={"items": len(y), "skipped": protocol["skipped"], "protocol": protocol["split"]},
                     params={"folds": options.folds, "seed": options.seed})
-        bundle_dir = save_bundle(workspace.dir("models") / name, task, card)
-        _copy_fitted_extractors(workspace, protocol["features"], bundle_dir)
+        bundle_dir = save_bundle(workspace.dir("models") / name, task, card,
+                                 _fitted_extractors(workspace, protocol["features"]))
     protocol["fit_all_seconds"] = round(time.perf_counter() - started, 2)
     first = next(iter(blocks))
     embedding = (blocks[first], [str(v) for v in y]) if not task.multilabel else None
@@ -193,13 +192,11 @@ def _thresholds(task: Task, labels: list[str]) -> dict[str, float] | None:
     return None if values is None else {str(lab): float(t) for lab, t in zip(labels, values, strict=False)}
 
 
-def _copy_fitted_extractors(workspace: Workspace, keys: dict[str, str], bundle_dir: Path) -> None:
+def _fitted_extractors(workspace: Workspace, keys: dict[str, str]) -> dict[str, Path]:
     """A bundle carries the fitted state of collection-dependent extractors (tf-idf vocabulary...), so
     it can compute its own features for new items without the training workspace."""
-    for name, key in keys.items():
-        source = workspace.root / "models" / "extractors" / store_dirname(key)
-        if source.is_dir():
-            shutil.copytree(source, bundle_dir / "extractors" / name, dirs_exist_ok=True)
+    folders = {name: workspace.root / "models" / "extractors" / store_dirname(key) for name, key in keys.items()}
+    return {name: folder for name, folder in folders.items() if folder.is_dir()}
 
 
 # Prediction -----------------------------------------------------------------------------------------

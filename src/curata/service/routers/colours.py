@@ -21,7 +21,8 @@ async def colours(request: Request, k: int = Query(5, ge=1, le=12, description="
                                                                                     "names."),
                   state: ServiceState = Depends(get_state)) -> ColoursResponse:
     sources = await read_sources(request, state.settings, state)
-    await fetch_sources(sources, state.settings)  # URLs: before the compute slot, never holding it
+    # URLs: fetched before the compute slot, never holding it
+    await fetch_sources(sources, state.settings, state.fetch_limiter())
 
     def work() -> ColoursResponse:
         from curata.features.palette import PaletteExtractor, describe_palette, merge_shares

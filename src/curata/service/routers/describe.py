@@ -27,7 +27,8 @@ async def describe_images(request: Request, top_k: int = Query(10, ge=1, le=100)
                           state: ServiceState = Depends(get_state)) -> DescribeResponse:
     describer = await run_in_threadpool(state.describer)  # 409 before reading the body (opens on first use)
     sources = await read_sources(request, state.settings, state)
-    await fetch_sources(sources, state.settings)  # URLs: before the compute slot, never holding it
+    # URLs: fetched before the compute slot, never holding it
+    await fetch_sources(sources, state.settings, state.fetch_limiter())
 
     def work() -> DescribeResponse:
         images = decode_all(sources, state.settings)

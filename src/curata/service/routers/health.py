@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1", tags=["health"])
 
 
 @router.get("/health", response_model=Health, summary="Liveness: the process answers")
-def health() -> Health:
+async def health() -> Health:  # async: liveness never waits for a thread of the (maybe busy) pool
     return Health(status="ok", version=__version__)
 
 

@@ -19,7 +19,8 @@ async def predict(bundle: str, request: Request, top: int = Query(3, ge=1, le=50
                   state: ServiceState = Depends(get_state)) -> PredictResponse:
     state.bundle_dir(bundle)  # 404 before reading the body
     sources = await read_sources(request, state.settings, state)
-    await fetch_sources(sources, state.settings)  # URLs: before the compute slot, never holding it
+    # URLs: fetched before the compute slot, never holding it
+    await fetch_sources(sources, state.settings, state.fetch_limiter())
 
     def work() -> PredictResponse:
         loaded = state.bundle(bundle)  # picked once: a concurrent reload cannot change it under us

@@ -82,7 +82,8 @@ async def by_image(request: Request, k: int = K, model: str | None = MODEL, labe
                    ) -> ImageSearchResponse:
     searcher = await run_in_threadpool(state.searcher, model)  # 409 before reading the body
     sources = await read_sources(request, state.settings, state)
-    await fetch_sources(sources, state.settings)  # URLs: before the compute slot, never holding it
+    # URLs: fetched before the compute slot, never holding it
+    await fetch_sources(sources, state.settings, state.fetch_limiter())
 
     def work() -> ImageSearchResponse:
         images = decode_all(sources, state.settings)
