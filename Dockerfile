@@ -32,6 +32,8 @@ EXPOSE 9797
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD curl -fsS http://127.0.0.1:9797/v1/health || exit 1
 
-# Options: --workers N, --api-key-file FILE (or -e CURATA_API_KEY=...), --cors-origin URL, --allow-urls.
+# Options: --workers N, --api-key-file FILE (or -e CURATA_API_KEY=...), --cors-origin URL, --allow-urls,
+# --allowed-host NAME (the names clients use; any by default on 0.0.0.0). It listens on 0.0.0.0: started
+# without a key, `curata serve` prints a warning that anyone who can reach the port can use the service.
 ENTRYPOINT ["curata", "serve", "--host", "0.0.0.0", "--port", "9797", "--workspace", "/workspace"]
 CMD []

@@ -237,7 +237,7 @@ def _fetch_all(sources: list[ImageSource], settings: Settings, deadline: float |
         if source.url is not None and source.data is None:
             if time.monotonic() >= deadline:
                 raise ApiError(503, "busy", "too many URL fetches at once on this server; retry in a moment",
-                               source.field)
+                               source.field, headers={"Retry-After": "1"})
             source.data = fetch_url(source.url, settings, source.field, deadline=deadline)
 
 
