@@ -59,7 +59,9 @@ def export_once(target: Path, write: Callable[[str], None], *, force: bool = Fal
     return target
 
 
-def make_session(path: Path, threads: int | None = None, *, spinning: bool = False) -> Any:
+def make_session(
+    path: Path, threads: int | None = None, *, spinning: bool = False, config: dict[str, str] | None = None
+) -> Any:
     """A sequential CPU InferenceSession with `threads` intra-op threads (None -> default_threads()).
 
     `spinning`: whether idle pool threads busy-wait for the next run. Each extractor says why it
@@ -74,13 +76,21 @@ def make_session(path: Path, threads: int | None = None, *, spinning: bool = Fal
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def open_session(export: Callable[..., Path], threads: int | None = None, *, spinning: bool = False) -> Any:
+def open_session(
+    export: Callable[..., Path],
+    threads: int | None = None,
+    *,
+    spinning: bool = False,
+    config: dict[str, str] | None = None,
+) -> Any:
     """Session on the file `export()` returns; a file that fails to load (damaged outside our atomic
     write: disk full, manual edit) is exported again once with `export(force=True)`."""
     try:
-        return make_session(export(), threads, spinning=spinning)
+        return make_session(export(), threads, spinning=spinning, config=config)
     except Exception:
-        return make_session(export(force=True), threads, spinning=spinning)
+        return make_session(export(force=True), threads, spinning=spinning, config=config)
