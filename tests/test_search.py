@@ -234,7 +234,8 @@ def test_search_by_text_image_and_item(trained: tuple[Workspace, dict], tmp_path
     searcher = Searcher.open(ws)
     assert searcher.card["items"] == 48 and searcher.card["model"]["name"] == "joint"
     hits = searcher.by_text("a yellow square", k=6)
-    assert len(hits) == 6 and set(hits[0]) == {"id", "score", "label", "collection", "text", "image"}
+    # hybrid by default (the index has its lexical part): the joint hit's fields plus matched/predicted/via
+    assert len(hits) == 6 and {"id", "score", "label", "collection", "text", "image", "matched"} <= set(hits[0])
     assert hits[0]["id"].startswith("warm/yellow_square_"), hits  # the caption names both: the exact picture first
     assert all(a["score"] >= b["score"] for a, b in itertools.pairwise(hits))
     assert Path(hits[0]["image"]).exists() and searcher.notes == []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -27,12 +27,17 @@ from curata.clibase import (
     handle_errors,
     print_notes,
 )
-from curata.ingest.download import DownloadPolicy
-from curata.ingest.pipeline import FORMATS, IngestOptions, default_source_name, ingest
-from curata.ingest.report import IngestReport
-from curata.ingest.table import ColumnMap
+from curata.imageio import DEFAULT_MAX_PIXELS
 from curata.progress import rich_reporter
 from curata.workspace import Workspace, default_workspace
+
+if TYPE_CHECKING:
+    from curata.ingest.report import IngestReport
+
+# The ingest pipeline (httpx, the readers: ~0.2 s) is imported by `ingest` when it runs, not by every command
+# (`curata search` must start fast); its formats are spelled out here for the help text
+# (tests/test_search_speed_zeroshot.py checks they are curata.ingest.pipeline.FORMATS).
+INGEST_FORMATS = ("auto", "folder", "table", "nft", "urls")
 
 # The scale-out options `features` and `predict` share.
 EngineOpt = Annotated[str, typer.Option(help="local (threads in this process) or ray (Ray Data actors on a local "
@@ -52,6 +57,9 @@ def print_ingest_report(report: IngestReport, max_rows: int = 30) -> None:
         f"{summary['added']} added, {summary['updated']} updated, {summary['unchanged']} unchanged "
         f"in {summary['seconds']:.1f} s"
     )
+    if len(report.collections) > 1 or (report.format == "nft" and report.collections):
+        console.print("  collections: " + ", ".join(f"{escape(name)} ({count})"
+                                                    for name, count in report.collections.items()))
     notes = Counter(note for e in report.ok for note in e.notes)
     for note, count in notes.most_common():
         console.print(f"  [yellow]note[/] {count} x {escape(note)}")
@@ -86,7 +94,7 @@ def ingest_cmd(
     sources: Annotated[list[Path], typer.Argument(help="Folders, tables (CSV/TSV/Parquet/JSONL), NFT metadata "
                                                       "folders or _metadata.json, or text files of URLs.")],
     workspace: WorkspaceOpt = default_workspace(),
-    fmt: Annotated[str, typer.Option("--format", "-f", help=f"Source format: {', '.join(FORMATS)}.")] = "auto",
+    fmt: Annotated[str, typer.Option("--format", "-f", help=f"Source format: {', '.join(INGEST_FORMATS)}.")] = "auto",
     image_col: Annotated[str | None, typer.Option(help="Table column with image paths (relative to the "
                                                        "table) or URLs. Default: image/path/file/url.")] = None,
     text_col: Annotated[str | None, typer.Option(help="Table column with the item text.")] = None,
@@ -103,7 +111,7 @@ def ingest_cmd(
                                                          "source's folder name.")] = None,
     collection: Annotated[str | None, typer.Option(help="Collection name for these items.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Refuse images with more pixels than this "
-                                                 "(decompression-bomb guard).")] = IngestOptions.max_pixels,
+                                                 "(decompression-bomb guard).")] = DEFAULT_MAX_PIXELS,
     ipfs_gateway: Annotated[list[str] | None, typer.Option(help="IPFS gateway URL prefix, repeatable; tried in "
                                                                 "order.")] = None,
     concurrency: Annotated[int, typer.Option(help="Concurrent downloads for URL sources.")] = 8,
@@ -116,6 +124,10 @@ def ingest_cmd(
     Re-ingesting the same source is idempotent; each rejected item is listed with its reason
     (on screen and in reports/ingest-latest.json) and never stops the others.
     """
+    from curata.ingest.download import DownloadPolicy
+    from curata.ingest.pipeline import IngestOptions, default_source_name, ingest
+    from curata.ingest.table import ColumnMap
+
     # Item ids are "<source name>/<local id>": two sources of one run under the same name (one
     # --source-name for all, or two folders both called "images") would share ids, and the later
     # source would silently overwrite the earlier one's items.

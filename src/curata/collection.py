@@ -87,24 +87,29 @@ class CollectionError(ValueError):
     """The collection file is not a curata collection (another table, or damaged): one line, exit code 2."""
 
 
-def read_collection(path: Path) -> pd.DataFrame:
+def read_collection(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
     """The items table; a file of another schema or a damaged one is a CollectionError naming it (read with
-    SCHEMA alone, a foreign table would come back as rows of nulls, and ingest would save them)."""
+    SCHEMA alone, a foreign table would come back as rows of nulls, and ingest would save them).
+    `columns`: read only these (a searcher needs 7 of the 16: a tenth of the time on 10k items)."""
+    if columns is not None:
+        unknown = [c for c in columns if c not in COLUMNS]
+        if unknown:
+            raise ValueError(f"not collection columns: {', '.join(unknown)}")
     if not path.exists():
-        return empty_frame()
+        return empty_frame() if columns is None else empty_frame()[columns]
     fix = "restore it, or move it away and ingest again"
     try:
         missing = [c for c in REQUIRED if c not in pq.read_schema(path).names]
         if missing:
             raise CollectionError(f"{path} is not a curata collection: it has no {', '.join(missing)} column; {fix}")
-        frame = pq.read_table(path, schema=SCHEMA).to_pandas()
+        frame = pq.read_table(path, schema=SCHEMA, columns=columns).to_pandas()
     except (pa.ArrowException, ValueError) as e:  # not Parquet, truncated, or columns of other types
         if isinstance(e, CollectionError):
             raise
         reason = " ".join(str(e).split())
         raise CollectionError(f"{path} is not a readable curata collection ({type(e).__name__}: {reason}); "
                               f"{fix}") from e
-    empty = [c for c in REQUIRED if frame[c].isna().any()]
+    empty = [c for c in REQUIRED if c in frame.columns and frame[c].isna().any()]
     if empty:
         raise CollectionError(f"{path} has items without {' or '.join(empty)}: not a curata collection; {fix}")
     return frame

@@ -59,8 +59,9 @@ class Workspace:
         return self.collection_path.exists()
 
     # Collection -----------------------------------------------------------------------------
-    def items(self) -> pd.DataFrame:
-        return read_collection(self.collection_path)
+    def items(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """The collection (`columns`: only these, in this order)."""
+        return read_collection(self.collection_path, columns)
 
     def add_items(self, frame: pd.DataFrame) -> tuple[int, int, int]:
         """Upsert items by id; returns (added, updated, unchanged). Holds the workspace lock, so two

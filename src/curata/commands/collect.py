@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -25,21 +25,16 @@ from curata.clibase import (
     emit_json,
     handle_errors,
 )
-from curata.collect import (
-    DEFAULT_ENDPOINT,
-    CollectOptions,
-    CollectReport,
-    FxhashQuery,
-    collect_api,
-    collect_erc721,
-    collect_fxhash,
-    expand_range,
-    load_spec,
-    read_uri_file,
-)
-from curata.ingest.download import DownloadPolicy
 from curata.progress import rich_reporter
 from curata.workspace import Workspace, default_workspace
+
+if TYPE_CHECKING:
+    from curata.collect import CollectOptions, CollectReport
+
+# The collectors (and through them httpx and the ingest pipeline) are imported when a collect command runs,
+# not by every `curata` command; the endpoint is spelled out for the option's default
+# (tests/test_search_speed_zeroshot.py checks it is curata.collect.fxhash.DEFAULT_ENDPOINT).
+DEFAULT_ENDPOINT = "https://api.fxhash.xyz/graphql"
 
 collect_app = typer.Typer(
     name="collect",
@@ -71,6 +66,9 @@ StrictOpt = Annotated[bool, typer.Option(help="Exit with code 2 when a request f
 def _options(max_items: int | None, concurrency: int, downloads: int, retries: int, timeout: float,
              max_bytes: int, ipfs_gateway: list[str] | None, source_name: str | None, collection: str | None,
              refresh: bool) -> CollectOptions:
+    from curata.collect import CollectOptions
+    from curata.ingest.download import DownloadPolicy
+
     policy = DownloadPolicy(concurrency=downloads, retries=retries, timeout=timeout, max_bytes=max_bytes)
     if ipfs_gateway:
         policy = DownloadPolicy(concurrency=downloads, retries=retries, timeout=timeout, max_bytes=max_bytes,
@@ -141,6 +139,8 @@ def fxhash_cmd(
     tags plus the iteration's features as trait=value, text = name + description, image = its
     display image (ipfs://, fetched through the gateways). Ids are fxhash/<gentk id>.
     """
+    from curata.collect import FxhashQuery, collect_fxhash
+
     query = FxhashQuery(endpoint=endpoint, tokens=tuple(token or ()), search=search, limit_projects=limit_projects,
                         iterations_per_project=iterations_per_project, page_size=page_size, image=image)
     options = _options(max_items, concurrency, downloads, retries, timeout, max_bytes, ipfs_gateway, source_name,
@@ -182,6 +182,8 @@ def erc721_cmd(
     NFT1000 caption, text = name + description. Ids are <source>/<token id from the URI>
     (default source name: erc721; give each collection its own --source-name).
     """
+    from curata.collect import collect_erc721, expand_range, read_uri_file
+
     all_uris = list(uris or [])
     if from_file is not None:
         all_uris += read_uri_file(from_file)
@@ -227,6 +229,8 @@ def api_cmd(
     Pages are fetched in order until `limit` items pass the filters or the API has no more pages;
     ids are <spec name>/<mapped id> (or a hash of the image URL when no id is mapped).
     """
+    from curata.collect import collect_api, load_spec
+
     spec = load_spec(spec_file)
     if limit is not None:
         if limit < 1:

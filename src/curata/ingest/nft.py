@@ -5,6 +5,15 @@ Attributes become tags `trait_type=value`, and a caption is built in the NFT1000
 Images are matched to local files by the basename of the token's `image` URI (the usual layout is
 `images/N.png` beside `metadata/N.json`, with `image: ipfs://CID/N.png`), then by token id; a
 token with no local image keeps its remote URI and is downloaded by the pipeline.
+
+A token's collection comes from its own metadata, never from the folder the user named: its
+`collection` field (a string, or an object with `name`/`slug`), else its name pattern (`Punk #12`
+-> `Punk`), else its contract address, else the sub-folder of the source it lies in
+(`source/apes/metadata/1.json` -> `apes`); the pipeline falls back to the source name. A folder of
+several collections ingests as its real collections: a source whose sub-folders each hold one
+collection is read one sub-folder at a time (local ids `apes/1`), and in a flat folder holding several
+collections each token's local id is prefixed by its collection (`bored-ape/1`), so two collections'
+token 1 never share an id. A single-collection folder keeps its plain ids.
 """
 
 from __future__ import annotations
@@ -102,8 +111,40 @@ def _image_index(root: Path) -> dict[str, Path]:
 
 
 def _collection_name(name: str) -> str | None:
+    """The collection in a token name: the text before a final `#<digits>` (`Punk #12` -> `Punk`)."""
     match = re.match(r"^(.*?)\s*#\s*\d+\s*$", name)
-    return match.group(1) if match else None
+    return (match.group(1).strip() or None) if match else None
+
+
+CONTRACT_FIELDS = ("contract", "contract_address", "address")
+_HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+def _named(value: Any, keys: tuple[str, ...]) -> str:
+    """A string field, or the first of `keys` in an object field."""
+    if isinstance(value, dict):
+        value = next((value[k] for k in keys if clean_text(value.get(k))), None)
+    return clean_text(value) if isinstance(value, str | int) and not isinstance(value, bool) else ""
+
+
+def token_collection(token: dict[str, Any], name: str) -> str | None:
+    """A token's collection from its metadata: the `collection` field (string, or object with
+    name/slug), else the name pattern, else a contract address; None when none says (the reader then
+    uses the sub-folder, the pipeline the source name)."""
+    explicit = _named(token.get("collection"), ("name", "slug"))
+    if explicit:
+        return explicit
+    from_name = _collection_name(name)
+    if from_name:
+        return from_name
+    for key in CONTRACT_FIELDS:
+        contract = _named(token.get(key), ("address", "name"))
+        if key == "address" and not _HEX_ADDRESS.fullmatch(contract):
+            continue  # a bare `address` counts only as a contract address, never as any other text
+        if contract:
+            # Checksummed and lower-case spellings of one address are one collection.
+            return contract.lower() if _HEX_ADDRESS.fullmatch(contract) else contract
+    return None
 
 
 def _token_record(token: Any, ref: str, local_id: str, images: dict[str, Path],
@@ -134,7 +175,7 @@ def _token_record(token: Any, ref: str, local_id: str, images: dict[str, Path],
     record.tags = attribute_tags(attributes)
     record.captions = [nft1000_caption(name, attributes)]
     record.text = ". ".join(p for p in (name, description) if p)
-    record.collection = _collection_name(name)
+    record.collection = token_collection(token, name)
     if label_trait:
         values = [trait_value(a["value"]) for a in attributes if a["trait_type"] == label_trait]
         record.label = values[0] if values and values[0] else None
@@ -143,9 +184,67 @@ def _token_record(token: Any, ref: str, local_id: str, images: dict[str, Path],
     return record
 
 
+def _is_token_folder(folder: Path) -> bool:
+    """`folder/metadata/*.json`, or JSON files with no image beside them: one collection's metadata."""
+    if find_metadata_dir(folder) is None:
+        return False
+    if (folder / "metadata").is_dir() and any((folder / "metadata").glob("*.json")):
+        return True
+    return not any(p.is_file() and looks_like_image(p) for p in folder.iterdir())
+
+
+def collection_folders(source: Path) -> list[Path]:
+    """The sub-folders of `source` holding one collection each (`source/apes/metadata/*.json`), when
+    `source` itself holds no token JSON and no other sub-folder holds images (then it is an image folder
+    labelled by sub-folder, e.g. with an `annotations/` folder of JSON); empty otherwise."""
+    if not source.is_dir() or find_metadata_dir(source) is not None:
+        return []
+    subfolders = sorted((p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                        key=lambda p: p.name)
+    found = [p for p in subfolders if p.name != "metadata" and _is_token_folder(p)]
+    if any(p not in found and any(looks_like_image(f) and f.is_file() for f in p.iterdir()) for p in subfolders):
+        return []
+    return found
+
+
+def _slug(collection: str) -> str:
+    return re.sub(r"[^\w]+", "-", collection.lower()).strip("-_") or "collection"
+
+
 def read_nft_metadata(source: Path, *, label_trait: str | None = None) -> Iterator[RawRecord]:
-    """Yield a record per token. `source` is a collection folder, a metadata folder, or a
-    `_metadata.json` list file. Per-token files win over the list where both exist."""
+    """Yield a record per token. `source` is a collection folder, a metadata folder, a
+    `_metadata.json` list file, or a folder whose sub-folders are collection folders (local ids and
+    refs then start with the sub-folder, which is also the collection of a token whose metadata
+    names none). Per-token files win over the list where both exist."""
+    folders = collection_folders(source)
+    for folder in folders:
+        for record in _read_collection(folder, label_trait):
+            record.local_id = f"{folder.name}/{record.local_id}"
+            record.ref = f"{folder.name}/{record.ref}"
+            record.collection = record.collection or folder.name
+            yield record
+    if not folders:
+        yield from _read_collection(source, label_trait)
+        return
+    read = {f.name for f in folders}
+    for other in sorted(p.name for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if other not in read:  # never dropped without a line in the report
+            yield RawRecord(ref=f"{other}/", local_id=other,
+                            skip=("not_a_collection", "sub-folder holds no token metadata; not read"))
+
+
+def _read_collection(source: Path, label_trait: str | None) -> list[RawRecord]:
+    """The tokens of one folder or list file; when they name several collections, each token's local id
+    is prefixed by its collection's slug (a single collection keeps the plain ids it always had)."""
+    records = list(_read_tokens(source, label_trait))
+    if len({r.collection for r in records if r.collection}) > 1:
+        for record in records:
+            if record.collection:
+                record.local_id = f"{_slug(record.collection)}/{record.local_id}"
+    return records
+
+
+def _read_tokens(source: Path, label_trait: str | None) -> Iterator[RawRecord]:
     if source.is_file():
         meta_dir, list_file = source.parent, source
         token_files: list[Path] = []
@@ -158,16 +257,18 @@ def read_nft_metadata(source: Path, *, label_trait: str | None = None) -> Iterat
         token_files = sorted((p for p in meta_dir.glob("*.json") if p.name != LIST_FILE), key=_natural)
     root = meta_dir.parent if meta_dir.name == "metadata" else meta_dir
     images = _image_index(root)
-    seen: set[str] = set()
+    seen: dict[str, str | None] = {}  # token files read: local id -> collection
     for path in token_files:
         local_id = path.stem
-        seen.add(local_id)
+        seen[local_id] = None
         try:
             token = _load_json(path)
         except ValueError as e:
             yield RawRecord(ref=path.name, local_id=local_id, error=("malformed_json", f"{path.name}: {e}"))
             continue
-        yield _token_record(token, path.name, local_id, images, label_trait)
+        record = _token_record(token, path.name, local_id, images, label_trait)
+        seen[local_id] = record.collection
+        yield record
     if list_file.is_file():
         try:
             tokens = _load_json(list_file)
@@ -180,10 +281,12 @@ def read_nft_metadata(source: Path, *, label_trait: str | None = None) -> Iterat
             return
         for i, token in enumerate(tokens):
             local_id = _list_token_id(token, i)
-            if local_id in seen:  # already read from its own file
+            record = _token_record(token, f"{list_file.name}[{i}]", local_id, images, label_trait)
+            # Skip a token already read from its own file; a repeat inside the list, or another
+            # collection's token of the same number, is kept (the pipeline reports a true duplicate).
+            if local_id in seen and seen[local_id] in (None, record.collection):
                 continue
-            seen.add(local_id)
-            yield _token_record(token, f"{list_file.name}[{i}]", local_id, images, label_trait)
+            yield record
     elif not token_files:
         raise SourceError(f"no token metadata found in {meta_dir}")
 

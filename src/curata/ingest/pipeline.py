@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from curata.collection import Item, items_to_frame
 from curata.imageio import DEFAULT_MAX_PIXELS, ImageError, verify_image
 from curata.ingest.download import DownloadPolicy, download_all
 from curata.ingest.folder import looks_like_image, read_image_folder
-from curata.ingest.nft import find_metadata_dir, read_nft_metadata
+from curata.ingest.nft import collection_folders, find_metadata_dir, read_nft_metadata
 from curata.ingest.records import RawRecord, SourceError
 from curata.ingest.report import Entry, IngestReport
 from curata.ingest.table import TABLE_SUFFIXES, ColumnMap, read_table
@@ -36,7 +37,7 @@ TABLE_NAMES = ("labels.csv", "metadata.csv", "items.csv", "labels.tsv", "items.p
 class IngestOptions:
     format: str = "auto"
     source_name: str | None = None  # prefix of item ids; default: the source's folder/file name
-    collection: str | None = None  # collection name; default: from NFT names, else the source name
+    collection: str | None = None  # collection of every item; default: an NFT token's own, else the source name
     columns: ColumnMap = field(default_factory=ColumnMap)
     label_trait: str | None = None  # NFT: use this trait's value as the item label
     labels_from_subfolders: bool | None = None  # image folder: default auto
@@ -66,6 +67,10 @@ def detect_format(source: Path) -> str:
     # Any image type counts here, not only png/jpg: a folder of .webp or .jpeg files with a stray
     # JSON file beside them is an image folder.
     if any(source.glob("*.json")) and not any(p.is_file() and looks_like_image(p) for p in source.iterdir()):
+        return "nft"
+    # Sub-folders that are each a collection (`apes/metadata/*.json`, `punks/metadata/*.json`): one NFT
+    # source of several collections, not an image folder labelled by sub-folder.
+    if not any(p.is_file() and looks_like_image(p) for p in source.iterdir()) and collection_folders(source):
         return "nft"
     return "folder"
 
@@ -227,6 +232,7 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
             text=record.text, captions=record.captions, label=record.label, tags=record.tags,
             attributes=record.attributes, split=record.split, meta=record.meta,
         ))
+    report.collections = dict(Counter(item.collection for item in items).most_common())
     report.added, report.updated, report.unchanged = workspace.add_items(items_to_frame(items))
     report.seconds = time.perf_counter() - started
     workspace.write_report("ingest", report.to_dict())

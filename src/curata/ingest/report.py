@@ -26,6 +26,7 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     seconds: float = 0.0
+    collections: dict[str, int] = field(default_factory=dict)  # accepted items per collection
 
     @property
     def ok(self) -> list[Entry]:
@@ -53,6 +54,7 @@ class IngestReport:
             "added": self.added,
             "updated": self.updated,
             "unchanged": self.unchanged,
+            "collections": dict(self.collections),
             "seconds": round(self.seconds, 3),
             "items_per_second": round(len(self.entries) / self.seconds, 1) if self.seconds else None,
         }

@@ -23,6 +23,7 @@ trainer samples one of them per epoch. `masked_variants` is deterministic for a 
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,3 +143,58 @@ def masked_variants(item: ItemCaptions, p: float, n_variants: int = 4, seed: int
         if len(variants) >= len(item.captions) + n_variants:
             break
     return variants
+
+
+# -------------------------------------------------------------------------------------------------- partial queries
+
+
+@dataclass
+class PartialQuery:
+    """A query naming `size` attributes of one token (`owner`, a row of the captions list it was built
+    from), in the NFT1000 template. `relevant`: rows of every item of the same collection name holding
+    all those attributes (the owner included), the hits of the "any token with those attributes" score."""
+
+    text: str
+    owner: int
+    size: int
+    relevant: np.ndarray
+
+
+def _attribute_key(attribute: dict[str, Any]) -> tuple[str, str]:
+    return (str(attribute.get("trait_type") or "").strip().lower(), trait_value(attribute.get("value")).strip().lower())
+
+
+def collection_name(name: str) -> str:
+    """The token name without its number (`Filthy Peasant #12` -> `Filthy Peasant`): a partial query names
+    the collection, never the token itself."""
+    return re.sub(r"\s*#\s*\d+\s*$", "", name or "").strip()
+
+
+def partial_queries(captions: list[ItemCaptions], sizes: tuple[int, ...] = (1, 2, 3), max_per_size: int | None = 500,
+                    seed: int = 0) -> list[PartialQuery]:
+    """Queries naming 1, 2, 3 ... attributes of a token, deterministic for (captions, sizes, seed).
+
+    For each size, the tokens with more attributes than `size` (so the query is really partial) are
+    eligible; at most `max_per_size` of them (a seeded sample) get one query each, naming `size` of
+    their attributes drawn at random, in their caption order: ``A picture of {collection}, containing
+    {value} {trait}, ...``. Items without attributes (free-text captions) yield none."""
+    keys = [frozenset(_attribute_key(a) for a in c.attributes) for c in captions]
+    names = [collection_name(c.name) for c in captions]
+    holders: dict[tuple[str, tuple[str, str]], set[int]] = {}
+    for row, (name, key) in enumerate(zip(names, keys, strict=True)):
+        for attribute in key:
+            holders.setdefault((name, attribute), set()).add(row)
+    out: list[PartialQuery] = []
+    for size in sizes:
+        eligible = [i for i, c in enumerate(captions) if len(c.attributes) > size]
+        rng = np.random.default_rng([seed, size])
+        if max_per_size is not None and len(eligible) > max_per_size:
+            eligible = sorted(rng.choice(eligible, max_per_size, replace=False).tolist())
+        for i in eligible:
+            item = captions[i]
+            pick = sorted(rng.choice(len(item.attributes), size, replace=False).tolist())
+            attributes = [item.attributes[j] for j in pick]
+            relevant = set.intersection(*[holders[(names[i], _attribute_key(a))] for a in attributes])
+            out.append(PartialQuery(nft1000_caption(names[i], attributes), i, size,
+                                    np.array(sorted(relevant), dtype=np.int64)))
+    return out

@@ -6,6 +6,9 @@
   folder, through the `hf_clip_image` / `hf_clip_text` plug-ins.
 - `OpenClipEncoder` (model ``open_clip:<architecture>:<checkpoint file>``): the same with open_clip,
   when that optional package is installed.
+- `ZeroShotEncoder` (model ``zeroshot``, `curata.search.zeroshot`): nothing trained, ConSE over the
+  ImageNet head fused with colour names in MiniLM's space; the default when a workspace has no joint
+  space.
 
 Every `encode_*` returns L2-normalised float32 rows (a row of zeros for an empty text or an item
 whose features failed: it matches nothing). `card` names the model precisely enough that an index
@@ -26,7 +29,7 @@ import pandas as pd
 from curata.features.base import Extractor
 from curata.features.engine import compute, load_matrix
 from curata.progress import SILENT, Reporter
-from curata.search.joint import JointSpace, load_joint
+from curata.search.joint import JointSpace, joint_bundles, load_joint
 from curata.workspace import Workspace
 
 
@@ -199,10 +202,18 @@ class OpenClipEncoder(QueryEncoder):
 
 
 def make_encoder(workspace: Workspace, model: str | None = None) -> QueryEncoder:
-    """`None`: the newest joint space of the workspace; a bundle name; `clip:<path>`;
-    `open_clip:<architecture>:<checkpoint>`."""
+    """`None`: the newest joint space of the workspace, or the zero-shot encoder when it has none; a bundle
+    name; `zeroshot`; `clip:<path>`; `open_clip:<architecture>:<checkpoint>`."""
     if model is not None and not str(model).strip():
         raise ValueError("empty model name")
+    if model == "zeroshot":
+        from curata.search.zeroshot import ZeroShotEncoder
+
+        return ZeroShotEncoder()
+    if model is None:
+        unreadable: list[str] = []
+        if not joint_bundles(workspace, unreadable) and not unreadable:  # (a damaged card is reported instead)
+            return _zeroshot_fallback(workspace)
     if model and model.startswith("clip:"):
         return ClipEncoder(model[len("clip:"):])
     if model and model.startswith("open_clip:"):
@@ -211,3 +222,15 @@ def make_encoder(workspace: Workspace, model: str | None = None) -> QueryEncoder
             raise ValueError(f"{model!r}: expected open_clip:<architecture>:<checkpoint file>")
         return OpenClipEncoder(architecture, path)
     return JointEncoder.from_workspace(workspace, model)
+
+
+def _zeroshot_fallback(workspace: Workspace) -> QueryEncoder:
+    """The zero-shot encoder for a workspace without a joint space, or one error saying what is missing."""
+    try:
+        from curata.search.zeroshot import ZeroShotEncoder
+
+        return ZeroShotEncoder()
+    except Exception as e:  # e.g. a bundled model package missing from this installation
+        raise ValueError(f"no joint-space model in {workspace.root / 'models'} (train one with `curata joint "
+                         f"train`), and the zero-shot encoder cannot run here either ({type(e).__name__}: {e})"
+                         ) from e

@@ -22,14 +22,15 @@ is clearly closer to its own image than to the others.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from curata.progress import SILENT, Reporter
+from curata.search.captions import ItemCaptions, PartialQuery, partial_queries
 from curata.search.encoders import JointEncoder, QueryEncoder, make_encoder
-from curata.search.joint import KS, load_data, recall_at_k
+from curata.search.joint import KS, cached_text_features, load_data, recall_at_k
 from curata.workspace import Workspace
 
 SUBSETS = ("auto", "val", "holdout", "all")
@@ -131,7 +132,11 @@ def _evaluate_items(workspace: Workspace, encoder: QueryEncoder, items, caption_
         cap_rows = [c for cs in data.captions for c in cs]
         caption_emb = space.embed_texts(data.text_features[cap_rows])
         owner = np.array([i for i, cs in enumerate(data.captions) for _ in cs], np.int64)
-        kept, groups = data.items, data.groups
+        kept, groups, kept_caps = data.items, data.groups, data.item_captions
+        text_ext = space.text_extractor()
+
+        def embed_queries(texts: list[str]) -> np.ndarray:
+            return space.embed_texts(cached_text_features(workspace, text_ext, texts))
     else:
         from curata.search.captions import item_captions
 
@@ -145,9 +150,14 @@ def _evaluate_items(workspace: Workspace, encoder: QueryEncoder, items, caption_
         owner = np.array([n for n, j in enumerate(keep) for _ in caps[j].captions], np.int64)
         caption_emb = encoder.encode_texts(texts)
         _, groups = np.unique(kept["image_sha256"].to_numpy(dtype=str), return_inverse=True)
+        kept_caps = [caps[j] for j in keep]
+        embed_queries = encoder.encode_texts
     if len(kept) < 2:
         raise ValueError("fewer than 2 items with image features and captions to evaluate")
-    return evaluate_rows(image_emb, caption_emb, owner, np.asarray(groups), kept["collection"].to_numpy(dtype=str), ks)
+    collections = kept["collection"].to_numpy(dtype=str)
+    result = evaluate_rows(image_emb, caption_emb, owner, np.asarray(groups), collections, ks)
+    result["partial"] = partial_evaluation(kept_caps, image_emb, embed_queries, np.asarray(groups), collections)
+    return result
 
 
 def format_table(payload: dict[str, Any], ks: Sequence[int] | None = None
@@ -163,4 +173,108 @@ def format_table(payload: dict[str, Any], ks: Sequence[int] | None = None
             rows.append([coll, str(m["items"]), *[f"{m[f't2i_r{k}']:.3f}" for k in ks],
                          *[f"{m[f'i2t_r{k}']:.3f}" for k in ks], f"{m.get('difficulty', float('nan')):.3f}"])
         tables.append((name, header, rows))
+        partial = result.get("partial") or {}
+        if partial.get("pooled"):
+            p_header = ["collection", "attributes", "queries", *[f"any@{k}" for k in PARTIAL_KS],
+                        *[f"this@{k}" for k in PARTIAL_KS]]
+            p_rows = []
+            for coll, by_size in [*partial["collections"].items(), ("(pooled)", partial["pooled"])]:
+                for size, m in by_size.items():
+                    p_rows.append([coll, size, str(m["queries"]), *[f"{m[f'any_r{k}']:.3f}" for k in PARTIAL_KS],
+                                   *[f"{m[f'this_r{k}']:.3f}" for k in PARTIAL_KS]])
+            tables.append((f"{name}, partial-attribute queries (text->image)", p_header, p_rows))
     return tables
+
+
+# -------------------------------------------------------------------------------------------------- partial queries
+
+PARTIAL_KS = (1, 5, 10)
+Ranker = Callable[[list[str]], np.ndarray]
+
+
+def embedding_ranker(embed_texts: Callable[[list[str]], np.ndarray], image_emb: np.ndarray, k: int = 10) -> Ranker:
+    """A `rank` function for `partial_recall` from a text embedder and the gallery's image embeddings
+    (inner product, best first)."""
+    k = min(k, len(image_emb))
+
+    def rank(texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), k), np.int64)
+        for a in range(0, len(texts), 1024):
+            scores = embed_texts(texts[a:a + 1024]) @ image_emb.T
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k] if k < scores.shape[1] else \
+                np.tile(np.arange(scores.shape[1]), (len(scores), 1))
+            order = np.argsort(-np.take_along_axis(scores, top, 1), axis=1, kind="stable")
+            out[a:a + len(scores)] = np.take_along_axis(top, order, 1)
+        return out
+
+    return rank
+
+
+def partial_recall(queries: Sequence[PartialQuery], rank: Ranker, groups: np.ndarray | None = None,
+                   ks: Sequence[int] = PARTIAL_KS, ids: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+    """Recall@K of partial-attribute queries (from `curata.search.captions.partial_queries`), scored two ways.
+
+    `rank(query_texts: list[str]) -> np.ndarray` of shape (len(query_texts), >= max(ks)): for each
+    query, gallery item indices best first (the same row numbering as the captions the queries were
+    built from; -1 pads a short list). With `ids` (the item id of each row), `rank` may return item
+    ids instead (e.g. `curata.search.hybrid.ranker(searcher, mode, k)`); ids not in `ids` count as
+    misses. Any search can be scored this way: the joint space (`embedding_ranker`), a hybrid text +
+    vector search, a CLIP plug-in.
+
+    - ``any_r{k}``: a hit when any item holding all the query's attributes ranks in the top K;
+    - ``this_r{k}``: a hit when the token the query was built from (or an identical image: `groups`,
+      one id per item, equal for identical images) ranks in the top K.
+
+    Returns {"1": {...}, "2": {...}, "3": {...}, "all": {...}} (one entry per query size present),
+    each with `queries` and the recall values."""
+    if not queries:
+        return {}
+    ranked = rank([q.text for q in queries])
+    if ids is not None:
+        position = {str(i): n for n, i in enumerate(ids)}
+        kmax = max(ks)
+        ranked = np.array([[position.get(str(x), -1) for x in list(r)[:kmax]] + [-1] * (kmax - len(list(r)[:kmax]))
+                           for r in ranked], dtype=np.int64).reshape(len(queries), kmax)
+    ranked = np.asarray(ranked)
+    kmax = max(ks)
+    ranked = ranked[:, :kmax]
+    n_items = int(max(ranked.max(initial=-1), max(q.relevant.max(initial=q.owner) for q in queries)) + 1)
+    groups = np.arange(n_items) if groups is None else np.asarray(groups)
+    first_any = np.full(len(queries), kmax, np.int64)
+    first_this = np.full(len(queries), kmax, np.int64)
+    for i, q in enumerate(queries):
+        row = ranked[i]
+        valid = row >= 0
+        hit_any = np.isin(row, q.relevant) & valid
+        hit_this = valid & (groups[np.where(valid, row, 0)] == groups[q.owner])
+        if hit_any.any():
+            first_any[i] = int(np.argmax(hit_any))
+        if hit_this.any():
+            first_this[i] = int(np.argmax(hit_this))
+    sizes = np.array([q.size for q in queries])
+    out: dict[str, dict[str, float]] = {}
+    for label, mask in [*[(str(s), sizes == s) for s in sorted(set(sizes.tolist()))], ("all", sizes > 0)]:
+        out[label] = {"queries": int(mask.sum()),
+                      **{f"any_r{k}": round(float((first_any[mask] < k).mean()), 4) for k in ks},
+                      **{f"this_r{k}": round(float((first_this[mask] < k).mean()), 4) for k in ks}}
+    return out
+
+
+def partial_evaluation(captions: Sequence[ItemCaptions], image_emb: np.ndarray,
+                       embed_texts: Callable[[list[str]], np.ndarray], groups: np.ndarray, collections: np.ndarray,
+                       ks: Sequence[int] = PARTIAL_KS, seed: int = 0, max_per_size: int | None = 500
+                       ) -> dict[str, Any]:
+    """Partial-attribute recall pooled (gallery = every item) and within each collection (gallery = its
+    items), for an embedding search. Returns {"pooled": partial_recall(...), "collections": {name: ...}}."""
+    captions = list(captions)
+    groups = np.asarray(groups)
+    queries = partial_queries(captions, seed=seed, max_per_size=max_per_size)
+    out: dict[str, Any] = {"pooled": partial_recall(queries, embedding_ranker(embed_texts, image_emb, max(ks)),
+                                                    groups, ks), "collections": {}}
+    for name in sorted(set(collections)):
+        rows = np.flatnonzero(collections == name)
+        sub = partial_queries([captions[r] for r in rows], seed=seed, max_per_size=max_per_size)
+        if sub:
+            out["collections"][str(name)] = partial_recall(
+                sub, embedding_ranker(embed_texts, image_emb[rows], max(ks)), groups[rows], ks)
+    return out

@@ -13,6 +13,9 @@ A bundle is a folder `models/<name>/`:
     card.json    kind "joint_space", the encoders (extractor keys) and dims, temperature, the
                  training summary (split, epochs, history) and validation metrics
     heads.pt     torch state dict of the two heads and the logit scale (a few MB)
+    heads.npz    the same weights as plain numpy arrays plus the layer structure: what `JointSpace.load`
+                 reads, so opening a space (and every search query) never imports torch; bundles made
+                 before it existed load from heads.pt (with torch)
     split.json   the item ids of the train / val / held-out sets, so evaluation reuses the split
 """
 
@@ -25,7 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,14 +40,21 @@ from curata.atomic import replace_folder
 from curata.features.base import Extractor
 from curata.features.engine import compute, load_matrix, make_extractor, text_hash
 from curata.features.store import FeatureStore
+from curata.ingest.nft import nft1000_caption
 from curata.progress import SILENT, Reporter
-from curata.search.captions import item_captions, masked_variants
+from curata.search.captions import ItemCaptions, item_captions, masked_variants
 from curata.workspace import Workspace
 
 KIND = "joint_space"
 KS = (1, 5, 10, 20, 50)
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: the temperature never falls below 0.01
 TEXT_CACHE = "text-embeddings"
+# What `select` may search, in the order it is searched: image features (EfficientNet-Lite0, plus
+# `pixels_onehot` when the images are pixel art), head (linear / 2-layer MLP), attribute masking
+# (p 0 / 0.3), batching (random / in-collection hard negatives).
+SEARCHABLE = ("features", "head", "masking", "batching")
+BATCHING = ("random", "collection")
+DEMO_COLLECTION = "curata demo drawings"  # the collection name of `pretrain_demo` drawings in the training data
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
 
 
@@ -68,6 +78,11 @@ class JointOptions:
     holdout: tuple[str, ...] = ()  # collections left out of training entirely (unseen-collection test)
     max_items: int | None = None  # train on a random subsample (bounded runtime on big collections)
     name: str | None = None
+    batching: str = "random"  # "random" mini-batches, or "collection": each batch within one collection
+    select: tuple[str, ...] = ()  # choices made by validation (of SEARCHABLE); the others stay as given
+    budget_s: float = 120.0  # time budget of the selection (candidates after it are skipped)
+    select_epochs: int = 15  # most epochs per selection candidate (the winner is retrained for `epochs`)
+    pretrain_demo: int = 0  # demo drawings (curata.demo, rendered in memory) added to the training rows
 
     def validate(self) -> None:
         if self.dim < 2 or self.epochs < 0 or self.batch_size < 2 or self.lr <= 0 or self.hidden < 0:
@@ -78,6 +93,13 @@ class JointOptions:
             raise ValueError(f"mask probability must be in [0, 1), got {self.mask_p}")
         if self.max_items is not None and self.max_items < 4:
             raise ValueError("max items must be at least 4")
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
+        unknown = sorted(set(self.select) - set(SEARCHABLE))
+        if unknown:
+            raise ValueError(f"cannot select {', '.join(unknown)}; choose from {', '.join(SEARCHABLE)}")
+        if self.budget_s <= 0 or self.select_epochs < 1 or self.pretrain_demo < 0:
+            raise ValueError("need budget_s > 0, select_epochs >= 1 and pretrain_demo >= 0")
         if self.name is not None and not _NAME_RE.match(self.name):
             raise ValueError(f"model name {self.name!r}: use letters, digits, '_', '.', '-' (no path)")
 
@@ -205,6 +227,7 @@ class JointData:
     captions: list[list[int]]  # per item: rows of its full captions (the evaluation queries)
     groups: np.ndarray  # per item: id of its image content (identical images share it)
     skipped: dict[str, int] = field(default_factory=dict)
+    item_captions: list[ItemCaptions] = field(default_factory=list)  # per item: captions and attributes
 
 
 def load_data(workspace: Workspace, items: pd.DataFrame, image_extractor: Extractor, text_extractor: Extractor,
@@ -228,7 +251,7 @@ def load_data(workspace: Workspace, items: pd.DataFrame, image_extractor: Extrac
     return JointData(items, image.astype(np.float32), text.astype(np.float32), texts,
                      [[row[t] for t in v] for v in per_item],
                      [[row[t] for t in c.captions] for c in caps], groups.astype(np.int64),
-                     {k: v for k, v in skipped.items() if v})
+                     {k: v for k, v in skipped.items() if v}, caps)
 
 
 def split_items(items: pd.DataFrame, val_fraction: float, seed: int, holdout: Sequence[str] = ()
@@ -251,13 +274,89 @@ def split_items(items: pd.DataFrame, val_fraction: float, seed: int, holdout: Se
 # -------------------------------------------------------------------------------------------------- space
 
 
-class JointSpace:
-    """A trained (or untrained) joint space: embeds image and text features into the shared space."""
+HEADS_NPZ = "heads.npz"
+_NPZ_FORMAT = 1
 
-    def __init__(self, model: Any, card: dict[str, Any], directory: Path | None = None):
+
+def _layer_names(names: Sequence[str]) -> list[str]:
+    """The linear layers of a head in forward order ("net" alone, or "net.0" then "net.3")."""
+    layers = {name.rsplit(".", 1)[0] for name in names if name.endswith(".weight")}
+    return sorted(layers, key=lambda n: [int(p) if p.isdigit() else -1 for p in n.split(".")])
+
+
+def _head_arrays(head: Any) -> dict[str, np.ndarray]:
+    return {name: t.detach().cpu().numpy().astype(np.float32) for name, t in head.state_dict().items()}
+
+
+def heads_npz_arrays(model: Any) -> dict[str, np.ndarray]:
+    """The torch heads as the arrays of `heads.npz`: `image/<param>` and `text/<param>` (standardisation
+    `mean`, `inv_std`, then each linear layer's `weight` (out, in) and `bias`), `logit_scale`, and
+    `structure`, a JSON string: the format, each head's linear layers in forward order, and what runs
+    between them (exact GELU) and after the last (L2 normalisation)."""
+    arrays: dict[str, np.ndarray] = {}
+    structure: dict[str, Any] = {"format": _NPZ_FORMAT, "between_layers": "gelu_erf", "output": "l2_normalise"}
+    for role in ("image", "text"):
+        weights = _head_arrays(getattr(model, role))
+        structure[role] = _layer_names(list(weights))
+        arrays.update({f"{role}/{name}": value for name, value in weights.items()})
+    arrays["logit_scale"] = np.asarray(float(model.logit_scale.detach()), np.float32)
+    arrays["structure"] = np.asarray(json.dumps(structure))
+    return arrays
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _read_heads_npz(path: Path, card: dict[str, Any]) -> tuple[dict[str, dict[str, np.ndarray]], float]:
+    """The heads' weights from `heads.npz` ({role: {param: array}}) and the logit scale; shapes are checked
+    against the card. Raises on anything unreadable or inconsistent (the caller names the file)."""
+    with np.load(path, allow_pickle=False) as z:
+        structure = json.loads(str(z["structure"][()]))
+        if structure.get("format") != _NPZ_FORMAT:
+            raise ValueError(f"format {structure.get('format')!r}, this installation reads {_NPZ_FORMAT}")
+        heads = {role: {name.split("/", 1)[1]: np.ascontiguousarray(z[name], np.float32) for name in z.files
+                        if name.startswith(role + "/")} for role in ("image", "text")}
+        logit_scale = float(z["logit_scale"])
+    for role, head in heads.items():
+        layers = structure[role]
+        if layers != _layer_names(list(head)) or not layers:
+            raise ValueError(f"the {role} head's layers {layers} do not match its arrays")
+        width = int(card["encoders"][role]["dim"])
+        if head["mean"].shape != (width,) or head["inv_std"].shape != (width,):
+            raise ValueError(f"the {role} head standardises {head['mean'].shape} inputs, the card says {width}")
+        for layer in layers:
+            w, b = head[f"{layer}.weight"], head[f"{layer}.bias"]
+            if w.ndim != 2 or w.shape[1] != width or b.shape != (w.shape[0],):
+                raise ValueError(f"the {role} head's layer {layer} has shape {w.shape}, expected (*, {width})")
+            width = w.shape[0]
+        if width != int(card["dim"]):
+            raise ValueError(f"the {role} head outputs {width}-d vectors, the card says {card['dim']}")
+    return heads, logit_scale
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf in numpy (Abramowitz & Stegun 7.1.26, |error| <= 1.5e-7, below float32's resolution of the GELU
+    output): scipy.special would cost the first query ~0.3 s of imports for one function."""
+    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
+    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * \
+        np.exp(-x * x)
+    return np.copysign(y, x)
+
+
+class JointSpace:
+    """A trained (or untrained) joint space: embeds image and text features into the shared space.
+
+    `model` is the torch module while training (embeddings then follow its current weights); a space
+    loaded from `heads.npz` has no model, only `heads` (numpy arrays) and never touches torch."""
+
+    def __init__(self, model: Any, card: dict[str, Any], directory: Path | None = None, *,
+                 heads: dict[str, dict[str, np.ndarray]] | None = None, logit_scale: float | None = None):
         self.model = model
         self.card = card
         self.directory = directory
+        self.heads = heads  # {role: {param: array}}: fixed weights (a loaded space), else read from `model`
+        self._logit_scale = logit_scale
 
     @property
     def name(self) -> str:
@@ -274,15 +373,15 @@ class JointSpace:
         return shared_extractor(self.card["encoders"]["text"]["extractor"])
 
     def _embed(self, head: Any, x: np.ndarray) -> np.ndarray:
-        """The head's eval-mode forward, in numpy on the head's current weights: for one search query
-        torch's per-op thread hand-offs cost ~3 ms against ~0.1 ms here (same result to 1e-6)."""
-        from scipy.special import erf
-
+        """The head's eval-mode forward, in numpy on the head's weights (a dict of arrays, or a torch head's
+        current ones): for one search query torch's per-op thread hand-offs cost ~3 ms against ~0.1 ms
+        here (same result to 1e-6)."""
         x = np.asarray(x, dtype=np.float32)
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
-        weights = {name: t.detach().numpy() for name, t in head.state_dict().items()}
-        linears = sorted({name.rsplit(".", 1)[0] for name in weights if name.endswith(".weight")})
+        weights = head if isinstance(head, dict) else _head_arrays(head)
+        linears = _layer_names(list(weights))
+        erf = _erf
         out = np.empty((len(x), self.dim), np.float32)
         for a in range(0, len(x), 4096):
             h = (x[a:a + 4096] - weights["mean"]) * weights["inv_std"]
@@ -294,14 +393,19 @@ class JointSpace:
         out[~np.abs(x).sum(axis=1).astype(bool)] = 0.0  # an empty input (no text) matches nothing
         return out
 
+    def _head(self, role: str) -> Any:
+        return self.heads[role] if self.heads is not None else getattr(self.model, role)
+
     def embed_images(self, features: np.ndarray) -> np.ndarray:
-        return self._embed(self.model.image, features)
+        return self._embed(self._head("image"), features)
 
     def embed_texts(self, features: np.ndarray) -> np.ndarray:
-        return self._embed(self.model.text, features)
+        return self._embed(self._head("text"), features)
 
     @property
     def temperature(self) -> float:
+        if self.heads is not None and self._logit_scale is not None:
+            return float(1.0 / math.exp(min(max(self._logit_scale, 0.0), MAX_LOGIT_SCALE)))
         return float(1.0 / self.model.scale().item())
 
     @classmethod
@@ -319,11 +423,24 @@ class JointSpace:
             if current != enc["key"]:
                 raise ValueError(f"joint space {directory.name} was trained on {enc['key']} but this installation "
                                  f"computes {current}; retrain it")
-        options = JointOptions(**{k: v for k, v in card["params"].items() if k in JointOptions.__dataclass_fields__})
-        model = _build_model(card["encoders"]["image"]["dim"], card["encoders"]["text"]["dim"], options)
         weights = directory / "heads.pt"
         retrain = (f"retrain it with `curata joint train --features {card['encoders']['image']['extractor']},"
                    f"{card['encoders']['text']['extractor']} --name {directory.name}`")
+        npz = directory / HEADS_NPZ
+        if npz.is_file() and card.get("heads_npz"):
+            # The numpy copy: no torch. Both files are checked against the digests the card recorded, so a
+            # damaged bundle is named, not half used.
+            for path, digest in ((npz, card["heads_npz"]), (weights, card.get("fingerprint"))):
+                if digest and path.is_file() and _file_digest(path) != digest:
+                    raise ValueError(f"{path} does not match the bundle's card: it is truncated or corrupt; {retrain}")
+            try:
+                heads, logit_scale = _read_heads_npz(npz, card)
+            except Exception as e:  # truncated, not an npz, missing arrays, other shapes
+                raise ValueError(f"{npz} cannot be loaded ({type(e).__name__}: {e}); it is truncated or corrupt: "
+                                 f"{retrain}") from e
+            return cls(None, card, directory, heads=heads, logit_scale=logit_scale)
+        options = JointOptions(**{k: v for k, v in card["params"].items() if k in JointOptions.__dataclass_fields__})
+        model = _build_model(card["encoders"]["image"]["dim"], card["encoders"]["text"]["dim"], options)
         if not weights.is_file():
             raise ValueError(f"{directory} has a card but no heads.pt; {retrain}")
         try:
@@ -333,7 +450,8 @@ class JointSpace:
             raise ValueError(f"{weights} cannot be loaded ({type(e).__name__}: {reason}); it is truncated or "
                              f"corrupt: {retrain}") from e
         model.eval()
-        return cls(model, card, directory)
+        heads = {role: _head_arrays(getattr(model, role)) for role in ("image", "text")}  # fixed from here on
+        return cls(model, card, directory, heads=heads, logit_scale=float(model.logit_scale.detach()))
 
     def split(self) -> dict[str, list[str]]:
         path = (self.directory or Path()) / "split.json"
@@ -399,47 +517,107 @@ def _evaluate_rows(space: JointSpace, data: JointData, rows: np.ndarray, ks: Seq
     return out
 
 
-def train_joint(workspace: Workspace, options: JointOptions | None = None, *, items: pd.DataFrame | None = None,
-                save: bool = True, reporter: Reporter = SILENT,
-                on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train a joint space on the workspace's items; returns the summary (the card, plus `space`).
+def collection_batches(collections: np.ndarray, rows: np.ndarray, batch_size: int, rng: np.random.Generator
+                       ) -> list[np.ndarray]:
+    """Mini-batches of `rows` drawn within one collection each (in-collection hard negatives: the loss
+    sees the near-identical tokens search must tell apart), in a random order. `collections[r]` is row
+    r's collection."""
+    rows = np.asarray(rows)
+    owner = np.asarray(collections)[rows]
+    batches: list[np.ndarray] = []
+    for name in sorted(set(owner.tolist())):
+        part = rng.permutation(rows[owner == name])
+        batches += [part[a:a + batch_size] for a in range(0, len(part), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
-    `on_epoch` receives each epoch's {epoch, loss, val_loss, val_t2i_r10, ...} as it finishes.
-    """
-    options = options or JointOptions()
-    options.validate()
+
+def random_batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    order = rng.permutation(rows)
+    return [order[a:a + batch_size] for a in range(0, len(order), batch_size)]
+
+
+def looks_like_pixel_art(items: pd.DataFrame, sample: int = 24, seed: int = 0) -> bool:
+    """Whether most of a seeded sample of the items' images is pixel art, by the test the `pixels`
+    extractors resize with (`curata.features.pixels.is_pixel_art`: at most 256 distinct colours, or
+    no larger than the 24 x 24 grid)."""
+    from curata.features.pixels import is_pixel_art
+    from curata.imageio import load_image
+
+    votes = []
+    for path in items["image"].sample(min(sample, len(items)), random_state=seed).tolist():
+        try:
+            votes.append(is_pixel_art(load_image(path), 24))
+        except Exception:  # an unreadable file votes for nothing
+            continue
+    return bool(votes) and float(np.mean(votes)) > 0.5
+
+
+def demo_drawings(n: int, size: int = 96, seed: int = 0) -> tuple[list[np.ndarray], list[ItemCaptions]]:
+    """`n` drawings of the built-in generator (curata.demo), rendered in memory with their NFT1000
+    captions (the traits they were drawn with), cycling through the algorithms. Deterministic per seed."""
+    from curata.demo.generate import ALGORITHMS, PALETTES_BY_NAME, draw_traits, token_digest
+
+    algorithms = tuple(ALGORITHMS)
+    images, captions = [], []
+    for i in range(n):
+        algorithm = algorithms[i % len(algorithms)]
+        digest = token_digest(seed, algorithm, i // len(algorithms))
+        rng = np.random.default_rng(int.from_bytes(digest, "big"))
+        traits = draw_traits(rng, algorithm)
+        images.append(ALGORITHMS[algorithm](rng, PALETTES_BY_NAME[traits["palette"]], traits, size))
+        attributes = [{"trait_type": k, "value": v} for k, v in traits.items()]
+        name = f"{algorithm.title()} #{i // len(algorithms) + 1}"
+        captions.append(ItemCaptions(f"demo-drawing/{i}", [nft1000_caption(name, attributes)], name, attributes))
+    return images, captions
+
+
+def _add_demo(workspace: Workspace, data: JointData, train: np.ndarray, image_ext: Extractor, text_ext: Extractor,
+              options: JointOptions, reporter: Reporter = SILENT) -> tuple[JointData, np.ndarray]:
+    """`options.pretrain_demo` demo drawings appended to the data as training rows only (never val or held
+    out), as the collection "curata demo drawings"; features computed in memory, nothing ingested."""
+    images, caps = demo_drawings(options.pretrain_demo, seed=options.seed)
+    advance = reporter.task(f"demo drawings ({image_ext.name})", len(images))
+    feats = []
+    for a in range(0, len(images), 32):
+        feats.append(np.asarray(image_ext.transform([image_ext.prepare(im) for im in images[a:a + 32]]), np.float32))
+        advance(len(images[a:a + 32]))
+    per_item = [masked_variants(c, options.mask_p if options.mask_p else 0.3, options.variants, options.seed)
+                for c in caps]
+    new_texts = [t for t in dict.fromkeys(t for v in per_item for t in v) if t not in set(data.texts)]
+    texts = data.texts + new_texts
+    row = {t: i for i, t in enumerate(texts)}
+    text = np.vstack([data.text_features, cached_text_features(workspace, text_ext, new_texts, reporter)
+                      .astype(np.float32)]) if new_texts else data.text_features
+    n0 = len(data.items)
+    items = pd.concat([data.items, pd.DataFrame({"id": [c.id for c in caps], "collection": DEMO_COLLECTION,
+                                                 "image_sha256": [f"demo-drawing-{i}" for i in range(len(caps))]})],
+                      ignore_index=True)
+    merged = JointData(items, np.vstack([data.image_features, *feats]), text.astype(np.float32), texts,
+                       data.variants + [[row[t] for t in v] for v in per_item],
+                       data.captions + [[row[t] for t in c.captions] for c in caps],
+                       np.concatenate([data.groups, data.groups.max(initial=-1) + 1 + np.arange(len(caps))]),
+                       data.skipped, data.item_captions + caps)
+    return merged, np.concatenate([train, n0 + np.arange(len(caps))])
+
+
+def _fit(data: JointData, train: np.ndarray, val: np.ndarray, options: JointOptions, epochs: int,
+         reporter: Reporter = SILENT, on_epoch: Callable[[dict[str, Any]], None] | None = None):
+    """Train the heads on `train` rows, early stopping on val t2i recall@10; (model, space, history,
+    best_epoch, metrics before training). Masked variants are used when options.mask_p > 0, batches
+    are random or within one collection (options.batching)."""
     torch = _torch()
-    started = time.perf_counter()
-    items = workspace.items() if items is None else items
-    if items.empty:
-        raise ValueError(f"the workspace {workspace.root} has no items; ingest a collection first")
-    missing = sorted(set(options.holdout) - set(items["collection"]))
-    if missing:
-        raise ValueError(f"held-out collection(s) not in the workspace: {', '.join(missing)}; "
-                         f"collections: {', '.join(sorted(set(items['collection'])))}")
-    if options.max_items and len(items) > options.max_items:
-        items = items.sample(options.max_items, random_state=options.seed).sort_index()
-    image_ext, text_ext = shared_extractor(options.image_features), shared_extractor(options.text_features)
-    if image_ext.modality != "image" or text_ext.modality != "text":
-        raise ValueError(f"need an image extractor and a text extractor, got {options.image_features} "
-                         f"({image_ext.modality}) and {options.text_features} ({text_ext.modality})")
-    data = load_data(workspace, items, image_ext, text_ext, captions=options.captions, mask_p=options.mask_p,
-                     variants=options.variants, seed=options.seed, reporter=reporter)
-    if len(data.items) < 4:
-        raise ValueError(f"only {len(data.items)} items have image features and a caption; need at least 4")
-    train, val, held = split_items(data.items, options.val_fraction, options.seed, options.holdout)
-
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     model = _build_model(data.image_features.shape[1], data.text_features.shape[1], options)
     X = torch.from_numpy(data.image_features)
     T = torch.from_numpy(data.text_features)
-    train_text_rows = sorted({t for i in train for t in data.variants[i]})
+    samples = data.variants if options.mask_p > 0 else data.captions
+    train_text_rows = sorted({t for i in train for t in samples[i]})
     with torch.no_grad():
         model.image.fit_scaler(X[train])
         model.text.fit_scaler(T[train_text_rows])
     space = JointSpace(model, {"dim": options.dim})
-    train_probe = rng.permutation(train)[:2000]  # recall on a bounded train sample: an overfitting check
+    collections = data.items["collection"].to_numpy(dtype=str)
 
     def soft_targets(groups: np.ndarray, text_rows: np.ndarray):
         pos = (groups[:, None] == groups[None, :]) | (text_rows[:, None] == text_rows[None, :])
@@ -470,17 +648,17 @@ def train_joint(workspace: Workspace, options: JointOptions | None = None, *, it
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     best_epoch, stale = 0, 0
     optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
-    advance = reporter.task("training joint space", options.epochs)
-    for epoch in range(1, options.epochs + 1):
+    advance = reporter.task("training joint space", epochs)
+    for epoch in range(1, epochs + 1):
         model.train()
-        order = rng.permutation(train)
+        batches = (collection_batches(collections, train, options.batch_size, rng) if options.batching == "collection"
+                   else random_batches(train, options.batch_size, rng))
         losses = []
-        for start in range(0, len(order), options.batch_size):
-            rows = order[start : start + options.batch_size]
+        for rows in batches:
             if len(rows) < 2:
                 continue
             # One caption per item per epoch: a masked variant (or one of several human captions).
-            text_rows = np.array([data.variants[r][rng.integers(len(data.variants[r]))] for r in rows])
+            text_rows = np.array([samples[r][rng.integers(len(samples[r]))] for r in rows])
             loss = batch_loss(rows, text_rows)
             optimiser.zero_grad()
             loss.backward()
@@ -504,6 +682,176 @@ def train_joint(workspace: Workspace, options: JointOptions | None = None, *, it
             break
     model.load_state_dict(best_state)
     model.eval()
+    return model, space, history, best_epoch, before
+
+
+def _partial_scores(workspace: Workspace, space: JointSpace, data: JointData, rows: np.ndarray,
+                    text_ext: Extractor, seed: int = 0, max_per_size: int = 300) -> dict[str, Any]:
+    """Pooled partial-attribute recall (1, 2, 3 attributes; curata.search.evaluate.partial_recall) over `rows`."""
+    from curata.search.captions import partial_queries
+    from curata.search.evaluate import embedding_ranker, partial_recall
+
+    if len(rows) < 2 or not data.item_captions:
+        return {}
+    queries = partial_queries([data.item_captions[r] for r in rows], seed=seed, max_per_size=max_per_size)
+    if not queries:
+        return {}
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return space.embed_texts(cached_text_features(workspace, text_ext, texts))
+
+    return partial_recall(queries, embedding_ranker(embed, space.embed_images(data.image_features[rows])),
+                          data.groups[rows])
+
+
+def selection_score(full: dict[str, float], partial: dict[str, Any]) -> float:
+    """What selection maximises: the mean of val text->image R@1 and R@10 on full captions and, where the
+    items have attributes, on partial queries (1-3 attributes, any token holding them counts)."""
+    parts = [full.get("t2i_r1", 0.0), full.get("t2i_r10", 0.0)]
+    if partial.get("all"):
+        parts += [partial["all"]["any_r1"], partial["all"]["any_r10"]]
+    return round(float(np.mean(parts)), 4)
+
+
+def _select(workspace: Workspace, items: pd.DataFrame, options: JointOptions, searched: list[str],
+            prepare: Callable[[str], tuple], text_ext: Extractor, reporter: Reporter,
+            on_candidate: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Choose the searched settings by validation (the training items' own val split, never the held-out
+    collections): a coordinate search, one choice at a time in SEARCHABLE order, starting from the
+    linear head without masking on random batches (so the linear head on the chosen features is always
+    a candidate, and a setting is only kept where it beats what came before). Candidates train for at
+    most `select_epochs`; once `budget_s` is spent the rest are skipped (the first always runs). The
+    budget counts the candidates' training and scoring: the one-time work before it (features,
+    caption vectors of every candidate's data and of the partial queries) is `prepare_seconds`."""
+    started = time.perf_counter()
+    pixel_art = None
+    features = [options.image_features]
+    if "features" in searched:
+        pixel_art = looks_like_pixel_art(items, seed=options.seed)
+        alt = "pixels_onehot" if options.image_features != "pixels_onehot" else "effnet_lite0"
+        features = [options.image_features, alt] if pixel_art or alt == "effnet_lite0" else features
+    mask_alt = options.mask_p or 0.3
+    stages = [("features", "image_features", features), ("head", "hidden", [0, options.hidden or 512]),
+              ("masking", "mask_p", [0.0, mask_alt]), ("batching", "batching", ["random", "collection"])]
+    current: dict[str, Any] = {"image_features": features[0],
+                               "hidden": 0 if "head" in searched else options.hidden,
+                               "mask_p": 0.0 if "masking" in searched else options.mask_p,
+                               "batching": "random" if "batching" in searched else options.batching}
+    epochs = min(options.select_epochs, options.epochs)
+    from curata.search.captions import partial_queries
+
+    for name in features:  # one-time work, outside the budget
+        _, data, _, val, _ = prepare(name)
+        queries = partial_queries([data.item_captions[r] for r in val], seed=options.seed, max_per_size=300)
+        cached_text_features(workspace, text_ext, [q.text for q in queries], reporter)
+    prepare_seconds = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, dict[str, Any]] | None = None
+    for stage, key, values in stages:
+        if stage not in searched:
+            continue
+        base = dict(best[1]) if best else dict(current)
+        for value in values:
+            config = {**base, key: value}
+            if any(t["config"] == config for t in trials):
+                continue
+            record: dict[str, Any] = {"stage": stage, "config": config}
+            _, data, train, val, _ = prepare(config["image_features"])
+            if value == "collection" and len(set(data.items["collection"].iloc[train])) < 2:
+                record["skipped"] = "one training collection: in-collection batches are the random ones"
+            elif key == "mask_p" and value > 0 and not any(c.maskable for c in data.item_captions):
+                record["skipped"] = "no attribute captions to mask"
+            elif trials and time.perf_counter() - started > options.budget_s:
+                record["skipped"] = f"time budget ({options.budget_s:g} s) spent"
+            if "skipped" in record:
+                trials.append(record)
+                if on_candidate:
+                    on_candidate(record)
+                continue
+            t0 = time.perf_counter()
+            candidate = replace(options, **config)
+            _, space, history, best_epoch, _ = _fit(data, train, val, candidate, epochs)
+            full = _evaluate_rows(space, data, val, (1, 5, 10))
+            partial = _partial_scores(workspace, space, data, val, text_ext, options.seed)
+            score = selection_score(full, partial)
+            record.update({"val": {k: full[k] for k in ("t2i_r1", "t2i_r5", "t2i_r10") if k in full},
+                           "val_partial": partial.get("all", {}), "score": score, "epochs_run": len(history),
+                           "best_epoch": best_epoch, "seconds": round(time.perf_counter() - t0, 1)})
+            trials.append(record)
+            if on_candidate:
+                on_candidate(record)
+            if best is None or score > best[0]:
+                best = (score, config)
+    assert best is not None  # the first candidate always runs
+    for t in trials:
+        t["chosen"] = t["config"] == best[1]
+    fixed = {k: v for k, v in current.items()
+             if {"image_features": "features", "hidden": "head", "mask_p": "masking", "batching": "batching"}[k]
+             not in searched}
+    summary = {"searched": searched, "fixed": fixed, "chosen": best[1], "score": "mean of val text->image R@1 and "
+               "R@10 on full captions and on partial queries (1-3 attributes, any token holding them is a hit)",
+               "pixel_art": pixel_art, "budget_s": options.budget_s, "select_epochs": epochs,
+               "candidates": trials, "prepare_seconds": prepare_seconds,
+               "seconds": round(time.perf_counter() - started, 1)}
+    return best[1], summary
+
+
+def train_joint(workspace: Workspace, options: JointOptions | None = None, *, items: pd.DataFrame | None = None,
+                save: bool = True, reporter: Reporter = SILENT,
+                on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                on_candidate: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train a joint space on the workspace's items; returns the summary (the card, plus `space`).
+
+    With `options.select` (a subset of SEARCHABLE), those choices are first made by validation
+    (`_select`: candidates trained for `select_epochs` within `budget_s`, the winner retrained for
+    `epochs`); what was tried and chosen is the card's `selection`. `on_epoch` receives each epoch's
+    {epoch, loss, val_loss, val_t2i_r10, ...} of the final training as it finishes; `on_candidate`
+    each selection candidate's record.
+    """
+    options = options or JointOptions()
+    options.validate()
+    torch = _torch()
+    started = time.perf_counter()
+    items = workspace.items() if items is None else items
+    if items.empty:
+        raise ValueError(f"the workspace {workspace.root} has no items; ingest a collection first")
+    missing = sorted(set(options.holdout) - set(items["collection"]))
+    if missing:
+        raise ValueError(f"held-out collection(s) not in the workspace: {', '.join(missing)}; "
+                         f"collections: {', '.join(sorted(set(items['collection'])))}")
+    if options.max_items and len(items) > options.max_items:
+        items = items.sample(options.max_items, random_state=options.seed).sort_index()
+    text_ext = shared_extractor(options.text_features)
+    prepared: dict[str, tuple[Extractor, JointData, np.ndarray, np.ndarray, np.ndarray]] = {}
+    searched = [s for s in SEARCHABLE if s in options.select]
+    data_mask_p = options.mask_p if "masking" not in searched else (options.mask_p or 0.3)
+
+    def prepare(image_features: str):
+        """Data and split of one image extractor (loaded once, shared by every candidate using it)."""
+        if image_features not in prepared:
+            image_ext = shared_extractor(image_features)
+            if image_ext.modality != "image" or text_ext.modality != "text":
+                raise ValueError(f"need an image extractor and a text extractor, got {image_features} "
+                                 f"({image_ext.modality}) and {options.text_features} ({text_ext.modality})")
+            data = load_data(workspace, items, image_ext, text_ext, captions=options.captions, mask_p=data_mask_p,
+                             variants=options.variants, seed=options.seed, reporter=reporter)
+            if len(data.items) < 4:
+                raise ValueError(f"only {len(data.items)} items have image features and a caption; need at least 4")
+            train, val, held = split_items(data.items, options.val_fraction, options.seed, options.holdout)
+            if options.pretrain_demo:
+                data, train = _add_demo(workspace, data, train, image_ext, text_ext, options, reporter)
+            prepared[image_features] = (image_ext, data, train, val, held)
+        return prepared[image_features]
+
+    selection: dict[str, Any] | None = None
+    if searched:
+        chosen, selection = _select(workspace, items, options, searched, prepare, text_ext, reporter, on_candidate)
+        options = replace(options, **chosen)
+    image_ext, data, train, val, held = prepare(options.image_features)
+    model, space, history, best_epoch, before = _fit(data, train, val, options, options.epochs, reporter, on_epoch)
+    train_probe = np.random.default_rng(options.seed).permutation(train)[:2000]  # an overfitting check
+    val_partial = _partial_scores(workspace, space, data, val, text_ext, options.seed)
 
     name = options.name or "joint"
     collections = data.items["collection"].value_counts().to_dict()
@@ -517,7 +865,7 @@ def train_joint(workspace: Workspace, options: JointOptions | None = None, *, it
         },
         "dim": options.dim,
         "temperature": round(space.temperature, 5),
-        "metrics": {"val": _evaluate_rows(space, data, val), "val_untrained": before,
+        "metrics": {"val": _evaluate_rows(space, data, val), "val_untrained": before, "val_partial": val_partial,
                     "train": _evaluate_rows(space, data, np.sort(train_probe)),
                     "holdout": _evaluate_rows(space, data, held) if len(held) else {}},
         "training": {
@@ -528,8 +876,10 @@ def train_joint(workspace: Workspace, options: JointOptions | None = None, *, it
             "masking": ("none" if options.mask_p == 0 else
                         f"each attribute dropped with p={options.mask_p}; {options.variants} masked variants per "
                         "item drawn once, one sampled per epoch"),
+            "batching": options.batching,
             "history": history,
         },
+        "selection": selection,
         "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
         "versions": _versions(),
         "created": datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -541,13 +891,19 @@ def train_joint(workspace: Workspace, options: JointOptions | None = None, *, it
         directory = workspace.dir("models") / name
         check_replaceable(directory)
         ids = data.items["id"].tolist()
-        split = {"train": [ids[i] for i in train], "val": [ids[i] for i in val], "holdout": [ids[i] for i in held]}
+        demo = DEMO_COLLECTION  # drawings rendered in memory are not workspace items
+        split = {"train": [ids[i] for i in train if data.items["collection"].iat[i] != demo],
+                 "val": [ids[i] for i in val], "holdout": [ids[i] for i in held]}
         # Staged, then renamed into place: a crash or a full disk midway leaves the previous space whole.
         with replace_folder(directory) as tmp:
             torch.save(model.state_dict(), tmp / "heads.pt")
             card["fingerprint"] = hashlib.sha256((tmp / "heads.pt").read_bytes()).hexdigest()[:16]
+            np.savez(tmp / HEADS_NPZ, **heads_npz_arrays(model))  # the torch-free copy JointSpace.load reads
+            card["heads_npz"] = _file_digest(tmp / HEADS_NPZ)
             (tmp / "split.json").write_text(json.dumps(split), encoding="utf-8")
             (tmp / "card.json").write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
         space.directory = directory
         card["path"] = str(directory)
+        # The training report: the card (selection candidates and choice, metrics, history) beside the others.
+        card["report"] = str(workspace.write_report("joint-train", card))
     return {**card, "space": space}

@@ -7,12 +7,17 @@ image changed) are encoded and added, items gone from the collection are removed
 built by another model (another card) is rebuilt from scratch. Each vector carries the item's
 collection, label and split as metadata, so queries can be filtered on them.
 
+Beside the vectors, `build_index` writes the lexical index of `curata.search.hybrid` (`lexical.json`:
+BM25 documents and tags, with the newest tags bundle's predictions for untagged items), which text
+queries fuse with the joint space (`mode="hybrid"`, the default when it exists).
+
 `Searcher` is what the CLI and the HTTP service call. After each query, `notes` says what the
 caller should know about the answer (fewer hits than asked for, stale entries skipped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,9 +28,12 @@ import pandas as pd
 from curata.imageio import ImageError, load_image
 from curata.progress import SILENT, Reporter
 from curata.search.encoders import QueryEncoder, make_encoder
+from curata.search.hybrid import FUSION_DEPTH, LEXICAL_FILE, MODES, LexicalIndex, build_lexical
 from curata.workspace import Workspace
 
 FILTER_FIELDS = ("collection", "label", "split")
+# What a Searcher reads of the collection: a hit's fields, and what encoding an unindexed item needs.
+ITEM_COLUMNS = ["id", "source", "collection", "image", "image_sha256", "text", "label", "split"]
 SIDECAR = "search.json"
 _ENCODE_CHUNK = 2048  # items encoded per add(): bounds memory on large collections
 
@@ -118,22 +126,39 @@ def build_index(workspace: Workspace, model: str | None = None, *, reporter: Rep
         advance(len(chunk))
     if failed:
         notes.append(f"{failed} item(s) have no usable image features and are not searchable by image")
-    # The sidecar is saved inside the index folder, so both are replaced together (or neither, on a crash).
-    index.save(directory, extra={SIDECAR: json.dumps({"encoder": encoder.card, "hashes": hashes})})
+    # The lexical index is rebuilt whole (cheap: tokenising), reusing the previous tags predictions of
+    # unchanged untagged items; the tags model only runs on new or changed ones.
+    previous = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        previous = json.loads((directory / LEXICAL_FILE).read_text(encoding="utf-8")).get("predictions")
+    lexical, lexical_summary = build_lexical(workspace, items, previous, reporter=reporter)
+    notes.extend(lexical_summary.pop("notes"))
+    # The sidecars are saved inside the index folder, so all are replaced together (or none, on a crash).
+    index.save(directory, extra={SIDECAR: json.dumps({"encoder": encoder.card, "hashes": hashes}),
+                                 LEXICAL_FILE: lexical})
     return {"model": encoder.name, "index": str(directory), "added": added - updated, "updated": updated,
-            "removed": int(removed), "failed": failed, "total": len(index), "rebuilt": rebuilt, "notes": notes}
+            "removed": int(removed), "failed": failed, "total": len(index), "rebuilt": rebuilt,
+            "lexical": lexical_summary, "notes": notes}
 
 
 class Searcher:
-    """Queries against one encoder's index; hits are dicts {id, score, label, collection, text, image}."""
+    """Queries against one encoder's index; hits are dicts {id, score, label, collection, text, image}
+    (text queries in hybrid or lexical mode add `matched`, `predicted` and `via`)."""
 
-    def __init__(self, workspace: Workspace, encoder: QueryEncoder, index: Any, items: pd.DataFrame):
+    def __init__(self, workspace: Workspace, encoder: QueryEncoder, index: Any, items: pd.DataFrame,
+                 lexical: LexicalIndex | None = None, open_notes: list[str] | None = None):
         self.workspace = workspace
         self.encoder = encoder
         self.index = index
+        self.lexical = lexical
+        self.open_notes = list(open_notes or [])  # said with every text query (e.g. no lexical index)
         self._items = items.set_index("id", drop=False)
-        # id -> row as a dict: a hit's fields without a pandas row lookup (~35 µs each) per hit
-        self._rows: dict[str, dict[str, Any]] = self._items[["label", "collection", "text", "image"]].to_dict("index")
+        # id -> row as a dict: a hit's fields without a pandas row lookup (~35 µs each) per hit; built from
+        # column lists (to_dict("index") took 0.23 s on 10k items)
+        fields = ("label", "collection", "text", "image")
+        columns = [items[f].tolist() for f in ("id", *fields)]
+        self._rows: dict[str, dict[str, Any]] = {row[0]: dict(zip(fields, row[1:], strict=True))
+                                                 for row in zip(*columns, strict=True)}
         self.notes: list[str] = []
 
     @classmethod
@@ -155,17 +180,72 @@ class Searcher:
             index = VectorIndex.load(directory)
         except IndexErrorBadInput as e:
             raise IndexErrorBadInput(f"{e}; rebuild it with `curata index build`") from e
-        return cls(workspace, encoder, index, workspace.items())
+        lexical, notes = _open_lexical(workspace, directory)
+        return cls(workspace, encoder, index, workspace.items(ITEM_COLUMNS), lexical, notes)
 
     @property
     def card(self) -> dict[str, Any]:
-        return {"model": self.encoder.card, "items": len(self.index), "filters": list(FILTER_FIELDS)}
+        return {"model": self.encoder.card, "items": len(self.index), "filters": list(FILTER_FIELDS),
+                "modes": list(MODES) if self.lexical is not None else ["joint"], "default_mode": self.default_mode}
+
+    @property
+    def default_mode(self) -> str:
+        # Hybrid whenever the index has its lexical part: the trait matcher and BM25 answer attribute
+        # queries the joint space may not have learnt (partial or rare attributes, an unseen collection),
+        # and on full-sentence queries the fusion keeps the joint ranking's order among equally matching
+        # items. An index built before hybrid search has no lexical part: joint, with a note.
+        return "hybrid" if self.lexical is not None else "joint"
+
+    def _mode(self, mode: str | None) -> tuple[str, list[str]]:
+        if mode is None:
+            mode = self.default_mode
+        if mode not in MODES:
+            raise ValueError(f"unknown search mode {mode!r}; modes: {', '.join(MODES)}")
+        if mode != "joint" and self.lexical is None:
+            if mode == "lexical":
+                raise ValueError("this index has no lexical part (built before hybrid search); "
+                                 "rebuild it with `curata index build`")
+            return "joint", list(self.open_notes)
+        return mode, list(self.open_notes)
 
     # ------------------------------------------------------------------------------------------ queries
-    def by_text(self, text: str, k: int = 10, filters: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    def by_text(self, text: str, k: int = 10, filters: dict[str, str] | None = None, mode: str | None = None
+                ) -> list[dict[str, Any]]:
+        """Items matching `text`. `mode`: hybrid (traits + BM25 + joint space, fused; the default when
+        the index has a lexical part), joint (the joint space only) or lexical (traits + BM25 only)."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("empty text query: give some words to search for")
-        return self._search(self.encoder.encode_texts([text.strip()])[0], k, filters)
+        mode, notes = self._mode(mode)
+        text = text.strip()
+        if mode == "joint":
+            hits = self._search(self.encoder.encode_texts([text])[0], k, filters)
+        else:
+            self._check(k, filters)
+            vector = self.encoder.encode_texts([text])[0] if mode == "hybrid" else None
+            hits = self._fused(text, vector, k, filters)
+        self.notes = notes + self.notes
+        return hits
+
+    def rank_texts(self, texts: list[str], *, mode: str | None = None, k: int = 10,
+                   filters: dict[str, str] | None = None) -> list[list[str]]:
+        """Ranked item ids per query (see `curata.search.hybrid.rank_items`); texts encoded in one batch."""
+        mode, _ = self._mode(mode)
+        self._check(k, filters)
+        texts = [str(t).strip() for t in texts]
+        if not texts:
+            return []
+        vectors = None if mode == "lexical" else np.asarray(self.encoder.encode_texts(texts), np.float32)
+        if vectors is not None:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1)
+        depth = k if mode == "joint" else max(k, FUSION_DEPTH)
+        found = self.index.search(vectors, depth, filters=dict(filters) if filters else None) \
+            if vectors is not None else [None] * len(texts)
+        if mode == "joint":
+            return [[item_id for item_id, _ in row] for row in found]
+        assert self.lexical is not None
+        return [[h["id"] for h in self.lexical.rank(text, joint, k, filters)] for text, joint in zip(texts, found,
+                                                                                                     strict=True)]
 
     def by_image(self, image: np.ndarray | bytes | str | Path, k: int = 10, filters: dict[str, str] | None = None
                  ) -> list[dict[str, Any]]:
@@ -195,6 +275,37 @@ class Searcher:
         return hits[:k]
 
     # ------------------------------------------------------------------------------------------ internals
+    def _fused(self, text: str, vector: np.ndarray | None, k: int, filters: dict[str, str] | None
+               ) -> list[dict[str, Any]]:
+        assert self.lexical is not None
+        self.notes = []
+        joint = None
+        if vector is not None:
+            if not np.any(vector):
+                raise ValueError("the query encodes to an empty vector (nothing the model can read)")
+            vector = np.asarray(vector, np.float32) / np.linalg.norm(vector)
+            joint = self.index.search(vector[None, :], max(k, FUSION_DEPTH),
+                                      filters=dict(filters) if filters else None)[0]
+        hits, stale = [], 0
+        for hit in self.lexical.rank(text, joint, k, filters):
+            row = self._rows.get(hit["id"])
+            if row is None:
+                stale += 1
+                continue
+            hits.append({"id": hit["id"], "score": hit["score"], "label": _meta_value(row["label"]) or None,
+                         "collection": _meta_value(row["collection"]) or None, "text": row["text"] or "",
+                         "image": row["image"], "matched": hit["matched"], "predicted": hit["predicted"],
+                         "via": hit["via"]})
+        if stale:
+            self.notes.append(f"{stale} indexed item(s) are no longer in the collection; run `curata index build`")
+        if len(hits) < k:
+            if vector is None:
+                self.notes.append(f"asked for {k} hits; only {len(hits)} item(s) match the query's words or traits")
+            else:
+                scope = " matching the filters" if filters else ""
+                self.notes.append(f"asked for {k} hits; the index has only {len(hits)} item(s){scope}")
+        return hits
+
     def _check(self, k: int, filters: dict[str, str] | None) -> None:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -231,6 +342,49 @@ class Searcher:
             scope = " matching the filters" if filters else ""
             self.notes.append(f"asked for {asked} hits; the index has only {len(hits)} item(s){scope}")
         return hits[:asked]
+
+
+def _open_lexical(workspace: Workspace, directory: Path) -> tuple[LexicalIndex | None, list[str]]:
+    """The lexical index beside the vectors, or None with a note (an index built before hybrid search)."""
+    path = directory / LEXICAL_FILE
+    if not path.is_file():
+        return None, ["this index has no lexical part (built before hybrid search): searched the joint space "
+                      "only; run `curata index build` for hybrid search"]
+    try:
+        lexical = LexicalIndex.from_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, [f"the lexical index is unreadable ({type(e).__name__}): searched the joint space only; "
+                      "run `curata index build`"]
+    notes = []
+    built = lexical.tags_bundle.get("name")
+    try:
+        newest = _newest_bundle_card(workspace, "tags")
+        if newest is not None and newest != (built, lexical.tags_bundle.get("created")) and any(
+                not tags for tags in lexical.own):
+            notes.append(f"untagged items use the predictions of tags bundle {built!r}, not the newest "
+                         f"{newest[0]!r}; run `curata index build` to apply it")
+    except (ValueError, OSError):
+        pass
+    return lexical, notes
+
+
+def _newest_bundle_card(workspace: Workspace, task: str) -> tuple[str, str] | None:
+    """(name, created) of the bundle `curata.describe.describer.find_bundle` picks for `task` (the newest by
+    its card), read with json alone: importing the describe package pulls in torch and scikit-learn
+    (~3 s), which opening a searcher must not pay."""
+    models = workspace.root / "models"
+    found = []
+    for card_path in models.glob("*/card.json") if models.is_dir() else []:
+        try:
+            card = json.loads(card_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and card.get("kind") != "joint_space" and card.get("task") == task:
+            found.append((str(card.get("created", "")), card_path.parent.name))
+    if not found:
+        return None
+    created, name = max(found)
+    return name, created
 
 
 def demo_search(workspace: Workspace, queries: list[str], *, k: int = 5, epochs: int = 15, name: str = "demo-joint",

@@ -236,11 +236,18 @@ class SearchHit(BaseModel):
     text: str | None = None
     image_url: str
     thumbnail_url: str
+    matched: list[str] = Field(default_factory=list, description="Tags (trait=value) the text query named that "
+                                                                  "this item has (hybrid and lexical modes).")
+    predicted: list[str] = Field(default_factory=list, description="Those of `matched` known only from the tags "
+                                                                    "model's predictions (the item has no tags).")
+    via: list[str] = Field(default_factory=list, description="The parts that ranked it: traits, lexical, joint.")
 
 
 class SearchResponse(BaseModel):
     query: str
     results: list[SearchHit]
+    mode: str | None = Field(None, description="Text search mode used: hybrid, joint or lexical.")
+    notes: list[str] = Field(default_factory=list)
 
 
 class ImageSearchResult(BaseModel):

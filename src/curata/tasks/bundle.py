@@ -23,14 +23,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import joblib
-
 from curata import __version__
 from curata.atomic import replace_folder
 from curata.features.engine import make_extractor
 
 # What a bundle folder may hold (classifier or joint space): anything else is not ours to replace.
-BUNDLE_FILES = {"card.json", "model.joblib", "extractors", "heads.pt", "split.json"}
+BUNDLE_FILES = {"card.json", "model.joblib", "extractors", "heads.pt", "heads.npz", "split.json"}
 LIBRARIES = ("numpy", "scikit-learn", "torch", "onnxruntime", "sentence-transformers", "opencv-python-headless")
 
 
@@ -78,6 +76,8 @@ def save_bundle(directory: Path, model: Any, card: Card, extractors: dict[str, P
     card.versions = card.versions or _versions()
     card.created = card.created or datetime.now(UTC).isoformat(timespec="seconds")
     with replace_folder(directory) as tmp:
+        import joblib  # here: reading a card (a search opening its joint space) must not pay its ~0.07 s
+
         joblib.dump(model, tmp / "model.joblib")
         for name, source in (extractors or {}).items():
             shutil.copytree(source, tmp / "extractors" / name)
@@ -119,6 +119,8 @@ def load_bundle(directory: Path) -> tuple[Any, Card]:
     card = load_card(directory)
     path = directory / "model.joblib"
     try:
+        import joblib
+
         model = joblib.load(path)
     except FileNotFoundError as e:
         raise BundleError(f"{directory} has a card but no model.joblib; {retrain_hint(card, directory)}") from e

@@ -26,6 +26,9 @@ K = Query(10, ge=1, le=200, description="Number of results.")
 MODEL = Query(None, max_length=120, description="Search model / index name (default: the workspace's default).")
 LABEL = Query(None, max_length=512, description="Only items with this label.")
 COLLECTION = Query(None, max_length=512, description="Only items of this collection.")
+MODE = Query(None, pattern="^(hybrid|joint|lexical)$",
+             description="hybrid: tags named in the query + BM25 + joint space, fused (the default when the index "
+                         "has its lexical part); joint: the joint space only; lexical: tags + BM25 only.")
 
 
 def _filters(label: str | None, collection: str | None) -> dict[str, str] | None:
@@ -38,7 +41,8 @@ def _hits(raw: list[dict[str, Any]]) -> list[SearchHit]:
     for hit in raw:
         item_id = str(hit["id"])
         out.append(SearchHit(id=item_id, score=float(hit.get("score", 0.0)), label=hit.get("label"),
-                             collection=hit.get("collection"), text=hit.get("text"), **item_urls(item_id)))
+                             collection=hit.get("collection"), text=hit.get("text"), matched=hit.get("matched", []),
+                             predicted=hit.get("predicted", []), via=hit.get("via", []), **item_urls(item_id)))
     return out
 
 
@@ -52,9 +56,16 @@ def _run(call: Any, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
 @router.get("/text", response_model=SearchResponse, summary="Items matching a text query")
 def by_text(q: str = Query(..., min_length=1, max_length=1000, description="The query text."), k: int = K,
             model: str | None = MODEL, label: str | None = LABEL, collection: str | None = COLLECTION,
-            state: ServiceState = Depends(get_state)) -> SearchResponse:
+            mode: str | None = MODE, state: ServiceState = Depends(get_state)) -> SearchResponse:
     searcher = state.searcher(model)
-    return SearchResponse(query=q, results=_hits(_run(searcher.by_text, q, k=k, filters=_filters(label, collection))))
+    lexical = getattr(searcher, "lexical", None) is not None
+    if mode == "lexical" and not lexical:
+        raise ApiError(409, "no_lexical_index", "this search index has no lexical part (built before hybrid "
+                       "search); run `curata index build`", "mode")
+    hits = _run(searcher.by_text, q, k=k, filters=_filters(label, collection), mode=mode)
+    used = (mode or searcher.default_mode) if lexical else "joint"
+    # The searcher's per-query `notes` are shared between threads; only its fixed notes are returned here.
+    return SearchResponse(query=q, results=_hits(hits), mode=used, notes=list(getattr(searcher, "open_notes", [])))
 
 
 @router.get("/item", response_model=SearchResponse, summary="Items nearest to a workspace item (any id, as a "

@@ -126,8 +126,16 @@ function card(item, score) {
   if (item.colour) row.append(swatch(item.colour));
   row.append(el("span", { text: item.label || "—" }));
   if (score !== undefined) row.append(el("span", { class: "score", text: score.toFixed(3) }));
+  const cap = el("div", { class: "cap" }, row, el("span", { class: "id", text: item.id }));
+  if (item.matched && item.matched.length) {
+    // The traits the text query named that this item has (hybrid search); predicted ones marked "?".
+    const predicted = new Set(item.predicted || []);
+    const names = item.matched.map((t) => (predicted.has(t) ? `${t}?` : t));
+    cap.append(el("span", { class: "matched", title: "matched traits (? = predicted by the tags model)",
+      text: "✓ " + names.join(", ") }));
+  }
   return el("button", { class: "card", type: "button", "data-id": item.id, onclick: () => openItem(item.id) },
-    img, el("div", { class: "cap" }, row, el("span", { class: "id", text: item.id })));
+    img, cap);
 }
 
 function renderCards(items, append) {
@@ -174,12 +182,18 @@ function showHits(heading, hits) {
 }
 
 async function searchText(text) {
-  const params = new URLSearchParams({ q: text, k: PAGE });
+  // Hybrid by default: tags named in the query, words and the joint space, fused (the server falls back to
+  // the joint space for an index built before hybrid search, and says so in `notes`).
+  const params = new URLSearchParams({ q: text, k: PAGE, mode: $("search-mode").value || "hybrid" });
   for (const name of ["label", "collection"]) if (view.filters[name]) params.set(name, view.filters[name]);
   $("query-image").hidden = true;
   try {
     const found = await api("/v1/search/text?" + params);
     showHits(`Search: “${text}”`, found.results);
+    const mode = found.mode && found.mode !== "hybrid" ? ` · ${found.mode}` : "";
+    if (mode || (found.notes && found.notes.length)) {
+      setStatus(`${$("status").textContent}${mode}${found.notes && found.notes.length ? " · " + found.notes[0] : ""}`);
+    }
   } catch (e) {
     if (e.status === 409) {
       // No search index: fall back to the items whose text contains the words, and say so.
