@@ -15,10 +15,10 @@ Protocol (printed with the results):
     (reruns reuse its features and caption vectors).
   * one split per collection: 20 % of the images (seed 0) for validation, the same for every row.
   * "default": `joint train` with nothing given: image features (effnet_lite0, plus pixels_onehot
-    when the images are pixel art), head (linear / MLP 512), masking (p 0 / 0.3) and batching
-    (random / in-collection) chosen by val recall on full + partial queries, candidates trained
-    --select-epochs within --budget seconds, the winner retrained for --epochs. Every other
-    candidate selection tried is then trained the same way (--epochs) and evaluated alike.
+    and effnet_lite0+pixels_onehot when the images are pixel art), head (linear / MLP 512), masking
+    (p 0 / 0.3) and batching (random / in-collection) chosen by val recall on full + partial
+    queries, candidates trained --select-epochs within --budget seconds, the winner retrained for
+    --epochs. Every other candidate selection tried is then trained the same way (--epochs) and evaluated alike.
   * metrics on the val items: text->image recall@1/5/10 of the full captions, pooled (gallery =
     every val item) and within each collection (mean over collections); partial queries naming 1, 2,
     3 attributes of a token (NFT1000 template, seeded), "any" (any token holding them is a hit) and
@@ -94,8 +94,8 @@ def prepare(name: str, data: Path, work: Path, punks: int, demo: int) -> Workspa
 
 def describe(config: dict[str, Any]) -> str:
     head = "linear" if not config["hidden"] else f"mlp{config['hidden']}"
-    feats = {"effnet_lite0": "effnet", "pixels_onehot": "onehot"}.get(config["image_features"],
-                                                                      config["image_features"])
+    short = {"effnet_lite0": "effnet", "pixels_onehot": "onehot", "effnet_lite0+pixels_onehot": "effnet+onehot"}
+    feats = short.get(config["image_features"], config["image_features"])
     return f"{feats} {head} m{config['mask_p']:g} {config['batching'][:4]}"
 
 

@@ -40,9 +40,12 @@ ModelOpt = Annotated[str | None, typer.Option(
 def joint_train_cmd(
     workspace: WorkspaceOpt = default_workspace(),
     features: Annotated[str | None, typer.Option(help="Frozen encoders as IMAGE,TEXT extractor names (their cached "
-                                                      "features are the heads' inputs). Default: effnet_lite0,minilm, "
-                                                      "or pixels_onehot,minilm if it validates better on pixel "
-                                                      "art.")] = None,
+                                                      "features are the heads' inputs); IMAGE may join names with "
+                                                      "'+' (effnet_lite0+pixels_onehot: each block L2-normalised, "
+                                                      "concatenated). Default: "
+                                                      "effnet_lite0,minilm, or on pixel art whichever of "
+                                                      "effnet_lite0, pixels_onehot and effnet_lite0+pixels_onehot "
+                                                      "validates best.")] = None,
     dim: Annotated[int, typer.Option(help="Dimension of the shared space.")] = 256,
     hidden: Annotated[int | None, typer.Option(help="Hidden width of the 2-layer projection heads (0: linear). "
                                                     "Default: linear or 512, chosen by validation.")] = None,
@@ -86,7 +89,8 @@ def joint_train_cmd(
 
     parts = [p.strip() for p in (features or "effnet_lite0,minilm").split(",") if p.strip()]
     if len(parts) != 2:
-        raise BadInput(f"--features takes IMAGE,TEXT (two extractor names), got {features!r}")
+        raise BadInput(f"--features takes IMAGE,TEXT (two extractor names; IMAGE may join several with '+'), "
+                       f"got {features!r}")
     # What the user gave is fixed; the rest is chosen by validation (unless --no-select).
     given = {"features": features, "head": hidden, "masking": mask_p, "batching": batching}
     select = () if no_select else tuple(k for k, v in given.items() if v is None)

@@ -58,6 +58,14 @@ _BUILTIN_MODULES = {
 
 
 def make_extractor(name: str, **params: Any) -> Extractor:
+    """The extractor registered as `name`; a spec of names joined by `+` (`effnet_lite0+pixels_onehot`) builds
+    their concatenation (`curata.features.concat.ConcatExtractor`: each block cached under its own key)."""
+    from curata.features.concat import SEPARATOR, ConcatExtractor, is_concat
+
+    if is_concat(name):
+        if params:
+            raise ValueError(f"parameters cannot be given to a concatenation ({name})")
+        return ConcatExtractor([make_extractor(part.strip()) for part in name.split(SEPARATOR)])
     if name not in REGISTRY and name in _BUILTIN_MODULES:
         import importlib
 
@@ -258,7 +266,17 @@ def plan_compute(extractor: Extractor, workspace: Workspace, *, refit: bool = Fa
 
 def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32, refit: bool = False,
             workers: int | None = None, reporter: Reporter = SILENT) -> FeatureRun:
-    """Compute `extractor` for every item of the workspace that lacks it."""
+    """Compute `extractor` for every item of the workspace that lacks it (a concatenation: each block, in its own
+    store; the run's counts are those of its blocks added up)."""
+    from curata.features.concat import ConcatExtractor
+
+    if isinstance(extractor, ConcatExtractor):
+        started = time.perf_counter()
+        runs = [compute(b, workspace, batch_size=batch_size, refit=refit, workers=workers, reporter=reporter)
+                for b in extractor.blocks]
+        return FeatureRun(extractor.key, runs[0].items, min(r.cached for r in runs), max(r.computed for r in runs),
+                          max(r.errors for r in runs), time.perf_counter() - started, any(r.fitted for r in runs),
+                          [n for r in runs for n in r.notes])
     with feature_lock(extractor, workspace, reporter):
         plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)
         if plan.todo:
@@ -314,8 +332,19 @@ def _compute_todo(extractor: Extractor, store: FeatureStore, todo: dict[str, str
 
 def load_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame | None = None
                 ) -> tuple[np.ndarray, list[str | None]]:
-    """The feature matrix of `items` (default: the whole collection) in row order, plus per-row errors."""
+    """The feature matrix of `items` (default: the whole collection) in row order, plus per-row errors.
+
+    A concatenation (`curata.features.concat`) is read from its blocks' own stores, each block L2-normalised
+    per row and joined: the same vectors its `transform` gives; a row fails if any block failed on it."""
+    from curata.features.concat import ConcatExtractor, join_blocks
+
     items = workspace.items() if items is None else items
+    if isinstance(extractor, ConcatExtractor):
+        loaded = [load_matrix(workspace, b, items) for b in extractor.blocks]
+        errors = [next((e for e in row if e is not None), None) for row in zip(*(e for _, e in loaded), strict=True)]
+        matrix = join_blocks([m for m, _ in loaded])
+        matrix[[e is not None for e in errors]] = 0.0
+        return matrix, errors
     fit_id = ""
     if extractor.needs_fit:
         state_dir = workspace.root / "models" / "extractors" / store_dirname(extractor.key)

@@ -96,6 +96,14 @@ def compute_ray(extractor: Extractor, workspace: Workspace, *, batch_size: int =
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    from curata.features.concat import ConcatExtractor
+
+    if isinstance(extractor, ConcatExtractor):  # no store of its own: each block in its own (engine.compute)
+        runs = [compute_ray(b, workspace, batch_size=batch_size, refit=refit, address=address, num_cpus=num_cpus,
+                            actors=actors, reporter=reporter) for b in extractor.blocks]
+        return FeatureRun(extractor.key, runs[0].items, min(r.cached for r in runs), max(r.computed for r in runs),
+                          max(r.errors for r in runs), sum(r.seconds for r in runs), any(r.fitted for r in runs),
+                          [n for r in runs for n in r.notes])
     with feature_lock(extractor, workspace, reporter):
         return _compute_ray(extractor, workspace, batch_size, refit, address, num_cpus, actors, reporter)
 

@@ -50,9 +50,12 @@ KS = (1, 5, 10, 20, 50)
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: the temperature never falls below 0.01
 TEXT_CACHE = "text-embeddings"
 # What `select` may search, in the order it is searched: image features (EfficientNet-Lite0, plus
-# `pixels_onehot` when the images are pixel art), head (linear / 2-layer MLP), attribute masking
-# (p 0 / 0.3), batching (random / in-collection hard negatives).
+# `pixels_onehot` and the concatenation of both when the images are pixel art), head (linear / 2-layer
+# MLP), attribute masking (p 0 / 0.3), batching (random / in-collection hard negatives).
 SEARCHABLE = ("features", "head", "masking", "batching")
+# The image-feature candidates on pixel art; `a+b` is the concatenation (curata.features.concat: each block
+# from its own feature cache, L2-normalised per block, so neither dominates by scale).
+PIXEL_ART_FEATURES = ("effnet_lite0", "pixels_onehot", "effnet_lite0+pixels_onehot")
 BATCHING = ("random", "collection")
 DEMO_COLLECTION = "curata demo drawings"  # the collection name of `pretrain_demo` drawings in the training data
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
@@ -728,8 +731,10 @@ def _select(workspace: Workspace, items: pd.DataFrame, options: JointOptions, se
     features = [options.image_features]
     if "features" in searched:
         pixel_art = looks_like_pixel_art(items, seed=options.seed)
-        alt = "pixels_onehot" if options.image_features != "pixels_onehot" else "effnet_lite0"
-        features = [options.image_features, alt] if pixel_art or alt == "effnet_lite0" else features
+        if pixel_art:  # EfficientNet, the pixels themselves, and both (per-block normalised, concatenated)
+            features = list(dict.fromkeys([options.image_features, *PIXEL_ART_FEATURES]))
+        elif "pixels_onehot" in options.image_features.split("+"):  # pixels asked for, yet not pixel art
+            features = [options.image_features, "effnet_lite0"]
     mask_alt = options.mask_p or 0.3
     stages = [("features", "image_features", features), ("head", "hidden", [0, options.hidden or 512]),
               ("masking", "mask_p", [0.0, mask_alt]), ("batching", "batching", ["random", "collection"])]
