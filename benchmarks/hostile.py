@@ -81,7 +81,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from service import free_port, png_64, rss_mb  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+from service import png_64, rss_mb  # noqa: E402
+from test_service_support import Server, build_workspace  # noqa: E402  (the service tests' server and workspace)
 
 LEGIT = "127.0.0.1"  # the legitimate client's address (and the only address connected to)
 ATTACKER_A = "127.0.0.2"  # wrong keys with big bodies (attack 3)
@@ -230,50 +232,6 @@ class Monitor:
     def health_in(self, t0: float, t1: float) -> list[tuple[float, int]]:
         """(ms, status) of the polls that overlap [t0, t1]."""
         return [(s * 1000, status) for start, s, status in self.health if start < t1 and start + s > t0]
-
-
-# The server ---------------------------------------------------------------------------------------------
-
-
-class Server:
-    def __init__(self, workspace: Path, key_file: Path, log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        env = {**os.environ, "CURATA_API_KEY": ""}
-        env.pop("CURATA_SERVICE_SETTINGS", None)
-        self._out = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "curata.cli", "serve", "--workspace", str(workspace), "--port", str(self.port),
-             "--log-level", "warning", "--api-key-file", str(key_file), "--body-timeout", f"{BODY_TIMEOUT:g}",
-             "--allow-urls", "--allow-private-urls"], env=env, stdout=self._out, stderr=subprocess.STDOUT)
-
-    def wait(self, key: str, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/v1/ready", timeout=2, headers={"X-API-Key": key}).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"server not ready within {timeout:g} s: {self.log_tail()}")
-
-    def log_tail(self, n: int = 3000) -> str:
-        self._out.flush()
-        return self.log.read_text(errors="replace")[-n:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._out.close()
 
 
 # Attacks ------------------------------------------------------------------------------------------------
@@ -595,9 +553,6 @@ def make_workspace(tmp: Path, source: Path | None) -> Path:
     if source is not None:
         shutil.copytree(source, workspace, ignore=shutil.ignore_patterns("cache", "reports"))
         return workspace
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_service_support import build_workspace
-
     built = build_workspace(tmp / "built")
     shutil.copytree(built, workspace, ignore=shutil.ignore_patterns("cache", "reports"))
     return workspace
@@ -709,8 +664,8 @@ def main() -> None:
         key = secrets.token_urlsafe(24)
         key_file = tmp / "api-key"
         key_file.write_text(key)
-        server = Server(workspace, key_file, tmp / "server.log")
-        server.wait(key)
+        server = Server(workspace, "--api-key-file", str(key_file), "--body-timeout", f"{BODY_TIMEOUT:g}",
+                        "--allow-urls", "--allow-private-urls", log=tmp / "server.log").wait(headers={"X-API-Key": key})
         client = httpx.Client(base_url=server.url, headers={"X-API-Key": key}, timeout=60)
         huge_item = None
         if huge:
@@ -733,7 +688,7 @@ def main() -> None:
         alive = server.proc.poll() is None
         monitor.close()
         add_health(rows, monitor)
-        log = server.log_tail(20000)
+        log = server.log.read_text(errors="replace")[-20000:]
     finally:
         if monitor is not None:
             monitor.close()

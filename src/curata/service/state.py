@@ -258,14 +258,17 @@ class ServiceState:
                         self._items_failed_mtime = None
                     except Exception as e:  # a torn or foreign file: serve what was last good
                         log.warning("the collection cannot be read: %s", e)
-                        self.items_error = hide_paths(f"the collection file cannot be read ({e}); serving the "
-                                                      "last good snapshot", self.workspace.root)
+                        self.items_error = hide_paths(f"the collection file cannot be read ({e})",
+                                                      self.workspace.root)
                         self._items_failed_mtime = mtime
                 view = self._items
-        if self.items_error is not None and view.mtime == -1.0 and path.exists():
-            raise ApiError(503, "collection_unreadable", self.items_error.replace("; serving the last good "
-                           "snapshot", ""))
+        if self.items_error is not None and not self.has_snapshot():
+            raise ApiError(503, "collection_unreadable", self.items_error)
         return view
+
+    def has_snapshot(self) -> bool:
+        """Whether a collection read from disk is being served (the empty view stands in before any)."""
+        return self._items.mtime != -1.0  # ItemsView.empty()'s
 
     def item_row(self, item_id: str) -> tuple[ItemsView, int]:
         view = self.items()
@@ -323,18 +326,15 @@ class ServiceState:
                            f"it and POST /v1/models/{name}/reload", "bundle")
         with self._reload_lock:  # loaded meanwhile (by start-up, or by a concurrent first request)?
             loaded = self.bundles.get(name)
-        if loaded is None:
-            loaded = self.reload(name)
-        assert loaded is not None  # classifiers only here
-        return loaded
+        return loaded if loaded is not None else self.reload(name)
 
-    def reload(self, name: str) -> LoadedBundle | None:
-        """(Re)load a bundle from disk and swap it in; on failure the old one (if any) stays in service. A joint
-        search space reopens the searchers instead (None)."""
+    def is_search_model(self, name: str) -> bool:
+        """Whether a bundle is a joint search space (reloaded by reopening the searchers)."""
+        return (self.raw_card(name) or {}).get("kind") == "joint_space"
+
+    def reload(self, name: str) -> LoadedBundle:
+        """(Re)load a bundle from disk and swap it in; on failure the old one (if any) stays in service."""
         directory = self.bundle_dir(name)
-        if (self.raw_card(name) or {}).get("kind") == "joint_space":
-            self.reload_search(name)
-            return None
         if not self.is_classifier(name):
             raise ApiError(409, "not_a_classifier", f"bundle {name!r} is not a classifier; nothing to load", "bundle")
         with self._reload_lock:
@@ -362,7 +362,7 @@ class ServiceState:
             info["status"] = "error"
         elif card is None:
             info.update(status="error", error="card.json is not readable JSON")
-        elif card.get("kind") == "joint_space":
+        elif self.is_search_model(name):
             info["status"] = "search model"  # reloaded through the searchers, not predicted with
         elif not self.is_classifier(name):
             info["status"] = "not a classifier"
@@ -404,7 +404,7 @@ class ServiceState:
             self._searchers = {**self._searchers, model: (searcher, self._search_stamp(searcher))}
             return searcher
 
-    def reload_search(self, name: str) -> None:
+    def reload_search(self) -> None:
         """POST /v1/models/{joint space}/reload: drop every open searcher, then open the default one again."""
         with self._search_lock:
             self._searchers = {}

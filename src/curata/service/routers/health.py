@@ -32,8 +32,10 @@ def ready(state: ServiceState = Depends(get_state)) -> JSONResponse | Ready:
     except ApiError:  # no good snapshot of the collection at all: items_error says why
         count = 0
     ok = exists and state.loaded and state.load_error is None and state.items_error is None
+    stale = f"{state.items_error}; serving the last good snapshot" if state.items_error and state.has_snapshot() \
+        else state.items_error
     status = ("ready" if ok else "loading" if exists and not state.loaded
-              else state.load_error or state.items_error or "the workspace folder is gone")
+              else state.load_error or stale or "the workspace folder is gone")
     body = Ready(ready=ok, status=status, workspace=str(state.workspace.root.name), items=count, models=models,
                  search=state.engine_status("search"), describe=state.engine_status("describe"))
     return body if ok else JSONResponse(body.model_dump(), status_code=503)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
@@ -25,5 +27,7 @@ def get_model(name: str, state: ServiceState = Depends(get_state)) -> ModelInfo:
 @router.post("/{name}/reload", response_model=ModelInfo,
              summary="Load the bundle again from disk (requests in flight keep the model they started with)")
 async def reload_model(name: str, state: ServiceState = Depends(get_state)) -> ModelInfo:
-    await run_in_threadpool(state.reload, name)
+    state.bundle_dir(name)  # 404 for an unknown bundle
+    # A joint search space is reloaded by reopening the searchers; a classifier is loaded aside and swapped.
+    await run_in_threadpool(state.reload_search if state.is_search_model(name) else partial(state.reload, name))
     return ModelInfo(**state.model_info(name))
