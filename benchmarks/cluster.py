@@ -89,7 +89,9 @@ def curata(*args: str) -> None:
 
 
 def prepare(data: Path, workspace: Path, extractors: list[str]) -> None:
-    if not (workspace / "collection.parquet").exists():
+    from curata.workspace import Workspace
+
+    if not Workspace(workspace).exists:
         curata("ingest", str(data / "flipkart"), "-w", str(workspace), "-q")
     curata("features", "-w", str(workspace), "-e", ",".join(extractors), "-q")
 

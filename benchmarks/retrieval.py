@@ -62,7 +62,7 @@ SELECT = ("features", "head", "masking", "batching")
 def prepare(name: str, data: Path, work: Path, punks: int, demo: int) -> Workspace:
     """A private workspace for `name`, ingested once (reruns reuse it with its features)."""
     target = work / name
-    if (target / "collection.parquet").exists():
+    if Workspace(target).exists:
         return Workspace(target)
     if name == "demo":
         from curata.demo.generate import generate_collection

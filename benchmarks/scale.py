@@ -127,12 +127,12 @@ def _child(engine: str, name: str, workspace: str) -> dict:
 
 
 def _measure(engine: str, name: str, base: Path, tmp: Path, n: int) -> dict:
-    from curata.collection import read_collection, write_collection
+    from curata.workspace import Workspace
 
     target = tmp / f"ws-{engine}-{name}-{n}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
-    write_collection(read_collection(base / "collection.parquet").head(n), target / "collection.parquet")
+    Workspace(target).replace_items(Workspace(base).items().head(n))
     out = subprocess.run([sys.executable, __file__, "--child", engine, "--name", name, "--target", str(target)],
                          capture_output=True, text=True, check=False)
     if out.returncode != 0:

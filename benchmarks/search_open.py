@@ -10,7 +10,7 @@ change) on the same workspace; the workspace is always built with this tree.
 
 Protocol (printed with the results):
   * the workspace is synthetic and built once (kept in --workspace): n items written through
-    `curata.collection.write_collection` with every column filled (text, captions, tags, NFT-style
+    `Workspace.replace_items` with every column filled (text, captions, tags, NFT-style
     attributes, meta JSON), fake effnet_lite0 / effnet_lite0_logits / palette vectors appended to the
     feature store (no image is decoded), a joint space trained for 2 epochs (default dims: 256-d
     space, 512 hidden) on 120 distinct captions, then `build_index` for each model;
@@ -80,7 +80,7 @@ print(json.dumps({"import_s": t1 - t0, "open_s": t2 - t1, "first_query_s": t3 - 
 def build_workspace(root: Path, n: int, models: list[str]) -> None:
     import pandas as pd
 
-    from curata.collection import COLUMNS, write_collection
+    from curata.collection import COLUMNS
     from curata.features.engine import make_extractor
     from curata.features.store import FeatureStore
     from curata.search.joint import JointOptions, train_joint
@@ -101,7 +101,7 @@ def build_workspace(root: Path, n: int, models: list[str]) -> None:
                      "label": colour, "tags": [f"colour={colour}", f"thing={thing}", f"background={bg}"],
                      "attributes": json.dumps(attrs), "split": None,
                      "meta": json.dumps({"name": f"Synth #{i}", "description": "a synthetic item " * 8})})
-    write_collection(pd.DataFrame(rows, columns=COLUMNS), ws.collection_path)
+    ws.replace_items(pd.DataFrame(rows, columns=COLUMNS))
     hashes = [r["image_sha256"] for r in rows]
     colour_of = np.array([i % 8 for i in range(n)])
     for name in ("effnet_lite0", "effnet_lite0_logits", "palette"):

@@ -283,7 +283,9 @@ def main() -> None:
     workspace = args.workspace
     if workspace is None:
         cached = ROOT / "benchmarks" / "workspaces" / "demo"
-        if not (cached / "collection.parquet").exists():
+        from curata.workspace import Workspace
+
+        if not Workspace(cached).exists:
             sys.exit(f"no workspace: give --workspace, or create {cached} (see benchmarks/features.py)")
         tmp = Path(tempfile.mkdtemp(prefix="curata-bench-service-"))
         workspace = tmp / "ws"

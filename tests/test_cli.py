@@ -25,7 +25,7 @@ from PIL import Image
 from conftest import jpeg_bytes, write_image
 from curata import __version__
 from curata.cli import DEFAULT_EXTRACTORS
-from curata.collection import Item, items_to_frame, read_collection, write_collection
+from curata.collection import Item, items_to_frame
 from curata.ingest import pipeline
 from curata.workspace import Workspace
 
@@ -224,7 +224,7 @@ def test_strict_exits_2_when_an_item_is_rejected_and_lists_it(cli):
 
 def test_missing_source_is_a_one_line_error(cli):
     one_line_error(cli["missing_source"], f"source not found: {cli['base'] / 'gone [/bold]'}")
-    assert not (cli["base"] / "ws-missing" / "collection.parquet").exists()
+    assert not (cli["base"] / "ws-missing" / "collection.lance").exists()
 
 
 def test_missing_column_names_it(cli):
@@ -256,7 +256,7 @@ def test_sources_that_would_share_item_ids_are_refused(cli):
     """Two folders both named `images` give items the same ids: the second would silently overwrite
     the first one's items."""
     one_line_error(cli["clash"], "'images'", "--source-name")
-    assert not (cli["base"] / "ws-clash" / "collection.parquet").exists()
+    assert not (cli["base"] / "ws-clash" / "collection.lance").exists()
 
 
 def test_awkward_tables_and_folders(cli):
@@ -312,18 +312,18 @@ def test_features_list_names_the_extractors(cli):
 
 
 def test_concurrent_collection_writes_never_collide(tmp_path):
-    """Regression: every writer used the same `collection.parquet.tmp`, so two `curata` runs on one
-    workspace could rename each other's temp file away (FileNotFoundError) or move a half-written
-    one into place. Threads stand in for the processes here."""
-    path = tmp_path / "collection.parquet"
-    frames = [items_to_frame([Item(id=f"{w}/{i}", source="s", collection="c", image="x") for i in range(200)])
-              for w in range(2)]
+    """Regression: two `curata ingest` runs on one workspace could rename each other's temp file away or lose
+    each other's items in the read-modify-write. Each upsert now holds the workspace lock and commits once:
+    both writers' items are there and nothing staged is left behind. Threads stand in for the processes."""
+    ws = Workspace(tmp_path)
+    frames = [items_to_frame([Item(id=f"{w}/{i}", source="s", collection="c", image="x", image_sha256=f"{w}{i}")
+                              for i in range(200)]) for w in range(2)]
     errors: list[BaseException] = []
 
     def writer(frame) -> None:
         try:
-            for _ in range(30):
-                write_collection(frame, path)
+            for n in range(10):
+                ws.add_items(frame.assign(text=f"run {n}"))
         except Exception as e:
             errors.append(e)
 
@@ -333,8 +333,9 @@ def test_concurrent_collection_writes_never_collide(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
-    assert len(read_collection(path)) == 200  # one writer's whole table, not a mix
-    assert [p.name for p in tmp_path.iterdir()] == ["collection.parquet"]  # no temp file left behind
+    items = ws.items(["id", "text"])
+    assert len(items) == 400 and set(items["text"]) == {"run 9"}  # both writers' items, each at its last write
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".collection")]  # nothing staged left
 
 
 def test_an_unexpected_decoder_exception_rejects_one_file_not_the_run(tmp_path, monkeypatch):

@@ -211,7 +211,7 @@ def test_a_killed_cli_run_is_completed_by_the_next_without_refetching(tmp_path: 
         before = _pages(server, "/products")
         journal = next((ws / "cache" / "collect").glob("api-shop-*.jsonl"))
         journaled = [json.loads(line)["n"] + 1 for line in journal.read_text().splitlines()[1:]]
-        assert len(journaled) >= 2 and not (ws / "collection.parquet").exists()  # killed before ingesting
+        assert len(journaled) >= 2 and not (ws / "collection.lance").exists()  # killed before ingesting
 
         slow["on"] = False
         server.clear()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +49,8 @@ JOINT_TRAIN = ["joint", "train", "--features", "color_stats,minilm", "--dim", "8
 
 # Runs `curata <args>` after patching: {"set": {"module:attr": value}, "slow": ["module:attr", seconds],
 # "kill": ["module:attr", n]}: the n-th call of the killed function writes its file, cuts it to half its
-# size and SIGKILLs the process; a slowed function sleeps first.
+# size (a Lance table: removes the version it committed, leaving its data files) and SIGKILLs the process;
+# a slowed function sleeps first.
 PATCHED = r"""
 import importlib, json, os, signal, sys, time
 spec = json.loads(sys.argv[1])
@@ -77,8 +79,16 @@ if "kill" in spec:
             out = real(*args, **kwargs)
             calls.append(1)
             if len(calls) == spec["kill"][1]:
-                with open(args[1], "r+b") as fh:
-                    fh.truncate(os.path.getsize(args[1]) // 2)
+                if os.path.isdir(args[1]):  # a Lance table: undo the commit, as if killed just before it
+                    versions = os.path.join(args[1], "_versions")
+                    newest = min(n for n in os.listdir(versions) if n.endswith(".manifest"))  # names count down
+                    os.remove(os.path.join(versions, newest))
+                    hint = os.path.join(versions, "latest_version_hint.json")
+                    if os.path.exists(hint):
+                        os.remove(hint)
+                else:
+                    with open(args[1], "r+b") as fh:
+                        fh.truncate(os.path.getsize(args[1]) // 2)
                 os.kill(os.getpid(), signal.SIGKILL)
             return out
         return wrapper
@@ -203,8 +213,8 @@ def test_failed_index_save_keeps_the_previous_index(base, tmp_path, monkeypatch)
 
 
 KILLS = {  # command -> (arguments, function killed right after it wrote its file, which call)
-    "ingest": (["ingest", "{more}", "--source-name", "more"], "pyarrow.parquet:write_table", 1),
-    "features": (["features", "-e", "color_hist", "--batch-size", "4"], "pyarrow.parquet:write_table", 2),
+    "ingest": (["ingest", "{more}", "--source-name", "more"], "lance:write_dataset", 1),
+    "features": (["features", "-e", "color_hist", "--batch-size", "4"], "lance:write_dataset", 2),
     "train": (TRAIN, "joblib:dump", 1),
     "joint train": (JOINT_TRAIN, "torch:save", 1),
     "index build": (["index", "build", "--model", "joint"], "faiss:write_index", 1),
@@ -260,14 +270,15 @@ def test_index_build_rebuilds_a_corrupt_index(base, tmp_path, damaged) -> None:
     searchable(ws)
 
 
-def test_features_names_a_corrupt_part_and_refit_rebuilds_it(base, tmp_path) -> None:
+def test_features_names_a_damaged_fragment_and_a_rerun_recomputes_it(base, tmp_path) -> None:
     ws = copy_workspace(base, tmp_path / "ws")
-    [part] = (ws.root / "features").glob("color_stats*/part-*.parquet")
-    part.write_bytes(b"not parquet at all")
-    one_line_error(invoke(*TRAIN[:-1], "again", "-w", ws.root, "-q"), str(part), "curata features -e color_stats")
-    run_ = json.loads(ok(invoke("features", "-e", "color_stats", "--refit", "-w", ws.root, "--json")).stdout)[0]
-    assert run_["computed"] == 18 and "dropped unreadable feature part" in run_["notes"][0], run_
-    assert not part.exists() and all(e is None for e in load_matrix(ws, make_extractor("color_stats"))[1])
+    [table] = (ws.root / "features").glob("color_stats*/vectors.lance")
+    for data in (table / "data").glob("*.lance"):
+        data.write_bytes(b"not lance at all")
+    one_line_error(invoke(*TRAIN[:-1], "again", "-w", ws.root, "-q"), str(table), "curata features -e color_stats")
+    run_ = json.loads(ok(invoke("features", "-e", "color_stats", "-w", ws.root, "--json")).stdout)[0]
+    assert run_["computed"] == 18 and "dropped 18 row(s) in damaged fragments" in run_["notes"][0], run_
+    assert all(e is None for e in load_matrix(ws, make_extractor("color_stats"))[1])
 
 
 def test_truncated_model_joblib_names_the_file_and_says_retrain(base, tmp_path) -> None:
@@ -343,12 +354,15 @@ def test_hidden_files_and_dangling_links_are_reported_as_skipped(tmp_path) -> No
 
 @pytest.mark.parametrize("kind", ["other schema", "null ids", "not parquet"])
 def test_a_foreign_collection_file_is_refused_in_one_line(base, tmp_path, kind) -> None:
+    """A workspace from before Lance whose `collection.parquet` is not a curata collection: the conversion
+    refuses it, naming the file, and nothing is written over it."""
     ws = copy_workspace(base, tmp_path / "ws")
+    shutil.rmtree(ws.collection_path)
     path = ws.root / "collection.parquet"
     if kind == "other schema":
         pd.DataFrame({"name": ["a", "b"], "price": [1.0, 2.0]}).to_parquet(path)
     elif kind == "null ids":
-        frame = pq.read_table(path).to_pandas()
+        frame = base.items()
         frame["id"] = None
         pq.write_table(pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False), path)
     else:
@@ -358,6 +372,19 @@ def test_a_foreign_collection_file_is_refused_in_one_line(base, tmp_path, kind) 
     source = make_source(tmp_path / "more", ["yellow"], "more")
     one_line_error(invoke("ingest", source, "-w", ws.root, "-q"), str(path))
     assert path.read_bytes() == data  # ingest did not save rows of nulls over it
+    assert not ws.collection_path.exists()
+
+
+def test_a_foreign_lance_table_is_refused_in_one_line(base, tmp_path) -> None:
+    import lance
+
+    ws = copy_workspace(base, tmp_path / "ws")
+    shutil.rmtree(ws.collection_path)
+    lance.write_dataset(pa.table({"name": ["a", "b"], "price": [1.0, 2.0]}), str(ws.collection_path))
+    one_line_error(invoke("info", "-w", ws.root), str(ws.collection_path), "not a curata collection")
+    source = make_source(tmp_path / "more", ["yellow"], "more")
+    one_line_error(invoke("ingest", source, "-w", ws.root, "-q"), str(ws.collection_path))
+    assert lance.dataset(str(ws.collection_path)).count_rows() == 2  # untouched
 
 
 # ---------------------------------------------------------------------------------------- 6. full disk
@@ -368,16 +395,19 @@ def test_a_foreign_collection_file_is_refused_in_one_line(base, tmp_path, kind) 
                                             (errno.EROFS, "read-only file system"),
                                             (None, "no space left on device")])
 def test_a_full_disk_is_one_line_not_an_internal_error(tmp_path, monkeypatch, code, said) -> None:
-    def write_table(table, where, *args, **kwargs):
-        Path(where).write_bytes(b"PAR1")
-        if code is None:  # pyarrow's own wording, without an errno
+    import lance
+
+    def write_dataset(table, where, *args, **kwargs):
+        Path(where).mkdir(parents=True, exist_ok=True)
+        (Path(where) / "half.lance").write_bytes(b"LANC")
+        if code is None:  # the wording of an error without an errno
             raise OSError("IOError: Failed to write: [errno 28] No space left on device")
         raise OSError(code, os.strerror(code))
 
     src = tmp_path / "pics"
     write_image(src / "a.png")
-    monkeypatch.setattr(pq, "write_table", write_table)
+    monkeypatch.setattr(lance, "write_dataset", write_dataset)
     proc = invoke("ingest", src, "-w", tmp_path / "ws", "-q")
-    one_line_error(proc, f"error: {said} while writing {tmp_path / 'ws' / 'collection.parquet'}", "rerun")
+    one_line_error(proc, f"error: {said} while writing {tmp_path / 'ws' / 'collection.lance'}", "rerun")
     assert sorted(p.name for p in (tmp_path / "ws").glob("*collection*")) == []  # nothing half-written left
 

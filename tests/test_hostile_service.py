@@ -291,7 +291,6 @@ def test_the_session_cookie_only_counts_on_the_servers_own_page(tmp_path_factory
 
 @pytest.mark.slow
 def test_a_rebuilt_index_and_a_reloaded_joint_space_are_picked_up(own_workspace, tmp_path):
-    from curata.collection import write_collection
     from curata.search.searcher import build_index
     from curata.workspace import Workspace
 
@@ -305,7 +304,7 @@ def test_a_rebuilt_index_and_a_reloaded_joint_space_are_picked_up(own_workspace,
             assert len(before) == 4 * PER_COLOUR
             ws = Workspace(own_workspace)
             frame = ws.items()
-            write_collection(frame[frame["label"] != "red"], ws.collection_path)
+            ws.replace_items(frame[frame["label"] != "red"])
             build_index(ws)  # incremental: the red items leave the index
             after = c.get("/v1/search/text", params=query).json()["results"]
             assert len(after) == 3 * PER_COLOUR and not any(h["label"] == "red" for h in after)
@@ -318,22 +317,31 @@ def test_a_rebuilt_index_and_a_reloaded_joint_space_are_picked_up(own_workspace,
 
 
 @pytest.mark.slow
-def test_a_torn_collection_file_keeps_the_last_good_snapshot(own_workspace, tmp_path):
+def test_a_damaged_collection_version_keeps_the_last_good_snapshot(own_workspace, tmp_path):
+    """A new version whose data file was damaged (a disk fault, a copy cut short): the service keeps serving
+    the last good snapshot and /v1/ready says why; `curata rollback` brings a readable version back."""
+    from curata.collection import Item, items_to_frame
+    from curata.workspace import Workspace
+
+    ws = Workspace(own_workspace)
+    good = ws.collection.version
     srv = Server(own_workspace, "--lazy", log=tmp_path / "server.log").wait()
-    collection = own_workspace / "collection.parquet"
-    good = collection.read_bytes()
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             assert c.get("/v1/items").json()["total"] == 4 * PER_COLOUR
-            time.sleep(0.05)  # a new mtime
-            collection.write_bytes(good[: len(good) // 2])
+            before = {p.name for p in (ws.collection_path / "data").iterdir()}
+            ws.add_items(items_to_frame([Item(id="late/1", source="late", collection="c", image="/x.png",
+                                              image_sha256="ab" * 32)]))
+            [new] = [p for p in (ws.collection_path / "data").iterdir() if p.name not in before]
+            new.write_bytes(new.read_bytes()[: new.stat().st_size // 2])
             listed = c.get("/v1/items")
             assert listed.status_code == 200 and listed.json()["total"] == 4 * PER_COLOUR
             ready = c.get("/v1/ready")
             assert ready.status_code == 503 and "collection" in ready.json()["status"]
             assert str(own_workspace) not in ready.text and "/tmp" not in ready.text
-            collection.write_bytes(good)
+            ws.collection.rollback(good)
             assert c.get("/v1/ready").status_code == 200
+            assert c.get("/v1/items").json()["total"] == 4 * PER_COLOUR
     finally:
         srv.stop()
 

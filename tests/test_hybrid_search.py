@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curata.collection import Item, items_to_frame, write_collection
+from curata.collection import Item, items_to_frame
 from curata.search.hybrid import (
     PREDICTED_WEIGHT,
     RRF_K,
@@ -142,7 +142,7 @@ def hybrid_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     items.loc[blank, "label"] = None
     items.loc[blank, "tags"] = items.loc[blank, "tags"].map(lambda _: [])
     items.loc[blank, "captions"] = items.loc[blank, "captions"].map(lambda _: [])
-    write_collection(items, ws.collection_path)
+    ws.replace_items(items)
     compute(make_extractor("color_hist"), ws)
     run(ws, TrainOptions(task="tags", target="tags:color", features=["color_hist"], folds=2, name="colours"))
     train_joint(ws, JointOptions(name="joint", **{**FAST, "epochs": 0}))  # untrained: a random projection

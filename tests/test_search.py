@@ -203,7 +203,6 @@ def copy_workspace(ws: Workspace, dest: Path) -> Workspace:
 
 @pytest.mark.slow
 def test_index_is_incremental(trained: tuple[Workspace, dict], tmp_path: Path) -> None:
-    from curata.collection import write_collection
     from curata.search.searcher import build_index
 
     ws = copy_workspace(trained[0], tmp_path / "ws")
@@ -212,7 +211,7 @@ def test_index_is_incremental(trained: tuple[Workspace, dict], tmp_path: Path) -
     assert (ws.root / "index/joint").is_dir()
     assert build_index(ws)["added"] == 0  # nothing new: nothing encoded
     items = ws.items()
-    write_collection(items[~items["id"].isin(["warm/red_circle_0", "cool/white_square_1"])], ws.collection_path)
+    ws.replace_items(items[~items["id"].isin(["warm/red_circle_0", "cool/white_square_1"])])
     extra = tmp_path / "extra"
     _draw(extra / "black_circle.png", (20, 20, 20), "circle", 0)
     ingest(extra, ws, IngestOptions(source_name="extra", collection="extra"))

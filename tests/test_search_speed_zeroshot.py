@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from curata.collection import COLUMNS, read_collection, write_collection
+from curata.collection import COLUMNS
 from curata.features.engine import make_extractor
 from curata.features.store import FeatureStore
 from curata.ingest.pipeline import IngestOptions, ingest
@@ -38,7 +38,7 @@ def fake_workspace(root: Path, n: int = 48) -> Workspace:
     rows = [{"id": f"s/{i}", "source": "s", "collection": f"c{i % 2}", "image": str(root / f"{i}.png"),
              "image_sha256": f"{i:064x}", "text": f"a {COLOURS[i % 4]} thing", "captions": [], "tags": [],
              "label": COLOURS[i % 4], "attributes": "[]", "meta": "{}"} for i in range(n)]
-    write_collection(pd.DataFrame(rows, columns=COLUMNS), ws.collection_path)
+    ws.replace_items(pd.DataFrame(rows, columns=COLUMNS))
     ext = make_extractor("effnet_lite0")
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(4, ext.dim)).astype(np.float32)
@@ -115,10 +115,10 @@ def test_searcher_open_and_a_text_query_never_import_torch(joint_ws) -> None:
 
 def test_the_searcher_reads_only_the_columns_it_needs(joint_ws) -> None:
     ws, _ = joint_ws
-    frame = read_collection(ws.collection_path, ["id", "label"])
+    frame = ws.items(["id", "label"])
     assert list(frame.columns) == ["id", "label"] and len(frame) == 48
     with pytest.raises(ValueError, match="not collection columns"):
-        read_collection(ws.collection_path, ["id", "nope"])
+        ws.items(["id", "nope"])
     searcher = Searcher.open(ws, "joint")
     hit = searcher.by_text("a blue thing", 1)[0]
     assert {"id", "score", "label", "collection", "text", "image"} <= set(hit)

@@ -590,11 +590,12 @@ def demo_cmd(
 @app.command("info")
 @handle_errors
 def info_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt = False) -> None:
-    """Summarise the workspace: items per source, collection and label."""
+    """Summarise the workspace: items per source, collection and label, and the collection's recent versions."""
     ws = Workspace(workspace)
     if not ws.exists:
         raise BadInput(f"no collection in workspace {ws.root} (run `curata ingest` or `curata demo` first)")
-    items = ws.items()
+    items = ws.items(["source", "collection", "label", "text", "tags"])
+    versions = ws.collection.history(5)
     summary = {
         "workspace": str(ws.root),
         "items": len(items),
@@ -603,6 +604,7 @@ def info_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt = F
         "labels": items["label"].value_counts().head(50).to_dict(),
         "with_text": int((items["text"].str.len() > 0).sum()),
         "with_tags": int(items["tags"].map(len).gt(0).sum()),
+        "versions": versions,
     }
     if as_json:
         emit_json(summary)
@@ -616,6 +618,11 @@ def info_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt = F
     table.add_row("items with text", str(summary["with_text"]))
     table.add_row("items with tags", str(summary["with_tags"]))
     console.print(table)
+    for v in versions:
+        console.print(f"version {v['version']}{' (current)' if v['current'] else ''}  {v['at']}  {v['items']} items  "
+                      f"{escape(v['action'] + ' ' + v['what'])}", soft_wrap=True)
+    if versions:
+        console.print("`curata history` lists more; `curata rollback VERSION` restores one")
 
 
 import curata.commands  # noqa: E402, F401 (registers each feature area's commands on the same app)

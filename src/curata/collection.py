@@ -1,23 +1,34 @@
-"""The items table: one row per item, stored as Parquet in the workspace.
+"""The items table: one row per item, a Lance table in the workspace (`collection.lance/`).
 
 Columns are fixed (see `COLUMNS`) so every stage can rely on them; anything a source carries beyond
-them goes into `meta` (a JSON object string) rather than growing the schema per source.
+them goes into `meta` (a JSON object string) rather than growing the schema per source. One more,
+internal column, `row_hash` (a 64-bit digest of the row), lets an upsert tell unchanged rows from
+changed ones without comparing them field by field.
+
+Every write is one commit (a Lance version): an ingest that changes nothing commits nothing, and an
+earlier version can be restored (`rollback`). Reads name their columns and filters, which Lance
+applies in the scan; ids have a BTREE index, so touching k items costs O(k). A workspace written before
+Lance (`collection.parquet`) is converted on first use (see `Collection.convert_parquet`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
+import shutil
+import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from curata.atomic import name_file, sync_file
+from curata import tables
+from curata.atomic import name_file
 
 SCHEMA = pa.schema(
     [
@@ -40,6 +51,8 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = [f.name for f in SCHEMA]
+TABLE_SCHEMA = SCHEMA.append(pa.field("row_hash", pa.uint64()))
+LIST_COLUMNS = ("captions", "tags")
 REQUIRED = ("id", "source", "image", "image_sha256")  # never null in a collection curata wrote
 
 
@@ -87,16 +100,38 @@ class CollectionError(ValueError):
     """The collection file is not a curata collection (another table, or damaged): one line, exit code 2."""
 
 
-def read_collection(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """The items table; a file of another schema or a damaged one is a CollectionError naming it (read with
-    SCHEMA alone, a foreign table would come back as rows of nulls, and ingest would save them).
-    `columns`: read only these (a searcher needs 7 of the 16: a tenth of the time on 10k items)."""
-    if columns is not None:
-        unknown = [c for c in columns if c not in COLUMNS]
-        if unknown:
-            raise ValueError(f"not collection columns: {', '.join(unknown)}")
-    if not path.exists():
-        return empty_frame() if columns is None else empty_frame()[columns]
+FIX = "restore it from a backup, or `curata repair --collection` to drop what cannot be read and ingest again"
+# Above this share of the table, an upsert reads every id once instead of probing the index per id.
+SCAN_SHARE = 0.25
+PROBE_CHUNK = 8192
+
+
+def row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """A 64-bit digest per row over every column (vectorised: pandas hashes each column, then combines),
+    so an upsert compares one number per row. Lists are joined on a separator no text holds."""
+    cols = {}
+    for name in COLUMNS:
+        col = frame[name] if name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+        if name in LIST_COLUMNS:
+            col = col.map(lambda v: "\x1f".join(map(str, v)) if v is not None and len(v) else "")
+        elif name in ("width", "height"):
+            col = pd.to_numeric(col, errors="coerce").fillna(0).astype("int64")
+        else:
+            col = col.astype(object).where(col.notna(), "\x00")
+        cols[name] = col
+    return pd.util.hash_pandas_object(pd.DataFrame(cols), index=False).to_numpy(np.uint64)
+
+
+def _to_table(frame: pd.DataFrame) -> pa.Table:
+    table = pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
+    return table.append_column("row_hash", pa.array(row_hashes(frame), pa.uint64()))
+
+
+def read_parquet_collection(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A collection written before Lance (`collection.parquet`); a foreign or damaged file is a CollectionError
+    naming it (read with SCHEMA alone, a foreign table would come back as rows of nulls)."""
+    import pyarrow.parquet as pq
+
     fix = "restore it, or move it away and ingest again"
     try:
         missing = [c for c in REQUIRED if c not in pq.read_schema(path).names]
@@ -115,62 +150,270 @@ def read_collection(path: Path, columns: list[str] | None = None) -> pd.DataFram
     return frame
 
 
-def write_collection(frame: pd.DataFrame, path: Path) -> None:
-    """Write atomically: a crash mid-write must not corrupt the existing collection."""
-    table = pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
-    # A temp name per writer: two processes sharing one fixed name could rename the other's
-    # half-written file into place.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        sync_file(tmp)  # on disk before the rename: after a power cut, the old file or the new one, whole
-        tmp.replace(path)
-    except OSError as e:  # a full disk: say which file (pyarrow's error does not)
-        name_file(e, path)
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+@dataclass
+class Upsert:
+    added: int
+    updated: int
+    unchanged: int
+    version: int | None  # the commit this upsert made; None when nothing changed
 
 
-def upsert(existing: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, int, int, int]:
-    """Merge `new` into `existing` by id. Returns (merged, added, updated, unchanged).
+class Collection:
+    """The items table of one workspace (`root/collection.lance`) and its history (`root/history.jsonl`:
+    what each version was, written by curata next to Lance's own version list)."""
 
-    Rows whose content is identical count as unchanged, so re-ingesting a source is idempotent.
-    """
-    if existing.empty:
-        return new.reset_index(drop=True), len(new), 0, 0
-    old = existing.set_index("id", drop=False)
-    added = updated = unchanged = 0
-    replacements: dict[str, dict[str, Any]] = {}
-    additions: list[dict[str, Any]] = []
-    for row in new.to_dict("records"):
-        rid = row["id"]
-        if rid not in old.index:
-            additions.append(row)
-            added += 1
-        elif _same(old.loc[rid].to_dict(), row):
-            unchanged += 1
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = root / "collection.lance"
+        self.legacy_path = root / "collection.parquet"
+        self.history_path = root / "history.jsonl"
+
+    @property
+    def exists(self) -> bool:
+        return tables.exists(self.path)
+
+    def _dataset(self, version: int | None = None) -> Any | None:
+        if not self.exists:
+            return None
+        try:
+            dataset = tables.open_table(self.path, FIX, version)
+        except tables.CorruptTable as e:
+            raise CollectionError(str(e)) from e.__cause__
+        if "image_sha256" not in dataset.schema.names or "row_hash" not in dataset.schema.names:
+            raise CollectionError(f"{self.path} is not a curata collection (columns "
+                                  f"{', '.join(dataset.schema.names[:6])}...); move it away and ingest again")
+        return dataset
+
+    @property
+    def version(self) -> int:
+        dataset = self._dataset()
+        return 0 if dataset is None else int(dataset.version)
+
+    def count(self, where: str | None = None) -> int:
+        dataset = self._dataset()
+        return 0 if dataset is None else int(dataset.count_rows(filter=where))
+
+    def read(self, columns: list[str] | None = None, where: str | pc.Expression | None = None,
+             limit: int | None = None, offset: int | None = None) -> pd.DataFrame:
+        """Items as a DataFrame: only `columns` (in that order), only rows matching `where` (a Lance SQL filter
+        or a pyarrow expression, applied in the scan), optionally a page (`limit`, `offset`)."""
+        if columns is not None:
+            unknown = [c for c in columns if c not in COLUMNS]
+            if unknown:
+                raise ValueError(f"not collection columns: {', '.join(unknown)}")
+        dataset = self._dataset()
+        if dataset is None:
+            frame = empty_frame()
+            return frame if columns is None else frame[columns]
+        try:
+            table = tables.read(dataset, self.path, FIX, columns=columns or COLUMNS, filter=where, limit=limit,
+                                offset=offset)
+        except tables.CorruptTable as e:
+            raise CollectionError(str(e)) from e.__cause__
+        return table.to_pandas()
+
+    def by_ids(self, ids: list[str], columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows of these ids (absent ones left out), through the id index: O(len(ids))."""
+        frames = [self.read(columns, pc.field("id").isin(ids[i:i + PROBE_CHUNK]))
+                  for i in range(0, len(ids), PROBE_CHUNK)]
+        return pd.concat(frames, ignore_index=True) if frames else self.read(columns).iloc[:0]
+
+    # Writing --------------------------------------------------------------------------------
+    def upsert(self, frame: pd.DataFrame, what: str = "ingest") -> Upsert:
+        """Merge `frame` by id as one commit. Rows identical to the stored ones count as unchanged (so a
+        re-ingest is idempotent and commits nothing); the caller holds the workspace lock."""
+        frame = frame.drop_duplicates("id", keep="last").reset_index(drop=True)
+        if not len(frame):
+            return Upsert(0, 0, 0, None)
+        table = _to_table(frame)
+        dataset = self._dataset()
+        if dataset is None:
+            self._create(table)
+            self._log("create", what, len(frame), 0, 0)
+            return Upsert(len(frame), 0, 0, self.version)
+        stored = self._stored_hashes(dataset, frame["id"].tolist())
+        known = stored.reindex(frame["id"]).to_numpy()
+        new_hash = table["row_hash"].to_numpy()
+        present = ~pd.isna(known)
+        same = present & (np.where(present, known, 0).astype(np.uint64) == new_hash)
+        added, updated, unchanged = int((~present).sum()), int((present & ~same).sum()), int(same.sum())
+        if added + updated == 0:
+            return Upsert(0, 0, unchanged, None)
+        changed = table.filter(pa.array(~same))
+        try:
+            if updated:
+                dataset.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(changed)
+            else:  # additions only: a plain append, no join
+                tables.write(changed, self.path, mode="append")
+        except OSError as e:
+            name_file(e, self.path)
+            raise
+        self._after_write()
+        self._log("upsert", what, added, updated, unchanged)
+        return Upsert(added, updated, unchanged, self.version)
+
+    def replace(self, frame: pd.DataFrame, what: str = "replace") -> int:
+        """Make `frame` the whole collection (one commit; earlier versions stay restorable)."""
+        table = _to_table(frame.drop_duplicates("id", keep="last").reset_index(drop=True))
+        if self._dataset() is None:
+            self._create(table)
         else:
-            replacements[rid] = row
-            updated += 1
-    merged = existing
-    if replacements:
-        keep = ~existing["id"].isin(list(replacements))
-        merged = pd.concat([existing[keep], pd.DataFrame(list(replacements.values()))], ignore_index=True)
-    if additions:
-        merged = pd.concat([merged, pd.DataFrame(additions)], ignore_index=True)
-    return merged.reset_index(drop=True), added, updated, unchanged
+            tables.write(table, self.path, mode="overwrite")
+            self._index()
+        self._log("replace", what, len(table), 0, 0)
+        return self.version
 
+    def delete(self, ids: list[str], what: str = "delete") -> int:
+        dataset = self._dataset()
+        if dataset is None or not ids:
+            return 0
+        before = dataset.count_rows()
+        for i in range(0, len(ids), PROBE_CHUNK):
+            chunk = ",".join("'" + str(v).replace("'", "''") + "'" for v in ids[i:i + PROBE_CHUNK])
+            dataset.delete(f"id IN ({chunk})")
+        removed = before - self._dataset().count_rows()
+        self._log("delete", what, 0, 0, 0, removed=removed)
+        return removed
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    for key in COLUMNS:
-        x, y = a.get(key), b.get(key)
-        if hasattr(x, "tolist"):
-            x = x.tolist()
-        if hasattr(y, "tolist"):
-            y = y.tolist()
-        if (x is None or x != x) and (y is None or y != y):  # None / NaN on both sides
-            continue
-        if x != y:
-            return False
-    return True
+    def _stored_hashes(self, dataset: Any, ids: list[str]) -> pd.Series:
+        if len(ids) > SCAN_SHARE * dataset.count_rows():
+            table = tables.read(dataset, self.path, FIX, columns=["id", "row_hash"])
+        else:
+            table = pa.concat_tables([tables.read(dataset, self.path, FIX, columns=["id", "row_hash"],
+                                                  filter=pc.field("id").isin(ids[i:i + PROBE_CHUNK]))
+                                      for i in range(0, len(ids), PROBE_CHUNK)])
+        # object dtype: uint64 digests do not survive a float64 column (where absent ids become NaN)
+        return pd.Series(table["row_hash"].to_numpy(), index=table["id"].to_numpy(zero_copy_only=False),
+                         dtype=object)
+
+    def _create(self, table: pa.Table) -> None:
+        """The first commit, staged aside and renamed in: a crash leaves no half-created table."""
+        staged = self.root / f".collection.lance.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tables.write(table, staged, mode="create")
+            self._index(staged)
+            staged.rename(self.path)
+        except OSError as e:
+            name_file(e, self.path)
+            raise
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def _index(self, path: Path | None = None) -> None:
+        dataset = tables.open_table(path or self.path, FIX)
+        if dataset.count_rows():
+            dataset.create_scalar_index("id", "BTREE")
+
+    def _after_write(self) -> None:
+        """Index the new fragment; merge fragments once there are many small ones (one per ingest)."""
+        dataset = self._dataset()
+        if not any(i.field_names == ["id"] for i in dataset.describe_indices()):
+            self._index()
+        elif tables.needs_compaction(dataset):
+            tables.compact(dataset)
+        else:
+            dataset.optimize.optimize_indices()
+
+    # History --------------------------------------------------------------------------------
+    def _log(self, action: str, what: str, added: int, updated: int, unchanged: int, **extra: Any) -> None:
+        entry = {"version": self.version, "at": datetime.now(UTC).isoformat(timespec="seconds"), "action": action,
+                 "what": what, "added": added, "updated": updated, "unchanged": unchanged, **extra}
+        with open(self.history_path, "a", encoding="utf-8") as fh:  # one short line: appended whole
+            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def history(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest `limit` versions, newest first: Lance's version list joined with what curata logged."""
+        dataset = self._dataset()
+        if dataset is None:
+            return []
+        logged: dict[int, dict[str, Any]] = {}
+        if self.history_path.exists():
+            for line in self.history_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                    logged[int(entry["version"])] = entry
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line after a crash
+        versions = sorted(dataset.versions(), key=lambda v: v["version"], reverse=True)
+        if logged:  # curata's own commits; the index updates Lance commits after each one are left out
+            versions = [v for v in versions if int(v["version"]) in logged or int(v["version"]) == dataset.version]
+        out = []
+        for v in versions[:limit]:
+            entry = logged.get(int(v["version"]), {})
+            out.append({"version": int(v["version"]), "at": v["timestamp"].isoformat(timespec="seconds"),
+                        "items": int(v["metadata"].get("total_rows", 0)),
+                        "action": entry.get("action", "internal"), "what": entry.get("what", ""),
+                        "added": entry.get("added"), "updated": entry.get("updated"),
+                        "current": int(v["version"]) == int(dataset.version)})
+        return out
+
+    def rollback(self, version: int) -> int:
+        """Make `version` the current one again, as a new commit (the versions after it stay listed)."""
+        dataset = self._dataset()
+        if dataset is None:
+            raise CollectionError(f"{self.path} does not exist: nothing to roll back")
+        known = {int(v["version"]) for v in dataset.versions()}
+        if version not in known:
+            raise CollectionError(f"{self.path} has no version {version} (it has {min(known)}..{max(known)}; "
+                                  "`curata history` lists them)")
+        self._dataset(version).restore()
+        self._log("rollback", f"to version {version}", 0, 0, 0)
+        return self.version
+
+    def compact(self, keep_days: float | None = None) -> dict[str, int]:
+        """Merge fragments; with `keep_days`, also drop versions older than that (they can no longer be
+        rolled back to)."""
+        dataset = self._dataset()
+        if dataset is None:
+            return {}
+        keep = timedelta(days=keep_days) if keep_days is not None else None
+        return tables.compact(dataset, keep_versions=keep)
+
+    def repair(self) -> int:
+        """Rewrite the table from its readable fragments; returns how many items were dropped (ingest their
+        sources again to bring them back)."""
+        dataset = self._dataset()
+        if dataset is None:
+            return 0
+        kept, dropped = tables.readable_fragments(dataset)
+        table = pa.concat_tables(kept) if kept else TABLE_SCHEMA.empty_table()
+        tables.write(table, self.path, mode="overwrite")
+        self._index()
+        self._log("repair", "dropped unreadable fragments", 0, 0, 0, removed=dropped)
+        return dropped
+
+    # Conversion -----------------------------------------------------------------------------
+    def convert_parquet(self) -> int | None:
+        """Convert `collection.parquet` (a workspace written before Lance) once; the caller holds the
+        workspace lock. The table is written aside, its ids verified against the file's, renamed in, and only
+        then is the Parquet file moved to `collection.parquet.converted` (kept: delete it when satisfied).
+        A kill at any point leaves either the Parquet file in use or a verified table. Returns the items
+        converted, None when there was nothing to convert."""
+        if not self.legacy_path.exists():
+            return None
+        if self.exists:  # verified and renamed in; a kill came before the Parquet file was moved
+            self.legacy_path.replace(self.legacy_path.with_name("collection.parquet.converted"))
+            return None
+        frame = read_parquet_collection(self.legacy_path)
+        staged = self.root / f".collection.lance.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            tables.write(_to_table(frame), staged, mode="create", message="converted from collection.parquet")
+            self._index(staged)
+            ids = tables.open_table(staged, FIX).to_table(columns=["id"])["id"].to_pylist()
+            if sorted(ids) != sorted(frame["id"]):
+                raise CollectionError(f"converting {self.legacy_path} failed verification; it is left in place")
+            staged.rename(self.path)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        self._log("convert", "from collection.parquet", len(frame), 0, 0)
+        self.legacy_path.replace(self.legacy_path.with_name("collection.parquet.converted"))
+        return len(frame)
+
+    def stamp(self) -> tuple[int, str, str]:
+        """Cheap change detection for readers that cache (the service), without opening the table: every
+        commit (rollbacks included) adds a manifest to `_versions/`, so the count and the end names change."""
+        try:
+            names = [e.name for e in os.scandir(self.path / "_versions") if e.name.endswith(".manifest")]
+        except OSError:
+            return (-1, "", "")
+        return (len(names), min(names, default=""), max(names, default=""))

@@ -1,7 +1,8 @@
 """The workspace: a plain folder holding a collection and everything computed from it.
 
     curata-workspace/
-      collection.parquet   the items table (curata.collection)
+      collection.lance/    the items table, a versioned Lance table (curata.collection)
+      history.jsonl        what each version of the collection was (ingest of which source, counts)
       features/            cached feature vectors, one folder per extractor key
       models/              trained bundles and fitted extractors
       index/               vector indexes
@@ -24,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from curata.atomic import atomic_write_text
-from curata.collection import read_collection, upsert, write_collection
+from curata.collection import Collection, Upsert
 
 DEFAULT_WORKSPACE = "curata-workspace"
 SUBDIRS = ("features", "models", "index", "reports", "cache")
@@ -41,7 +42,7 @@ class Workspace:
     # Layout ---------------------------------------------------------------------------------
     @property
     def collection_path(self) -> Path:
-        return self.root / "collection.parquet"
+        return self.root / "collection.lance"
 
     def dir(self, name: str) -> Path:
         """One of the workspace sub-folders, created on first use."""
@@ -56,22 +57,42 @@ class Workspace:
 
     @property
     def exists(self) -> bool:
-        return self.collection_path.exists()
+        return self.collection_path.exists() or (self.root / "collection.parquet").exists()
 
     # Collection -----------------------------------------------------------------------------
-    def items(self, columns: list[str] | None = None) -> pd.DataFrame:
-        """The collection (`columns`: only these, in this order)."""
-        return read_collection(self.collection_path, columns)
+    @property
+    def collection(self) -> Collection:
+        """The items table; a workspace written before Lance is converted here, once, under the lock."""
+        table = Collection(self.root)
+        if table.legacy_path.exists():
+            with self.lock():
+                table.convert_parquet()
+        return table
 
-    def add_items(self, frame: pd.DataFrame) -> tuple[int, int, int]:
-        """Upsert items by id; returns (added, updated, unchanged). Holds the workspace lock, so two
-        concurrent ingests cannot lose each other's items in the read-modify-write."""
+    def items(self, columns: list[str] | None = None, where: Any = None) -> pd.DataFrame:
+        """The collection (`columns`: only these, in this order; `where`: a filter applied in the scan)."""
+        return self.collection.read(columns, where)
+
+    def add_items(self, frame: pd.DataFrame, what: str = "ingest") -> tuple[int, int, int]:
+        """Upsert items by id as one commit; returns (added, updated, unchanged). Holds the workspace lock, so
+        two concurrent ingests cannot lose each other's items."""
+        result = self.upsert_items(frame, what)
+        return result.added, result.updated, result.unchanged
+
+    def upsert_items(self, frame: pd.DataFrame, what: str = "ingest") -> Upsert:
         self.create()
         with self.lock():
-            merged, added, updated, unchanged = upsert(self.items(), frame)
-            if added or updated or not self.exists:
-                write_collection(merged, self.collection_path)
-        return added, updated, unchanged
+            table = Collection(self.root)
+            table.convert_parquet()  # a workspace written before Lance: its items first
+            return table.upsert(frame, what)
+
+    def replace_items(self, frame: pd.DataFrame, what: str = "replace") -> int:
+        """Make `frame` the whole collection (one commit; `curata rollback` can restore the one before)."""
+        self.create()
+        with self.lock():
+            table = Collection(self.root)
+            table.convert_parquet()  # so the Parquet file is not converted over the replacement later
+            return table.replace(frame, what)
 
     @contextmanager
     def lock(self, name: str = "", on_wait: Callable[[], None] | None = None) -> Iterator[None]:

@@ -122,6 +122,8 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
     items = _items(workspace)
     done = reporter.task("clustering", 4)
     skipped: dict[str, int] = {}
+    map_rows: np.ndarray | None = None  # the rows the map shows (None: all); a streamed run maps its sample
+    memory: dict[str, Any] = {"mode": "in_memory"}  # how the features were held: in memory, or streamed
     if method in TOPIC_METHODS:
         if k is None:
             raise ClusterInputError(f"{method} needs the number of topics: give k")
@@ -137,22 +139,42 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
         curve = None
         space = x
     else:
-        from curata.tasks.data import load_features
+        from curata.budget import matrix_bytes, memory_budget
+        from curata.tasks.data import feature_dim, load_features
 
         if not features:
             raise ClusterInputError("name at least one feature to cluster on (e.g. minilm, effnet_lite0)")
-        fs, keep = load_features(workspace, list(features), items)
-        skipped = dict(fs.skipped)
-        items = items[keep].reset_index(drop=True)
-        if items.empty:
-            raise ClusterInputError(f"no item has all of the features {', '.join(features)}")
-        x = fs.concat(normalise=True)
-        truth, spec = _truth(items, target)
-        result = cluster(x, method, k, k_range=k_range, normalisation=normalisation, reduction=reduction,
-                         n_components=n_components, truth=truth, seed=seed, linkage=linkage,
-                         min_cluster_size=min_cluster_size)
-        labels, curve, space = result.labels, result.curve, result.space
-        summary = result.to_dict()
+        need = matrix_bytes(len(items), feature_dim(list(features)))
+        memory.update(matrix_bytes=need, budget_bytes=memory_budget())
+        if need > memory["budget_bytes"]:
+            from curata.cluster.stream import over_budget_refusal, streamed_kmeans
+
+            refusal = over_budget_refusal(method, reduction, need)
+            if refusal is not None:
+                raise refusal
+            truth, spec = _truth(items, target)
+            streamed = streamed_kmeans(workspace, features, items, k, k_range=k_range, normalisation=normalisation,
+                                       truth=truth, seed=seed)
+            skipped = dict(streamed.skipped)
+            items = items[streamed.keep].reset_index(drop=True)
+            # The map and the silhouette cover the seeded sample (see curata.cluster.stream).
+            labels, curve, space, x, map_rows = streamed.labels, streamed.curve, None, streamed.sample_x, \
+                streamed.sample_rows
+            summary = streamed.to_dict()
+            memory.update(mode="streamed", **streamed.params["streamed"])
+        else:
+            fs, keep = load_features(workspace, list(features), items)
+            skipped = dict(fs.skipped)
+            items = items[keep].reset_index(drop=True)
+            if items.empty:
+                raise ClusterInputError(f"no item has all of the features {', '.join(features)}")
+            x = fs.concat(normalise=True)
+            truth, spec = _truth(items, target)
+            result = cluster(x, method, k, k_range=k_range, normalisation=normalisation, reduction=reduction,
+                             n_components=n_components, truth=truth, seed=seed, linkage=linkage,
+                             min_cluster_size=min_cluster_size)
+            labels, curve, space = result.labels, result.curve, result.space
+            summary = result.to_dict()
     done(1)
     names = name_clusters(labels, list(items["text"]), list(items["tags"]), _palettes(workspace, items))
     done(1)
@@ -168,24 +190,34 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
         summary["map"] = used
     done(1)
     label_names = {n.cluster: n.name for n in names}
-    files: dict[str, str] = {"assignments": str(write_assignments(workspace.root, run, list(items["id"]), labels, xy))}
+    shown = items if map_rows is None else items.iloc[map_rows]
+    shown_labels = labels if map_rows is None else labels[map_rows]
+    all_xy = xy
+    if xy is not None and map_rows is not None:  # items outside the mapped sample have no coordinates
+        all_xy = np.full((len(items), 2), np.nan)
+        all_xy[map_rows] = xy
+    files: dict[str, str] = {"assignments": str(write_assignments(workspace.root, run, list(items["id"]), labels,
+                                                                  all_xy))}
     notes: list[str] = []
+    if map_rows is not None:
+        notes.append(f"streamed k-means (the features exceed the memory budget): the map and the silhouette cover "
+                     f"a seeded sample of {len(map_rows)} of the {len(items)} items")
     try:
         if curve is not None and png:
             files["k_curve"] = str(plot_k_curve(curve, folder / f"{run}-k.png", f"{run}: choosing k"))
         if xy is not None and png:
-            files["map_png"] = str(plot_map(xy, labels, folder / f"{run}.png", label_names, run))
+            files["map_png"] = str(plot_map(xy, shown_labels, folder / f"{run}.png", label_names, run))
     except RuntimeError as e:  # matplotlib missing: the run's data and HTML map are still worth having
         notes.append(f"no PNG: {e}")
     if xy is not None and html:
-        page = interactive_map(xy, labels, list(items["id"]), folder / f"{run}.html", names=label_names,
-                               images=list(items["image"]), texts=list(items["text"]),
+        page = interactive_map(xy, shown_labels, list(shown["id"]), folder / f"{run}.html", names=label_names,
+                               images=list(shown["image"]), texts=list(shown["text"]),
                                max_thumbnails=max_thumbnails, title=run, seed=seed)
         files["map_html"] = page["path"]
         summary["thumbnails"] = page["thumbnails"]
     done(1)
     summary.update({"run": run, "features": list(features) if method not in TOPIC_METHODS else ["text"],
-                    "items": len(items), "skipped": skipped, "target": spec,
+                    "items": len(items), "skipped": skipped, "target": spec, "memory": memory,
                     "clusters": [n.to_dict() for n in names], "files": files, "notes": notes,
                     "seconds": round(time.perf_counter() - started, 2)})
     files["summary"] = str(folder / f"{run}.json")

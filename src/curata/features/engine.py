@@ -249,17 +249,17 @@ def plan_compute(extractor: Extractor, workspace: Workspace, *, refit: bool = Fa
                  reporter: Reporter = SILENT) -> ComputePlan:
     """Fit the extractor if it needs the collection (once), then list the items its store lacks."""
     started = time.perf_counter()
-    items = workspace.items()
+    # Only the columns the plan needs: the text of a million items is not read to plan an image extractor.
+    items = workspace.items(["text"] if extractor.modality == "text" else ["image", "image_sha256"])
     fit_id = ensure_fitted(extractor, workspace, items, refit=refit, reporter=reporter)
     store = FeatureStore.for_extractor(workspace.dir("features"), extractor, fit_id)
     keys = item_keys(items, extractor)
-    sources = list(items["text"].fillna("")) if extractor.modality == "text" else list(items["image"])
-    known = store.known_hashes()  # drops unreadable parts: their items are computed again below
+    missing = store.missing(keys)  # repairs a damaged table: its dropped items are computed again below
+    sources = items["text"].fillna("") if extractor.modality == "text" else items["image"]
     todo: dict[str, str] = {}
-    for key, source in zip(keys, sources, strict=True):
-        if key not in known:
-            todo.setdefault(key, source)  # identical content is computed once
-    run = FeatureRun(extractor.key, len(items), len(items) - sum(k in todo for k in keys), len(todo), 0, 0.0,
+    for key, source in zip(np.asarray(keys, dtype=object)[missing], sources.to_numpy()[missing], strict=True):
+        todo.setdefault(key, source)  # identical content is computed once
+    run = FeatureRun(extractor.key, len(items), int(len(items) - missing.sum()), len(todo), 0, 0.0,
                      fitted=bool(fit_id), notes=list(store.notes))
     return ComputePlan(store, todo, run, started)
 
@@ -280,7 +280,10 @@ def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32,
     with feature_lock(extractor, workspace, reporter):
         plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)
         if plan.todo:
-            _compute_todo(extractor, plan.store, plan.todo, batch_size, workers, reporter, plan.run)
+            try:
+                _compute_todo(extractor, plan.store, plan.todo, batch_size, workers, reporter, plan.run)
+            finally:  # also after an interruption: what was appended is indexed
+                plan.store.finish()
     plan.run.seconds = time.perf_counter() - plan.started
     return plan.run
 
@@ -330,21 +333,8 @@ def _compute_todo(extractor: Extractor, store: FeatureStore, todo: dict[str, str
     flush()
 
 
-def load_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame | None = None
-                ) -> tuple[np.ndarray, list[str | None]]:
-    """The feature matrix of `items` (default: the whole collection) in row order, plus per-row errors.
-
-    A concatenation (`curata.features.concat`) is read from its blocks' own stores, each block L2-normalised
-    per row and joined: the same vectors its `transform` gives; a row fails if any block failed on it."""
-    from curata.features.concat import ConcatExtractor, join_blocks
-
-    items = workspace.items() if items is None else items
-    if isinstance(extractor, ConcatExtractor):
-        loaded = [load_matrix(workspace, b, items) for b in extractor.blocks]
-        errors = [next((e for e in row if e is not None), None) for row in zip(*(e for _, e in loaded), strict=True)]
-        matrix = join_blocks([m for m, _ in loaded])
-        matrix[[e is not None for e in errors]] = 0.0
-        return matrix, errors
+def _feature_store(workspace: Workspace, extractor: Extractor) -> FeatureStore:
+    """The store an extractor's vectors were cached in (a fitted extractor: under its fit id)."""
     fit_id = ""
     if extractor.needs_fit:
         state_dir = workspace.root / "models" / "extractors" / store_dirname(extractor.key)
@@ -352,5 +342,59 @@ def load_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame 
         if not fit_file.exists():
             raise ValueError(f"{extractor.name} has not been fitted in {workspace.root}; run `curata features`")
         fit_id = json.loads(fit_file.read_text())["fit_id"]
-    store = FeatureStore.for_extractor(workspace.root / "features", extractor, fit_id)
-    return store.lookup(item_keys(items, extractor))
+    return FeatureStore.for_extractor(workspace.root / "features", extractor, fit_id)
+
+
+def _join_rows(loaded: list[tuple[np.ndarray, list[str | None]]]) -> tuple[np.ndarray, list[str | None]]:
+    """A concatenation's rows from its blocks' rows: joined per block, zero where any block failed."""
+    from curata.features.concat import join_blocks
+
+    errors = [next((e for e in row if e is not None), None) for row in zip(*(e for _, e in loaded), strict=True)]
+    matrix = join_blocks([m for m, _ in loaded])
+    matrix[[e is not None for e in errors]] = 0.0
+    return matrix, errors
+
+
+def _item_columns(extractor: Extractor) -> list[str]:
+    return ["text"] if extractor.modality == "text" else ["image_sha256"]
+
+
+def load_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame | None = None
+                ) -> tuple[np.ndarray, list[str | None]]:
+    """The feature matrix of `items` (default: the whole collection) in row order, plus per-row errors.
+
+    A concatenation (`curata.features.concat`) is read from its blocks' own stores, each block L2-normalised
+    per row and joined: the same vectors its `transform` gives; a row fails if any block failed on it.
+    A matrix larger than the memory budget (`curata.budget`) raises `MemoryBudgetError`: stages that may
+    meet one read through `iter_matrix` instead."""
+    from curata.budget import check_matrix_fits
+    from curata.features.concat import ConcatExtractor
+
+    items = workspace.items(_item_columns(extractor)) if items is None else items
+    check_matrix_fits(len(items), extractor.dim, f"the {extractor.name} features of {len(items)} items")
+    if isinstance(extractor, ConcatExtractor):
+        return _join_rows([load_matrix(workspace, b, items) for b in extractor.blocks])
+    return _feature_store(workspace, extractor).lookup(item_keys(items, extractor))
+
+
+def iter_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame | None = None,
+                batch_rows: int | None = None) -> Iterator[tuple[int, np.ndarray, list[str | None]]]:
+    """`load_matrix` in consecutive chunks: (start row, matrix, errors) in item order, each chunk `batch_rows`
+    rows (default: as many as fit in the memory budget), so only one chunk is in memory at a time.
+
+    Chunk for chunk the same rows `load_matrix` gives (a concatenation's blocks joined per chunk)."""
+    from curata.budget import matrix_bytes, rows_within_budget
+    from curata.features.concat import ConcatExtractor
+
+    items = workspace.items(_item_columns(extractor)) if items is None else items
+    batch = int(batch_rows) if batch_rows else rows_within_budget(matrix_bytes(1, extractor.dim))
+    if batch < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    blocks = extractor.blocks if isinstance(extractor, ConcatExtractor) else [extractor]
+    # Stores are resolved once (a fitted extractor reads its fit id), then read chunk by chunk.
+    readers = [_feature_store(workspace, b).iter_lookup(item_keys(items, b), batch) for b in blocks]
+    start = 0
+    for loaded in zip(*readers, strict=True):
+        matrix, errors = loaded[0] if len(blocks) == 1 else _join_rows(list(loaded))
+        yield start, matrix, errors
+        start += len(errors)

@@ -1,17 +1,23 @@
-"""The feature cache: vectors keyed by item content hash + extractor key, as Parquet parts.
+"""The feature cache: vectors keyed by item content hash + extractor key, one Lance table per extractor key.
 
     features/<extractor dir>/
       extractor.json        the full key, dim, modality
-      part-<n>.parquet      columns: hash (str), vector (fixed-size list<float32>), error (str|null)
+      vectors.lance/        columns: hash (str, BTREE index), vector (fixed-size list<float32>),
+                            error (str|null), seq (int64: write time, the later success wins)
 
-Parts are only ever appended (never rewritten), so an interrupted run keeps every finished part
-and a rerun computes only what is missing; a part damaged from outside is dropped by the next run,
-which recomputes its items (readers name it and say so). Keying by content hash (not item id) means the same
-image ingested twice, or under two ids, is computed once.
+Rows are only ever appended (one fragment per flush, merged by `compact`), so an interrupted run keeps
+every committed flush and a rerun computes only what is missing. Looking up k hashes goes through the
+scalar index on `hash`: its cost grows with k, not with the store. Keying by content hash (not item id)
+means the same image ingested twice, or under two ids, is computed once.
+
+Stores written before Lance (`part-*.parquet`) are converted on first use: the parts are copied into
+the table, the row count is verified, and only then are the parts deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -19,14 +25,25 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curata import tables
 from curata.atomic import atomic_write_text, name_file
 from curata.features.base import Extractor
+
+TABLE = "vectors.lance"
+# Above this share of the store, a lookup scans the table once instead of probing the index per hash.
+SCAN_SHARE = 0.25
+LOOKUP_CHUNK = 8192  # hashes per index probe: bounds the filter expression
 
 
 def store_dirname(key: str) -> str:
@@ -36,8 +53,8 @@ def store_dirname(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]", "_", name) + "-" + digest
 
 
-class CorruptPart(ValueError):
-    """A part that cannot be read (overwritten, truncated by a crash outside curata, another schema)."""
+class CorruptPart(tables.CorruptTable):
+    """A feature table or legacy part that cannot be read (overwritten, truncated outside curata)."""
 
 
 class FeatureStore:
@@ -46,116 +63,231 @@ class FeatureStore:
         self.dim = dim
         self.modality = modality
         self.path = features_dir / store_dirname(key)
-        self.notes: list[str] = []  # what `known_hashes` repaired, for the caller to report
+        self.table_path = self.path / TABLE
+        self.notes: list[str] = []  # what `known_hashes` repaired or converted, for the caller to report
 
     @classmethod
     def for_extractor(cls, features_dir: Path, extractor: Extractor, fit_id: str = "") -> FeatureStore:
         key = extractor.key + (f"#fit={fit_id}" if fit_id else "")
         return cls(features_dir, key, extractor.dim, extractor.modality)
 
-    def _parts(self) -> list[Path]:
-        return sorted(self.path.glob("part-*.parquet"))
+    @classmethod
+    def in_folder(cls, folder: Path) -> FeatureStore:
+        """The store a folder holds, from its `extractor.json` (upkeep commands walk the folders)."""
+        meta = json.loads((folder / "extractor.json").read_text())
+        store = cls(folder.parent, meta["key"], int(meta["dim"]), meta.get("modality", "image"))
+        store.path, store.table_path = folder, folder / TABLE  # the folder as found, whatever its name
+        return store
 
-    def _read_part(self, part: Path, columns: list[str] | None = None) -> pa.Table:
+    @property
+    def fix(self) -> str:
+        return (f"rerun `curata features -e {self.key.split('@', 1)[0]}` to drop the damaged rows and recompute "
+                "their items")
+
+    # Reading --------------------------------------------------------------------------------
+    def _dataset(self) -> Any | None:
+        self._convert_parts()
+        if not tables.exists(self.table_path):
+            return None
+        return tables.open_table(self.table_path, self.fix)
+
+    def _scan(self, dataset: Any, **scan: Any) -> pa.Table:
         try:
-            table = pq.read_table(part, columns=columns)
-            if "vector" in table.column_names and table.schema.field("vector").type != pa.list_(pa.float32(),
-                                                                                                  self.dim):
-                raise ValueError(f"vectors of type {table.schema.field('vector').type}, expected {self.dim}-d")
-            return table
-        except (pa.ArrowException, ValueError, OSError) as e:
-            if isinstance(e, PermissionError | FileNotFoundError):
-                raise
-            reason = " ".join(str(e).split())
-            raise CorruptPart(f"unreadable feature part {part} ({type(e).__name__}: {reason}); rerun `curata "
-                              f"features -e {self.key.split('@', 1)[0]}` to drop it and recompute its items") from e
+            return tables.read(dataset, self.table_path, self.fix, **scan)
+        except tables.CorruptTable as e:
+            raise CorruptPart(str(e)) from e.__cause__
 
-    def _tables(self, columns: list[str] | None = None, *, repair: bool = False) -> list[pa.Table]:
-        """Every part; with `repair`, unreadable parts are deleted (their items then count as missing, so
-        the run recomputes them) and noted, else they raise CorruptPart naming the file."""
-        tables = []
-        for part in self._parts():
-            try:
-                tables.append(self._read_part(part, columns))
-            except CorruptPart as e:
-                if not repair:
-                    raise
-                part.unlink(missing_ok=True)
-                self.notes.append(f"dropped unreadable feature part {part} ({type(e.__cause__).__name__}): its "
-                                  "items are recomputed")
-        return tables
+    def _empty(self) -> pa.Table:
+        return pa.table({"hash": pa.array([], pa.string()),
+                         "vector": pa.array([], pa.list_(pa.float32(), self.dim)),
+                         "error": pa.array([], pa.string()), "seq": pa.array([], pa.int64())})
 
     def read(self) -> pa.Table:
-        tables = self._tables()
-        if not tables:
-            return pa.table({"hash": pa.array([], pa.string()),
-                             "vector": pa.array([], pa.list_(pa.float32(), self.dim)),
-                             "error": pa.array([], pa.string())})
-        return pa.concat_tables(tables)
+        """The whole table (tests and repairs; stages read through `lookup` / `iter_lookup`)."""
+        dataset = self._dataset()
+        return self._empty() if dataset is None else self._scan(dataset)
+
+    def count(self) -> int:
+        dataset = self._dataset()
+        return 0 if dataset is None else dataset.count_rows()
 
     def known_hashes(self) -> set[str]:
-        """Hashes with a computed vector. Failed rows are left out, so a rerun retries them (a missing
-        model or a full disk must not be cached forever); a later success wins in `lookup`. Called by the
-        writers before computing: unreadable parts are dropped here, so a rerun repairs the store."""
-        tables = self._tables(["hash", "error"], repair=True)
-        if not tables:
-            return set()
-        table = pa.concat_tables(tables)
-        return {h for h, e in zip(table["hash"].to_pylist(), table["error"].to_pylist(), strict=True) if e is None}
+        """Hashes with a computed vector (small stores: the joint space's caption cache)."""
+        ok = self._computed()
+        return set(ok.to_pylist()) if ok is not None else set()
 
+    def missing(self, hashes: list[str]) -> np.ndarray:
+        """Which of `hashes` have no computed vector. Failed rows count as missing, so a rerun retries them
+        (a missing model or a full disk must not be cached forever). Called by the writers before computing:
+        a damaged table is repaired here (its unreadable fragments dropped, their items then missing)."""
+        try:
+            ok = self._computed()
+        except CorruptPart:
+            self.repair()
+            ok = self._computed()
+        if ok is None or not hashes:
+            return np.ones(len(hashes), bool)
+        return ~pc.is_in(pa.array(hashes, pa.string()), value_set=ok).to_numpy(zero_copy_only=False)
+
+    def _computed(self) -> pa.Array | None:
+        dataset = self._dataset()
+        if dataset is None:
+            return None
+        table = self._scan(dataset, columns=["hash"], filter=pc.field("error").is_null())
+        return pc.unique(table["hash"].combine_chunks())
+
+    def lookup(self, hashes: list[str]) -> tuple[np.ndarray, list[str | None]]:
+        """Vectors for `hashes` in order (zeros where missing or failed) and each one's error, if any;
+        a hash never computed reports 'not computed'. Cost grows with len(hashes), not the store."""
+        out = np.zeros((len(hashes), self.dim), np.float32)
+        errors: list[str | None] = ["not computed"] * len(hashes)
+        dataset = self._dataset()
+        if dataset is None or not hashes:
+            return out, errors
+        wanted = list(dict.fromkeys(hashes))
+        if len(wanted) > SCAN_SHARE * dataset.count_rows():
+            found = self._scan(dataset, columns=["hash", "vector", "error", "seq"])
+        else:
+            found = pa.concat_tables([
+                self._scan(dataset, columns=["hash", "vector", "error", "seq"],
+                           filter=pc.field("hash").isin(wanted[i:i + LOOKUP_CHUNK]))
+                for i in range(0, len(wanted), LOOKUP_CHUNK)])
+        if not len(found):
+            return out, errors
+        # A hash may be stored more than once (a rerun after a failure): the latest success wins, and a
+        # failure never hides an earlier success.
+        rows = pd.DataFrame({"hash": found["hash"].to_numpy(zero_copy_only=False),
+                             "ok": found["error"].is_null().to_numpy(zero_copy_only=False),
+                             "seq": found["seq"].to_numpy()})
+        best = rows.sort_values(["ok", "seq"], kind="stable").drop_duplicates("hash", keep="last")
+        at = pd.Index(best["hash"]).get_indexer(hashes)  # row in `best` per asked hash, -1 if absent
+        source = best.index.to_numpy()[np.maximum(at, 0)]
+        present = at >= 0
+        ok = present & best["ok"].to_numpy()[np.maximum(at, 0)]
+        if ok.any():
+            matrix = found["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dim)
+            out[ok] = matrix[source[ok]]
+        error_col = found["error"].to_pylist()
+        for row in np.flatnonzero(present & ~ok):
+            errors[row] = error_col[source[row]]
+        for row in np.flatnonzero(ok):
+            errors[row] = None
+        return out, errors
+
+    def iter_lookup(self, hashes: list[str], batch_rows: int) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+        """`lookup` in consecutive chunks of `batch_rows` hashes: the out-of-core reader (a chunk of vectors
+        in memory at a time)."""
+        for start in range(0, len(hashes), max(1, batch_rows)):
+            yield self.lookup(hashes[start:start + batch_rows])
+
+    # Writing --------------------------------------------------------------------------------
     def append(self, hashes: list[str], vectors: np.ndarray, errors: list[str | None]) -> None:
-        """Write one new part (atomically: temp file, then rename)."""
+        """Append rows as one commit: a crash before the commit leaves the table as it was."""
         if not hashes:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         meta = self.path / "extractor.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps({"key": self.key, "dim": self.dim, "modality": self.modality}))
+        self._convert_parts()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(hashes), self.dim)
-        flat = pa.array(vectors.reshape(-1), pa.float32())
         table = pa.table({
             "hash": pa.array(hashes, pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, self.dim),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim),
             "error": pa.array(errors, pa.string()),
+            "seq": pa.array(np.full(len(hashes), time.time_ns(), np.int64)),
         })
-        # Names sort by time and are unique per writer, so concurrent runs never overwrite a part.
-        name = f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = self.path / f".{name}.tmp"
         try:
-            pq.write_table(table, tmp)
-            tmp.replace(self.path / f"{name}.parquet")
-        except BaseException as e:  # a full disk: no half part left behind, and the error names the store
-            tmp.unlink(missing_ok=True)
-            name_file(e, self.path)
+            if tables.exists(self.table_path):
+                tables.write(table, self.table_path, mode="append")
+            else:
+                dataset = tables.write(table, self.table_path, mode="create")
+                dataset.create_scalar_index("hash", "BTREE")
+        except BaseException as e:  # a full disk: the error names the store
+            name_file(e, self.table_path)
             raise
 
-    def lookup(self, hashes: list[str]) -> tuple[np.ndarray, list[str | None]]:
-        """Vectors for `hashes` in order (zeros where missing or failed) and each one's error, if any;
-        a hash never computed reports 'not computed'."""
-        table = self.read()
-        if len(table):
-            matrix = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            matrix = matrix.reshape(len(table), self.dim)
+    def finish(self) -> None:
+        """After a run's appends: index the new fragments, and merge fragments once there are many."""
+        dataset = self._dataset()
+        if dataset is None:
+            return
+        if tables.needs_compaction(dataset):
+            tables.compact(dataset)
         else:
-            matrix = np.zeros((0, self.dim), np.float32)
-        errors_col = table["error"].to_pylist()
-        # A hash may be stored more than once (a rerun after a failure, two runs before locking existed):
-        # the latest success wins, a failure never hides an earlier success.
-        position: dict[str, int] = {}
-        for i, h in enumerate(table["hash"].to_pylist()):
-            if errors_col[i] is None or errors_col[position.get(h, i)] is not None:
-                position[h] = i
-        out = np.zeros((len(hashes), self.dim), np.float32)
-        errors: list[str | None] = []
-        for row, h in enumerate(hashes):
-            i = position.get(h)
-            if i is None:
-                errors.append("not computed")
+            dataset.optimize.optimize_indices()
+
+    def compact(self) -> dict[str, int]:
+        """Merge every fragment into large ones and delete unreferenced files; no vector is lost."""
+        dataset = self._dataset()
+        if dataset is None:
+            return {"fragments_before": 0, "fragments_after": 0, "fragments_removed": 0, "fragments_added": 0}
+        return tables.compact(dataset, keep_versions=timedelta(0))
+
+    def repair(self) -> int:
+        """Rewrite the table from its readable fragments (derived data: their items are recomputed by the
+        next run). Returns how many rows were dropped."""
+        dataset = self._dataset() if tables.exists(self.table_path) else None
+        if dataset is None:
+            return 0
+        kept, dropped = tables.readable_fragments(dataset)
+        if dropped:
+            self.notes.append(f"dropped {dropped} row(s) in damaged fragments of {self.table_path}: their items "
+                              "are recomputed")
+        self._rewrite(pa.concat_tables(kept) if kept else self._empty())
+        return dropped
+
+    def _rewrite(self, table: pa.Table) -> None:
+        """Replace the table by `table` (verified row count, then an atomic folder swap)."""
+        staged = self.path / f".{TABLE}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            dataset = tables.write(table, staged, mode="create")
+            if len(table):
+                dataset.create_scalar_index("hash", "BTREE")
+            if tables.open_table(staged, self.fix).count_rows() != len(table):
+                raise OSError(f"verifying {staged} failed: row count differs")
+            old = self.path / f".{TABLE}.old-{uuid.uuid4().hex[:8]}"
+            if self.table_path.exists():
+                self.table_path.rename(old)
+            staged.rename(self.table_path)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+    def _convert_parts(self) -> None:
+        """Copy the Parquet parts of a store written before Lance into the table, once (see module doc)."""
+        if not any(self.path.glob("part-*.parquet")):
+            return
+        with open(self.path / ".convert.lock", "w") as lock:  # one converter; the others find it done
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._convert_parts_locked()
+
+    def _convert_parts_locked(self) -> None:
+        parts = sorted(self.path.glob("part-*.parquet"))
+        if not parts:
+            return
+        if tables.exists(self.table_path):  # converted and verified; a kill came before the parts went
+            for part in parts:
+                part.unlink(missing_ok=True)
+            return
+        pieces = []
+        for seq, part in enumerate(parts):
+            try:
+                table = pq.read_table(part, columns=["hash", "vector", "error"])
+                if table.schema.field("vector").type != pa.list_(pa.float32(), self.dim):
+                    raise ValueError(f"vectors of type {table.schema.field('vector').type}, expected {self.dim}-d")
+            except (pa.ArrowException, ValueError, OSError) as e:
+                if isinstance(e, PermissionError):
+                    raise
+                self.notes.append(f"dropped unreadable feature part {part} ({type(e).__name__}): its items are "
+                                  "recomputed")
                 continue
-            errors.append(errors_col[i])
-            if errors_col[i] is None:
-                out[row] = matrix[i]
-        return out, errors
+            pieces.append(table.append_column("seq", pa.array(np.full(len(table), seq, np.int64))))
+        self._rewrite(pa.concat_tables(pieces) if pieces else self._empty())
+        for part in parts:
+            part.unlink(missing_ok=True)
+        self.notes.append(f"converted {len(parts)} Parquet part(s) of {self.path.name} to a Lance table")
 
     def clear(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self.path)

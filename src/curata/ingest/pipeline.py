@@ -233,7 +233,8 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
             attributes=record.attributes, split=record.split, meta=record.meta,
         ))
     report.collections = dict(Counter(item.collection for item in items).most_common())
-    report.added, report.updated, report.unchanged = workspace.add_items(items_to_frame(items))
+    report.added, report.updated, report.unchanged = workspace.add_items(items_to_frame(items),
+                                                                         f"ingest {source_name}")
     report.seconds = time.perf_counter() - started
     workspace.write_report("ingest", report.to_dict())
     return report

@@ -126,6 +126,9 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
                 compute=ray.data.ActorPoolStrategy(size=pool.actors),
                 num_cpus=pool.cpus,
             )
-            _drain_into_store(results, plan.store, plan.run, advance)
+            try:
+                _drain_into_store(results, plan.store, plan.run, advance)
+            finally:
+                plan.store.finish()
     plan.run.seconds = time.perf_counter() - plan.started
     return plan.run

@@ -50,6 +50,12 @@ class QueryEncoder(ABC):
         return int(self.card["dim"])
 
     @property
+    def bytes_per_item(self) -> int:
+        """Memory one item takes while encoding (its input features and its vector, float32): how
+        `build_index` sizes its chunks to the memory budget. Encoders over other features say so."""
+        return 4 * 2 * self.dim
+
+    @property
     def index_name(self) -> str:
         """Folder name of this encoder's index under `<workspace>/index/`."""
         return re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
@@ -98,6 +104,10 @@ class JointEncoder(QueryEncoder):
         return {"name": c["name"], "kind": "joint_space", "version": c.get("created", ""), "dim": int(c["dim"]),
                 "fingerprint": c.get("fingerprint", ""),
                 "encoders": {role: enc["key"] for role, enc in c["encoders"].items()}}
+
+    @property
+    def bytes_per_item(self) -> int:
+        return 4 * (self._image.dim + self.dim)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self.space.embed_texts(self._text.transform(list(texts)))

@@ -119,7 +119,7 @@ def predict_untagged(workspace: Workspace, items: pd.DataFrame, cache: dict[str,
     if newest is None or items.empty:
         return {}, {}, notes
     from curata.tasks.bundle import BundleError, check_features, load_bundle
-    from curata.tasks.data import TaskDataError, load_features
+    from curata.tasks.data import TaskDataError, feature_chunks
 
     path, card = newest
     bundle = {"name": path.name, "created": card.created}
@@ -134,20 +134,24 @@ def predict_untagged(workspace: Workspace, items: pd.DataFrame, cache: dict[str,
             todo.append(item_id)
     if todo:
         rows = items[items["id"].isin(set(todo))]
+        lacking = 0
         try:
             task, card = load_bundle(path)
             check_features(card)
-            feature_set, keep = load_features(workspace, list(card.features), rows)
+            # Over the memory budget the features are read and predicted a chunk at a time.
+            for start, blocks, keep in feature_chunks(workspace, list(card.features), rows):
+                lacking += int((~keep).sum())
+                if keep.any():
+                    ids = rows["id"].iloc[start:start + len(keep)][keep]
+                    for item_id, row in zip(ids, task.predict(blocks), strict=True):
+                        out[item_id] = [card.labels[j] for j in np.flatnonzero(row)]
         except (BundleError, TaskDataError, ValueError, OSError) as e:
             notes.append(f"tags bundle {path.name!r} not applied to {len(rows)} untagged item(s): {e}")
-            return out, bundle, notes
-        if (~keep).sum():
-            notes.append(f"{int((~keep).sum())} untagged item(s) lack the features of tags bundle {path.name!r} "
+            asked = set(rows["id"])  # none of them predicted: a chunk that failed leaves no partial answer
+            return {i: t for i, t in out.items() if i not in asked}, bundle, notes
+        if lacking:
+            notes.append(f"{lacking} untagged item(s) lack the features of tags bundle {path.name!r} "
                          f"(run `curata features -e {','.join(card.features)}`)")
-        if keep.any():
-            predicted = task.predict(feature_set.blocks)
-            for item_id, row in zip(rows["id"][keep], predicted, strict=True):
-                out[item_id] = [card.labels[j] for j in np.flatnonzero(row)]
     return out, bundle, notes
 
 

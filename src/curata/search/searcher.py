@@ -63,6 +63,13 @@ def _read_sidecar(directory: Path) -> dict[str, Any] | None:
         return None
 
 
+def encode_chunk_rows(encoder: QueryEncoder) -> int:
+    """Items encoded per `add`: `_ENCODE_CHUNK`, fewer when that many would not fit the memory budget."""
+    from curata.budget import rows_within_budget
+
+    return min(_ENCODE_CHUNK, rows_within_budget(encoder.bytes_per_item))
+
+
 def build_index(workspace: Workspace, model: str | None = None, *, reporter: Reporter = SILENT) -> dict[str, Any]:
     """Create or update the index of `model` (see `make_encoder`) over the workspace's items.
 
@@ -106,8 +113,9 @@ def build_index(workspace: Workspace, model: str | None = None, *, reporter: Rep
     updated = int(sum(i in hashes for i in todo["id"]))
     added = failed = 0
     advance = reporter.task(f"indexing ({encoder.name})", len(todo))
-    for start in range(0, len(todo), _ENCODE_CHUNK):
-        chunk = todo.iloc[start : start + _ENCODE_CHUNK]
+    step = encode_chunk_rows(encoder)
+    for start in range(0, len(todo), step):
+        chunk = todo.iloc[start : start + step]
         vectors = encoder.encode_items(workspace, chunk, reporter=reporter if start == 0 else SILENT)
         ok = np.flatnonzero(np.linalg.norm(vectors, axis=1) > 0)
         failed += len(chunk) - len(ok)

@@ -119,6 +119,10 @@ class ZeroShotEncoder(QueryEncoder):
     def card(self) -> dict[str, Any]:
         return dict(self._card)
 
+    @property
+    def bytes_per_item(self) -> int:
+        return 4 * (self._logits.dim + self._palette.dim + self.dim)
+
     # ------------------------------------------------------------------------------------------ label vectors
     def label_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """MiniLM vectors of the class names (1000, 384) and of the colour names (12, 384), cached per

@@ -97,21 +97,21 @@ class ItemsView:
     colours: list[str | None]  # dominant basic colour name per item (from the cached palette feature)
     palettes: np.ndarray | None  # palette vectors, rows aligned with frame (None when not computed)
     palette_ok: np.ndarray  # bool per row
-    mtime: float
+    stamp: Any  # the collection's `Collection.stamp()` this view was read at
 
     @classmethod
     def empty(cls) -> ItemsView:
         from curata.collection import empty_frame
 
-        return cls(empty_frame(), {}, [], None, np.zeros(0, bool), -1.0)
+        return cls(empty_frame(), {}, [], None, np.zeros(0, bool), None)
 
 
 def _load_items(workspace: Workspace) -> ItemsView:
-    path = workspace.collection_path
-    if not path.exists():
+    table = workspace.collection
+    if not table.exists:
         return ItemsView.empty()
-    mtime = path.stat().st_mtime
-    frame = workspace.items().reset_index(drop=True)
+    stamp = table.stamp()
+    frame = table.read().reset_index(drop=True)
     index = {str(i): n for n, i in enumerate(frame["id"])}
     colours: list[str | None] = [None] * len(frame)
     palettes, ok = None, np.zeros(len(frame), bool)
@@ -128,7 +128,7 @@ def _load_items(workspace: Workspace) -> ItemsView:
                 colours[row] = str(name) or None
     except (ValueError, OSError) as e:  # no palette feature yet: the colour filter says so when used
         log.info("no palette features in %s: %s", workspace.root, e)
-    return ItemsView(frame, index, colours, palettes, ok, mtime)
+    return ItemsView(frame, index, colours, palettes, ok, stamp)
 
 
 _CARD_FIELDS: dict[str, type] = {"task": str, "target": str, "model": str, "labels": list, "features": dict,
@@ -173,7 +173,7 @@ class ServiceState:
         self.loaded = False  # start() has finished (successfully or not)
         self.load_error: str | None = None
         self.items_error: str | None = None  # why the collection file on disk is not the one being served
-        self._items_failed_mtime: float | None = None
+        self._items_failed_stamp: Any = None
         self.api_key = self.settings.api_key()
         self._compute_limiter: Any = None  # made on first use: it belongs to the event loop
         self._fetch_limiter: Any = None
@@ -243,24 +243,23 @@ class ServiceState:
         """The current snapshot; re-read when the collection file changed (another ingest ran). A file that
         cannot be read keeps the last good snapshot in service (/v1/ready says why it is stale) and is
         tried again when it changes; with no good snapshot at all, the request gets a 503."""
-        path = self.workspace.collection_path
         try:
-            mtime = path.stat().st_mtime if path.exists() else -1.0
-        except OSError:
-            mtime = -2.0
+            stamp = self.workspace.collection.stamp()
+        except Exception as e:  # a Parquet workspace that cannot be converted: tried again on the next request
+            stamp = ("unconvertible", str(e))
         view = self._items
-        if mtime != view.mtime and mtime != self._items_failed_mtime:
+        if stamp != view.stamp and stamp != self._items_failed_stamp:
             with self._items_lock:
-                if mtime != self._items.mtime and mtime != self._items_failed_mtime:
+                if stamp != self._items.stamp and stamp != self._items_failed_stamp:
                     try:
                         self._items = _load_items(self.workspace)
                         self.items_error = None
-                        self._items_failed_mtime = None
-                    except Exception as e:  # a torn or foreign file: serve what was last good
+                        self._items_failed_stamp = None
+                    except Exception as e:  # a damaged or foreign table: serve what was last good
                         log.warning("the collection cannot be read: %s", e)
-                        self.items_error = hide_paths(f"the collection file cannot be read ({e})",
+                        self.items_error = hide_paths(f"the collection cannot be read ({e})",
                                                       self.workspace.root)
-                        self._items_failed_mtime = mtime
+                        self._items_failed_stamp = stamp
                 view = self._items
         if self.items_error is not None and not self.has_snapshot():
             raise ApiError(503, "collection_unreadable", self.items_error)
@@ -268,7 +267,7 @@ class ServiceState:
 
     def has_snapshot(self) -> bool:
         """Whether a collection read from disk is being served (the empty view stands in before any)."""
-        return self._items.mtime != -1.0  # ItemsView.empty()'s
+        return self._items.stamp is not None  # ItemsView.empty()'s
 
     def item_row(self, item_id: str) -> tuple[ItemsView, int]:
         view = self.items()

@@ -10,13 +10,15 @@ Targets are named by a small spec so every task and the CLI speak the same langu
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from curata.features.engine import load_matrix, make_extractor
+from curata.budget import MemoryBudgetError, check_matrix_fits, matrix_bytes
+from curata.features.engine import iter_matrix, load_matrix, make_extractor
 from curata.tasks.base import concat_blocks
 from curata.workspace import Workspace
 
@@ -83,10 +85,14 @@ def load_features(workspace: Workspace, names: list[str], items: pd.DataFrame) -
     keys: dict[str, str] = {}
     keep = np.ones(len(items), bool)
     skipped: dict[str, int] = {}
+    # The blocks are held together: their sum must fit the memory budget, not each one alone.
+    check_matrix_fits(len(items), feature_dim(names), f"the {'+'.join(names)} features of {len(items)} items")
     for name in names:
         extractor = make_extractor(name)
         try:
             matrix, errors = load_matrix(workspace, extractor, items)
+        except MemoryBudgetError:
+            raise
         except ValueError as e:
             raise TaskDataError(str(e)) from e
         missing = sum(e == "not computed" for e in errors)
@@ -100,3 +106,83 @@ def load_features(workspace: Workspace, names: list[str], items: pd.DataFrame) -
         blocks[name] = matrix
         keys[name] = extractor.key
     return FeatureSet({k: v[keep] for k, v in blocks.items()}, keys, skipped), keep
+
+
+def feature_dim(names: list[str]) -> int:
+    """Total width of the named feature blocks side by side."""
+    return sum(make_extractor(name).dim for name in names)
+
+
+def feature_row_bytes(names: list[str]) -> int:
+    """Bytes one item's feature blocks take in memory (float32)."""
+    return matrix_bytes(1, feature_dim(names))
+
+
+def iter_features(workspace: Workspace, names: list[str], items: pd.DataFrame, batch_rows: int
+                  ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
+    """`load_features` chunk by chunk: (start row, blocks of the chunk's usable rows, keep mask of the chunk),
+    `batch_rows` items at a time, in item order; only one chunk of every block is in memory."""
+    readers = [iter_matrix(workspace, make_extractor(name), items, batch_rows) for name in names]
+    for chunks in zip(*readers, strict=True):
+        start = chunks[0][0]
+        keep = np.ones(len(chunks[0][2]), bool)
+        for _, _, errors in chunks:
+            keep &= np.array([e is None for e in errors], bool)
+        yield start, {name: matrix[keep] for name, (_, matrix, _) in zip(names, chunks, strict=True)}, keep
+
+
+def feature_chunks(workspace: Workspace, names: list[str], items: pd.DataFrame
+                   ) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
+    """(start row, blocks of the usable rows, keep mask) for `items`: one piece through `load_features` when
+    their blocks fit the memory budget (a feature never computed is then an error naming the command),
+    else budget-sized chunks through `iter_features` (rows lacking a feature are only left out)."""
+    from curata.budget import rows_within_budget
+
+    batch = rows_within_budget(feature_row_bytes(names))
+    if len(items) <= batch:
+        feature_set, keep = load_features(workspace, names, items)
+        yield 0, feature_set.blocks, keep
+    else:
+        yield from iter_features(workspace, names, items, batch)
+
+
+def rarest_label(y: np.ndarray) -> np.ndarray:
+    """Per row of a 0/1 multi-label matrix, its rarest label's column (-1 for a row without labels): the
+    stratum of a multi-label row, so rare labels keep their rows in a sample."""
+    counts = y.sum(axis=0).astype(float)
+    ranked = np.where(y > 0, counts[None, :], np.inf)
+    return np.where(np.isinf(ranked.min(axis=1)), -1, ranked.argmin(axis=1))
+
+
+def stratified_sample(strata: np.ndarray, size: int, seed: int = 0, min_per_stratum: int = 0) -> np.ndarray:
+    """Sorted row indices of a seeded sample of `size` rows, stratified by `strata`.
+
+    Every stratum first keeps min(its size, `min_per_stratum`) rows (enough for stratified folds; lowered
+    when that alone would exceed `size`), the rest of the sample is shared in proportion to what each
+    stratum has left (largest remainders), drawn without replacement."""
+    strata = np.asarray(strata)
+    n = len(strata)
+    if size >= n:
+        return np.arange(n)
+    _, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    floor = np.minimum(counts, min_per_stratum)
+    if floor.sum() > size:
+        floor = np.minimum(counts, max(1, size // len(counts)))
+        if floor.sum() > size:  # more strata than rows to draw: proportional shares only
+            floor = np.zeros_like(counts)
+    left = counts - floor
+    ideal = (size - floor.sum()) * left / max(left.sum(), 1)
+    quota = floor + np.floor(ideal).astype(int)
+    short = size - int(quota.sum())
+    if short > 0:  # largest remainders first, only where rows are left
+        order = np.argsort(-(ideal - np.floor(ideal)), kind="stable")
+        for j in order:
+            if short == 0:
+                break
+            if quota[j] < counts[j]:
+                quota[j] += 1
+                short -= 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(inverse == j), int(q), replace=False) for j, q in enumerate(quota) if q]
+    return np.sort(np.concatenate(picked)) if picked else np.array([], int)

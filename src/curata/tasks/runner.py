@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curata.budget import memory_budget, rows_within_budget
 from curata.evaluate.cv import CVResult, comparison_table
 from curata.evaluate.splits import make_folds
 from curata.features.engine import make_extractor
@@ -24,7 +25,16 @@ from curata.imageio import load_image
 from curata.progress import SILENT, Reporter
 from curata.tasks.base import Task, single_threaded_blas
 from curata.tasks.bundle import BundleError, Card, check_features, load_bundle, save_bundle
-from curata.tasks.data import TaskDataError, load_features, multilabel_target, single_target
+from curata.tasks.data import (
+    TaskDataError,
+    feature_chunks,
+    feature_row_bytes,
+    load_features,
+    multilabel_target,
+    rarest_label,
+    single_target,
+    stratified_sample,
+)
 from curata.workspace import Workspace
 
 TASKS = {
@@ -69,6 +79,8 @@ class TrainResult:
     report: dict[str, Path]
     protocol: dict[str, Any]
     skipped: dict[str, int] = field(default_factory=dict)
+    # {"mode": "all" | "sample", "rows_used", "rows_total", "budget_bytes"}: see `training_sample`
+    training_data: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> list[dict[str, Any]]:
         return comparison_table(self.results)
@@ -116,17 +128,36 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
                 skipped[f"class with < {options.min_per_class} items ({len(rare)} classes)"] = int((~keep).sum())
                 items, y = items[keep], y[keep]
         labels = sorted(set(y))
+    rows_total = len(items)
+    pick = training_sample(y, feature_row_bytes(features), options.seed, options.folds)
+    if pick is not None:
+        items, y = items.iloc[pick], y[pick]
     feature_set, keep = load_features(workspace, features, items)
     skipped.update(feature_set.skipped)
     items, y = items[keep], y[keep]
     protocol = {
         "task": cls.task, "target": target, "features": feature_set.keys, "items_used": len(items),
+        "training_data": {"mode": "all" if pick is None else "sample", "rows_used": len(items),
+                          "rows_total": rows_total, "budget_bytes": memory_budget()},
         "skipped": skipped, "folds": options.folds, "seed": options.seed,
         "split": "split column (train vs rest)" if options.use_split else f"{options.folds}-fold "
                  + ("grouped by " + options.group if options.group else "stratified" if not cls.multilabel
                     else "shuffled"),
     }
     return task, feature_set.blocks, y, labels, items, protocol
+
+
+def training_sample(y: np.ndarray, row_bytes: int, seed: int, folds: int) -> np.ndarray | None:
+    """Rows to train on when the labelled items' feature blocks exceed the memory budget, else None (all).
+
+    The sample is as large as the budget allows, stratified by the target (a multi-label row by its
+    rarest label) and seeded, each class keeping at least `folds` rows where it has them; cross-validation
+    and the final fit then both run on it, so the reported metrics describe the model that is saved."""
+    fits = rows_within_budget(row_bytes)
+    if len(y) <= fits:
+        return None
+    strata = rarest_label(y) if np.ndim(y) == 2 else y
+    return stratified_sample(strata, fits, seed, min_per_stratum=folds)
 
 
 def _folds(options: TrainOptions, y: np.ndarray, items: pd.DataFrame, multilabel: bool):
@@ -163,7 +194,8 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
         card = Card(task=protocol["task"], target=protocol["target"], labels=[str(v) for v in labels],
                     features=protocol["features"], model=task.model,
                     metrics={k: v for k, v in best.summary.items()},
-                    training={"items": len(y), "skipped": protocol["skipped"], "protocol": protocol["split"]},
+                    training={"items": len(y), "skipped": protocol["skipped"], "protocol": protocol["split"],
+                              "training_data": protocol["training_data"]},
                     params={"folds": options.folds, "seed": options.seed})
         bundle_dir = save_bundle(workspace.dir("models") / name, task, card,
                                  _fitted_extractors(workspace, protocol["features"]))
@@ -173,7 +205,7 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
     report = write_report(workspace.dir("reports") / name, f"curata {protocol['task']}: {protocol['target']}",
                           results, protocol=protocol, embedding=embedding, importance=_importance(task, blocks, y),
                           thresholds=_thresholds(task, labels))
-    return TrainResult(name, results, bundle_dir, report, protocol, protocol["skipped"])
+    return TrainResult(name, results, bundle_dir, report, protocol, protocol["skipped"], protocol["training_data"])
 
 
 def _best(results: list[CVResult]) -> str:
@@ -281,9 +313,13 @@ def predict_workspace(bundle_dir: Path, workspace: Workspace) -> list[dict[str, 
     task, card = load_bundle(bundle_dir)
     check_features(card)
     items = workspace.items()
-    feature_set, keep = load_features(workspace, list(card.features), items)
-    rows = [{"id": i, "error": "features missing or failed"} for i in items["id"][~keep]]
-    if keep.any():
-        for item_id, result in zip(items["id"][keep], predict_blocks(task, card, feature_set.blocks), strict=True):
-            rows.append({"id": item_id, **result})
-    return rows
+    failed: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    # Over the memory budget, features are read and predicted a budget-sized chunk at a time.
+    for start, blocks, keep in feature_chunks(workspace, list(card.features), items):
+        ids = items["id"].iloc[start:start + len(keep)]
+        failed.extend({"id": i, "error": "features missing or failed"} for i in ids[~keep])
+        if keep.any():
+            rows.extend({"id": i, **result} for i, result in zip(ids[keep], predict_blocks(task, card, blocks),
+                                                                  strict=True))
+    return failed + rows

@@ -1,0 +1,97 @@
+"""What the workspace's Lance tables share: opening one with a clear error, appending a commit, compaction.
+
+A Lance dataset is a folder of immutable data files (fragments) plus one manifest per version; a write
+adds files and then commits a new manifest atomically, so a kill -9 at any point leaves the previous
+version readable and at worst some unreferenced files, which `compact` cleans up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+# Small fragments (one per `features` flush, one per ingest) are merged past this many.
+COMPACT_ABOVE_FRAGMENTS = 32
+TARGET_ROWS_PER_FRAGMENT = 262_144
+
+
+class CorruptTable(ValueError):
+    """A table (or one of its fragments) that cannot be read: one line naming it and the fix, exit code 2."""
+
+
+def _lance() -> Any:
+    import lance  # imported on first use: 0.4 s that commands not touching a table should not pay
+
+    return lance
+
+
+def exists(path: Path) -> bool:
+    """Whether a table was committed at `path` (a folder without a manifest is a create that died first)."""
+    try:
+        return any(e.name.endswith(".manifest") for e in os.scandir(path / "_versions"))
+    except OSError:
+        return False
+
+
+def open_table(path: Path, fix: str, version: int | None = None) -> Any:
+    """The dataset at `path` (its latest version, or `version`); a damaged one is a CorruptTable naming it."""
+    try:
+        return _lance().dataset(str(path), version=version)
+    except (OSError, ValueError, RuntimeError) as e:  # lance raises these for missing or damaged manifests
+        raise CorruptTable(f"{path} is not a readable table ({_reason(e)}); {fix}") from e
+
+
+def read(dataset: Any, path: Path, fix: str, **scan: Any) -> pa.Table:
+    """`dataset.to_table(**scan)` with damage reported as CorruptTable naming the table and the fix."""
+    try:
+        return dataset.to_table(**scan)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CorruptTable(f"{path} has a damaged fragment ({_reason(e)}); {fix}") from e
+
+
+def write(table: pa.Table, path: Path, *, mode: str, message: str = "") -> Any:
+    """Create, append to or overwrite the table (one commit). Returns the new dataset."""
+    kwargs: dict[str, Any] = {"commit_message": message} if message else {}
+    if mode == "create" and path.exists() and not exists(path):
+        shutil.rmtree(path)  # files of a create killed before its first commit
+    return _lance().write_dataset(table, str(path), mode=mode, max_rows_per_file=TARGET_ROWS_PER_FRAGMENT,
+                                  **kwargs)
+
+
+def compact(dataset: Any, *, keep_versions: timedelta | None = None) -> dict[str, int]:
+    """Merge small fragments (rows are copied, never dropped), bring scalar indexes up to date, and delete
+    files no version references any more (`keep_versions`: also versions older than this)."""
+    before = len(dataset.get_fragments())
+    dataset.optimize.optimize_indices()  # fragments covered by the index and not are not merged together
+    metrics = dataset.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT)
+    dataset.optimize.optimize_indices()
+    if keep_versions is not None:
+        dataset.cleanup_old_versions(older_than=keep_versions, error_if_tagged_old_versions=False)
+    return {"fragments_before": before, "fragments_after": len(dataset.get_fragments()),
+            "fragments_removed": int(getattr(metrics, "fragments_removed", 0)),
+            "fragments_added": int(getattr(metrics, "fragments_added", 0))}
+
+
+def readable_fragments(dataset: Any) -> tuple[list[pa.Table], int]:
+    """Every fragment that can still be read, and how many rows the others held (repairs rewrite from these)."""
+    kept, dropped = [], 0
+    for fragment in dataset.get_fragments():
+        try:
+            kept.append(fragment.to_table())
+        except (OSError, ValueError, RuntimeError):
+            dropped += fragment.count_rows()
+    return kept, dropped
+
+
+def needs_compaction(dataset: Any) -> bool:
+    return len(dataset.get_fragments()) > COMPACT_ABOVE_FRAGMENTS
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
