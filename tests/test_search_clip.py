@@ -71,6 +71,7 @@ def test_clip_encoder_interface(clip_dir: Path, workspace: Workspace) -> None:
     assert not texts[2].any()  # empty text matches nothing
     images = encoder.encode_images([np.full((20, 30, 3), 200, np.uint8)])
     assert images.shape == (1, PROJ_DIM)
+    encoder.compute_features(workspace)
     items = encoder.encode_items(workspace, workspace.items())
     assert items.shape == (3, PROJ_DIM) and np.allclose(np.linalg.norm(items, axis=1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="expected an RGB uint8 array"):

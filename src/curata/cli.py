@@ -255,6 +255,11 @@ def _print_results(result: Any) -> None:
                   f"{protocol['items_used']} items, {escape(protocol['split'])}, seed {protocol['seed']}")
     for reason, count in result.skipped.items():
         console.print(f"  [yellow]skipped[/] {count} items: {escape(reason)}")
+    if result.training_data.get("mode") == "sample":
+        d = result.training_data
+        console.print(f"  [yellow]sampled[/] {d['rows_used']} of {d['rows_total']} items (stratified, seeded) to fit "
+                      f"the memory budget of {d['budget_bytes'] / 2**30:.2f} GiB; raise CURATA_MEMORY_BUDGET to train "
+                      "on all")
     rows = result.table()
     metrics = [k for k in rows[0] if k not in ("model", "fit_seconds") and not k.endswith("_std")]
     table = Table(title="cross-validation (mean ± std over folds)")

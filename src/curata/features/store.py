@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from curata import tables
 from curata.atomic import atomic_write_text, name_file
+from curata.budget import memory_budget
 from curata.features.base import Extractor
 
 TABLE = "vectors.lance"
@@ -145,7 +146,8 @@ class FeatureStore:
         if dataset is None or not hashes:
             return out, errors
         wanted = list(dict.fromkeys(hashes))
-        if len(wanted) > SCAN_SHARE * dataset.count_rows():
+        rows = dataset.count_rows()
+        if len(wanted) > SCAN_SHARE * rows and rows * (self.dim * 4 + 96) <= memory_budget():
             found = self._scan(dataset, columns=["hash", "vector", "error", "seq"])
         else:
             found = pa.concat_tables([

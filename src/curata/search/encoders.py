@@ -68,7 +68,18 @@ class QueryEncoder(ABC):
 
     @abstractmethod
     def encode_items(self, workspace: Workspace, items: pd.DataFrame, reporter: Reporter = SILENT) -> np.ndarray:
-        """Vectors of workspace items in row order, from cached features (missing ones are computed)."""
+        """Vectors of workspace items in row order, from cached features (zeros where a feature is missing:
+        call `compute_features` first)."""
+
+    def feature_extractors(self) -> list[Extractor]:
+        """The cached features `encode_items` reads."""
+        return []
+
+    def compute_features(self, workspace: Workspace, reporter: Reporter = SILENT) -> None:
+        """Compute the features `encode_items` needs for every item lacking them: once per index build, not per
+        chunk (planning reads the whole collection's hashes)."""
+        for extractor in self.feature_extractors():
+            compute(extractor, workspace, reporter=reporter)
 
 
 def _check_images(images: list[np.ndarray]) -> None:
@@ -80,8 +91,7 @@ def _check_images(images: list[np.ndarray]) -> None:
 
 def _item_vectors(extractor: Extractor, workspace: Workspace, items: pd.DataFrame, reporter: Reporter
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Cached image features of `items` (computing missing ones) and a mask of the usable rows."""
-    compute(extractor, workspace, reporter=reporter)
+    """Cached image features of `items` and a mask of the usable rows."""
     features, errors = load_matrix(workspace, extractor, items)
     return features, np.array([e is None for e in errors], dtype=bool)
 
@@ -115,6 +125,9 @@ class JointEncoder(QueryEncoder):
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
         _check_images(images)
         return self.space.embed_images(self._image.transform([self._image.prepare(im) for im in images]))
+
+    def feature_extractors(self) -> list[Extractor]:
+        return [self._image]
 
     def encode_items(self, workspace: Workspace, items: pd.DataFrame, reporter: Reporter = SILENT) -> np.ndarray:
         features, ok = _item_vectors(self._image, workspace, items, reporter)
@@ -169,6 +182,9 @@ class ClipEncoder(QueryEncoder):
         _check_images(images)
         return self.clip.encode_images(images)
 
+    def feature_extractors(self) -> list[Extractor]:
+        return [self._image]
+
     def encode_items(self, workspace: Workspace, items: pd.DataFrame, reporter: Reporter = SILENT) -> np.ndarray:
         features, ok = _item_vectors(self._image, workspace, items, reporter)
         features[~ok] = 0.0
@@ -204,6 +220,9 @@ class OpenClipEncoder(QueryEncoder):
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
         _check_images(images)
         return self.plugin.encode_images(images)
+
+    def feature_extractors(self) -> list[Extractor]:
+        return [self.plugin]
 
     def encode_items(self, workspace: Workspace, items: pd.DataFrame, reporter: Reporter = SILENT) -> np.ndarray:
         features, ok = _item_vectors(self.plugin, workspace, items, reporter)

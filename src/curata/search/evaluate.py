@@ -140,6 +140,7 @@ def _evaluate_items(workspace: Workspace, encoder: QueryEncoder, items, caption_
     else:
         from curata.search.captions import item_captions
 
+        encoder.compute_features(workspace, reporter)
         image_emb = encoder.encode_items(workspace, items, reporter=reporter)
         ok = np.flatnonzero(np.linalg.norm(image_emb, axis=1) > 0)
         caps = item_captions(items.iloc[ok], caption_source)

@@ -112,6 +112,8 @@ def build_index(workspace: Workspace, model: str | None = None, *, reporter: Rep
     todo = items[[hashes.get(i) != h for i, h in zip(items["id"], items["image_sha256"], strict=True)]]
     updated = int(sum(i in hashes for i in todo["id"]))
     added = failed = 0
+    if len(todo):
+        encoder.compute_features(workspace, reporter)  # once: planning reads every item's hash
     advance = reporter.task(f"indexing ({encoder.name})", len(todo))
     step = encode_chunk_rows(encoder)
     for start in range(0, len(todo), step):
@@ -276,6 +278,7 @@ class Searcher:
         if item_id in self.index:
             vector = self.index.get([item_id])[0]
         elif item_id in self._items.index:
+            self.encoder.compute_features(self.workspace)  # rare: an item the index does not hold yet
             vector = self.encoder.encode_items(self.workspace, self._items.loc[[item_id]])[0]
         else:
             raise ValueError(f"unknown item {item_id!r}: not in the collection of {self.workspace.root}")

@@ -184,6 +184,9 @@ class ZeroShotEncoder(QueryEncoder):
         palettes = self._palette.transform(images)
         return self.embed(logits, palettes)
 
+    def feature_extractors(self) -> list[Any]:
+        return [self._logits, self._palette]
+
     def encode_items(self, workspace: Workspace, items: pd.DataFrame, reporter: Reporter = SILENT) -> np.ndarray:
         logits, ok_logits = _item_vectors(self._logits, workspace, items, reporter)
         palettes, ok_palette = _item_vectors(self._palette, workspace, items, reporter)
