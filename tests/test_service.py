@@ -78,6 +78,16 @@ def test_health_ready_docs_and_page(client):
 # Items --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("field", ["label", "tag", "collection", "q"])
+def test_filter_values_are_data_never_sql(client, field):
+    """Filters become SQL run in the table scan: quotes and operators in a value match nothing, never widen
+    the match or break the query."""
+    for value in ("red' OR '1'='1", "x') OR true --", "red'; DROP TABLE items; --", "%", "_", "\\"):
+        page = client.get("/v1/items", params={field: value})
+        assert page.status_code == 200, page.text
+        assert page.json()["total"] == 0, (field, value)
+
+
 def test_items_filters_and_paging(client):
     everything = client.get("/v1/items", params={"limit": 500}).json()
     assert everything["total"] == 4 * PER_COLOUR

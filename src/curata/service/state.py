@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from curata.service.catalog import ColourCache, ItemsView
 from curata.service.errors import ApiError, hide_paths
 from curata.service.settings import Settings
 from curata.workspace import Workspace
@@ -85,50 +86,14 @@ class LoadedBundle:
         return predict_blocks(self.task, self.card, self.featurise(images, texts), top=top)
 
 
-# Items --------------------------------------------------------------------------------------------------
+# Items: see service/catalog.py (ItemsView, one version of the collection queried per request).
 
 
-@dataclass
-class ItemsView:
-    """One consistent snapshot of the collection, with what filters need precomputed."""
-
-    frame: pd.DataFrame
-    index: dict[str, int]
-    colours: list[str | None]  # dominant basic colour name per item (from the cached palette feature)
-    palettes: np.ndarray | None  # palette vectors, rows aligned with frame (None when not computed)
-    palette_ok: np.ndarray  # bool per row
-    stamp: Any  # the collection's `Collection.stamp()` this view was read at
-
-    @classmethod
-    def empty(cls) -> ItemsView:
-        from curata.collection import empty_frame
-
-        return cls(empty_frame(), {}, [], None, np.zeros(0, bool), None)
-
-
-def _load_items(workspace: Workspace) -> ItemsView:
-    table = workspace.collection
-    if not table.exists:
-        return ItemsView.empty()
-    stamp = table.stamp()
-    frame = table.read().reset_index(drop=True)
-    index = {str(i): n for n, i in enumerate(frame["id"])}
-    colours: list[str | None] = [None] * len(frame)
-    palettes, ok = None, np.zeros(len(frame), bool)
+def _quietly(work: Callable[[], Any]) -> None:
     try:
-        from curata.features.engine import load_matrix, make_extractor
-        from curata.tasks.colour import ZeroLabelColourNamer
-
-        matrix, errors = load_matrix(workspace, make_extractor("palette"), frame)
-        ok = np.array([e is None for e in errors], bool)
-        if ok.any():
-            palettes = matrix
-            names = ZeroLabelColourNamer().predict(matrix[ok])
-            for row, name in zip(np.flatnonzero(ok), names, strict=True):
-                colours[row] = str(name) or None
-    except (ValueError, OSError) as e:  # no palette feature yet: the colour filter says so when used
-        log.info("no palette features in %s: %s", workspace.root, e)
-    return ItemsView(frame, index, colours, palettes, ok, stamp)
+        work()
+    except Exception:  # background warm-up: the request that needs it reports the error
+        log.exception("background warm-up failed")
 
 
 _CARD_FIELDS: dict[str, type] = {"task": str, "target": str, "model": str, "labels": list, "features": dict,
@@ -161,6 +126,7 @@ class ServiceState:
         self.workspace = Workspace(self.settings.workspace)
         self._items = ItemsView.empty()
         self._items_lock = threading.Lock()
+        self._colours = ColourCache()  # dominant colour per image hash, kept across collection versions
         self._reload_lock = threading.Lock()  # one (re)load at a time; readers never take it
         self._search_lock = threading.Lock()
         self._describe_lock = threading.Lock()  # opening the describer can take long: search must not wait
@@ -220,7 +186,9 @@ class ServiceState:
         opens on first use: opening it may compute the neighbour embedding of the whole collection."""
         if not self.settings.workspace.is_dir():
             raise ValueError(f"workspace {self.settings.workspace} does not exist")
-        self.items()
+        view = self.items()
+        if view.palette_ready:  # the colour filter and facet need every item's colour: named in the background
+            threading.Thread(target=_quietly, args=(view.colour_index,), name="colour-index", daemon=True).start()
         if not self.settings.preload:
             return
         for name in self.bundle_names():
@@ -240,9 +208,9 @@ class ServiceState:
 
     # items -----------------------------------------------------------------------------------------
     def items(self) -> ItemsView:
-        """The current snapshot; re-read when the collection file changed (another ingest ran). A file that
-        cannot be read keeps the last good snapshot in service (/v1/ready says why it is stale) and is
-        tried again when it changes; with no good snapshot at all, the request gets a 503."""
+        """The current view; reopened when the collection has a new version (another ingest ran). A version
+        that cannot be read keeps the last good one in service (/v1/ready says why it is stale) and is tried
+        again when the table changes; with no good view at all, the request gets a 503."""
         try:
             stamp = self.workspace.collection.stamp()
         except Exception as e:  # a Parquet workspace that cannot be converted: tried again on the next request
@@ -252,7 +220,7 @@ class ServiceState:
             with self._items_lock:
                 if stamp != self._items.stamp and stamp != self._items_failed_stamp:
                     try:
-                        self._items = _load_items(self.workspace)
+                        self._items = ItemsView.open(self.workspace, self._colours)
                         self.items_error = None
                         self._items_failed_stamp = None
                     except Exception as e:  # a damaged or foreign table: serve what was last good
@@ -269,16 +237,16 @@ class ServiceState:
         """Whether a collection read from disk is being served (the empty view stands in before any)."""
         return self._items.stamp is not None  # ItemsView.empty()'s
 
-    def item_row(self, item_id: str) -> tuple[ItemsView, int]:
+    def item_record(self, item_id: str) -> tuple[ItemsView, dict[str, Any]]:
+        """The current view and one item's row; 404 for an unknown id."""
         view = self.items()
-        row = view.index.get(item_id)
-        if row is None:
+        record = view.record(item_id)
+        if record is None:
             raise ApiError(404, "unknown_item", f"no item with id {item_id!r} in the collection", "item_id")
-        return view, row
+        return view, record
 
     def item_image(self, item_id: str) -> tuple[Path, str]:
-        view, row = self.item_row(item_id)
-        record = view.frame.iloc[row]
+        _, record = self.item_record(item_id)
         return Path(record["image"]), str(record["text"] or "")
 
     # bundles ---------------------------------------------------------------------------------------

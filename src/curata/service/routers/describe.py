@@ -44,7 +44,7 @@ async def describe_images(request: Request, top_k: int = Query(10, ge=1, le=100)
 @router.post("/items", response_model=DescribeResponse, summary="Describe workspace items by id")
 def describe_items(body: DescribeItemsRequest, state: ServiceState = Depends(get_state)) -> DescribeResponse:
     for item_id in body.ids:
-        state.item_row(item_id)  # 404 naming the first unknown item
+        state.item_record(item_id)  # 404 naming the first unknown item
     describer = state.describer()  # opens on first use
     try:
         raw = describer.describe_items(list(body.ids), top_k=body.top_k)

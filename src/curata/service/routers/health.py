@@ -28,7 +28,7 @@ def ready(state: ServiceState = Depends(get_state)) -> JSONResponse | Ready:
         models.setdefault(name, "not loaded" if state.is_classifier(name) else "not a classifier")
     exists = state.workspace.root.is_dir()
     try:
-        count = len(state.items().frame) if exists and state.loaded else 0
+        count = state.items().total if exists and state.loaded else 0
     except ApiError:  # no good snapshot of the collection at all: items_error says why
         count = 0
     ok = exists and state.loaded and state.load_error is None and state.items_error is None

@@ -4,19 +4,23 @@ thumbnail, and its cached feature vectors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from curata.service.catalog import sql_text
 from curata.service.deps import get_state, require_api_key
 from curata.service.errors import ApiError
 from curata.service.schemas import Facets, FeatureInfo, ItemDetail, ItemFeatures, ItemPage, ItemSummary
-from curata.service.state import ItemsView, ServiceState
+from curata.service.state import ServiceState
 
 router = APIRouter(prefix="/v1/items", tags=["items"], dependencies=[Depends(require_api_key)])
 
@@ -40,27 +44,28 @@ def _whole_id(state: ServiceState, item_id: str, suffix: str) -> str | None:
     it names that item (its details, like any `/v1/items/{id}`)."""
     view = state.items()
     whole = f"{item_id}/{suffix}"
-    return whole if item_id not in view.index and whole in view.index else None
+    return whole if item_id not in view and whole in view else None
 
 
 def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
-def _summary(view: ItemsView, row: int, cluster: int | None) -> dict[str, Any]:
-    r = view.frame.iloc[row]
+def _summary(r: Any, colour: str | None, cluster: int | None) -> dict[str, Any]:
     item_id = str(r["id"])
     return {"id": item_id, "collection": _text(r["collection"]) or None, "source": _text(r["source"]) or None,
             "label": _text(r["label"]) or None, "tags": [str(t) for t in (r["tags"] if r["tags"] is not None else [])],
-            "text": _text(r["text"]), "colour": view.colours[row], "cluster": cluster,
+            "text": _text(r["text"]), "colour": colour, "cluster": cluster,
             "width": int(r["width"]) if pd.notna(r["width"]) else None,
             "height": int(r["height"]) if pd.notna(r["height"]) else None, **item_urls(item_id)}
 
 
-def _clusters_of(state: ServiceState, run: str | None, view: ItemsView) -> dict[str, int]:
-    if run is None:
+def _clusters_of(state: ServiceState, run: str | None, ids: list[str]) -> dict[str, int]:
+    """The cluster of each of `ids` in `run`."""
+    if run is None or not ids:
         return {}
     frame = state.assignments(run)
+    frame = frame[frame["id"].isin(ids)]
     return {str(i): int(c) for i, c in zip(frame["id"], frame["cluster"], strict=True)}
 
 
@@ -82,46 +87,41 @@ def list_items(
     state: ServiceState = Depends(get_state),
 ) -> ItemPage:
     view = state.items()
-    frame = view.frame
-    keep = np.ones(len(frame), bool)
-    if label is not None:
-        keep &= (frame["label"] == label).to_numpy()
-    if collection is not None:
-        keep &= (frame["collection"] == collection).to_numpy()
-    if tag is not None:
-        keep &= np.array([tags is not None and tag in set(tags) for tags in frame["tags"]], bool)
+    # Filters on columns are SQL that Lance runs in the scan; colour and cluster are id sets derived elsewhere.
+    where = [f"label = {sql_text(label)}" if label is not None else None,
+             f"collection = {sql_text(collection)}" if collection is not None else None,
+             f"array_has(tags, {sql_text(tag)})" if tag is not None else None,
+             f"strpos(lower(text), lower({sql_text(q)})) > 0" if q else None]
+    ids: pa.Array | None = None
     if colour is not None:
-        if not view.palette_ok.any():
+        if not view.palette_ready:
             raise ApiError(409, "no_palette_feature", "the colour filter needs the palette feature; run "
                            "`curata features -e palette` first", "colour")
-        wanted = colour.strip().lower()
-        keep &= np.array([c == wanted for c in view.colours], bool)
-    if q:
-        keep &= frame["text"].fillna("").str.contains(q, case=False, regex=False).to_numpy()
+        ids = view.ids_with_colour(colour.strip().lower())
     run = cluster_run or (state.latest_run() if cluster is not None else None)
     if cluster is not None and run is None:
         raise ApiError(409, "no_cluster_run", "the cluster filter needs a cluster run; run `curata cluster` first",
                        "cluster")
     if cluster_run is not None:
         state.cluster_run(cluster_run)  # 404 for an unknown run
-    clusters = _clusters_of(state, run, view)
     if cluster is not None:
-        keep &= np.array([clusters.get(str(i)) == cluster for i in frame["id"]], bool)
-    rows = np.flatnonzero(keep)
-    page = rows[offset: offset + limit]
-    items = [ItemSummary(**_summary(view, int(r), clusters.get(str(frame["id"].iat[int(r)])))) for r in page]
-    return ItemPage(total=len(rows), offset=offset, limit=limit, cluster_run=run, items=items)
+        assigned = state.assignments(run)
+        members = pa.array(assigned.loc[assigned["cluster"] == cluster, "id"].astype(str).to_numpy(), pa.string())
+        ids = members if ids is None else members.filter(pc.is_in(members, value_set=ids))
+    filters = " AND ".join(w for w in where if w is not None) or None
+    total, page = view.page(filters, offset, limit, ids)
+    page_ids = [str(i) for i in page["id"]]
+    clusters = _clusters_of(state, run, page_ids)
+    colours = view.colours_of(page)
+    items = [ItemSummary(**_summary(r, c, clusters.get(i)))
+             for r, c, i in zip(page.to_dict("records"), colours, page_ids, strict=True)]
+    return ItemPage(total=total, offset=offset, limit=limit, cluster_run=run, items=items)
 
 
 @router.get("/facets", response_model=Facets, summary="Values to filter on, with their counts")
 def facets(state: ServiceState = Depends(get_state), top: int = Query(200, ge=1, le=5000)) -> Facets:
     view = state.items()
-    frame = view.frame
-
-    def counts(values: Any) -> dict[str, int]:
-        series = pd.Series([v for v in values if v is not None and v == v and v != ""], dtype=object)
-        return {str(k): int(v) for k, v in series.value_counts().head(top).items()} if len(series) else {}
-
+    counts = view.facets(top)
     run = state.latest_run()
     clusters = []
     if run is not None:
@@ -130,9 +130,8 @@ def facets(state: ServiceState = Depends(get_state), top: int = Query(200, ge=1,
             if isinstance(c, dict) and "cluster" in c:
                 clusters.append({"cluster": int(c["cluster"]), "name": str(c.get("name", c["cluster"])),
                                  "size": int(c.get("size", 0))})
-    return Facets(total=len(frame), labels=counts(frame["label"]), collections=counts(frame["collection"]),
-                  tags=counts(t for tags in frame["tags"] if tags is not None for t in tags),
-                  colours=counts(view.colours), cluster_run=run, clusters=clusters)
+    return Facets(total=view.total, labels=counts["labels"], collections=counts["collections"], tags=counts["tags"],
+                  colours=counts["colours"], cluster_run=run, clusters=clusters)
 
 
 @router.get("/{item_id:path}/image", summary="The item's original image bytes",
@@ -140,9 +139,8 @@ def facets(state: ServiceState = Depends(get_state), top: int = Query(200, ge=1,
 def item_image(item_id: str, state: ServiceState = Depends(get_state)) -> Response:
     if (whole := _whole_id(state, item_id, "image")) is not None:
         return JSONResponse(get_item(whole, state).model_dump())
-    view, row = state.item_row(item_id)
-    record = view.frame.iloc[row]
-    path, _ = state.item_image(item_id)
+    _, record = state.item_record(item_id)
+    path = Path(record["image"])
     if not path.is_file():
         raise ApiError(404, "image_missing", f"the image of {item_id!r} is no longer on disk", "item_id")
     media = _MEDIA.get(_text(record["image_format"]).upper(), "application/octet-stream")
@@ -171,7 +169,7 @@ def item_features(item_id: str, name: str | None = Query(None, max_length=64, de
     if (whole := _whole_id(state, item_id, "features")) is not None:
         return JSONResponse(get_item(whole, state).model_dump())
 
-    view, row = state.item_row(item_id)
+    _, record = state.item_record(item_id)
     names = available_extractors()
     if name is None:
         # Only extractors with a store in features/ (a folder "<name>@v<version>-<digest>"): building the
@@ -187,7 +185,7 @@ def item_features(item_id: str, name: str | None = Query(None, max_length=64, de
     for feature in names:
         try:
             extractor = make_extractor(feature)
-            matrix, errors = load_matrix(state.workspace, extractor, view.frame.iloc[[row]])
+            matrix, errors = load_matrix(state.workspace, extractor, pd.DataFrame([record]))
         except Exception:  # not computed, not fitted, or a plug-in without its model: not listed
             continue
         if errors[0] is None:
@@ -203,8 +201,7 @@ def item_features(item_id: str, name: str | None = Query(None, max_length=64, de
 def get_item(item_id: str, state: ServiceState = Depends(get_state)) -> ItemDetail:
     from curata.features.palette import describe_palette, dominant_color_names
 
-    view, row = state.item_row(item_id)
-    record = view.frame.iloc[row]
+    view, record = state.item_record(item_id)
     clusters: dict[str, int] = {}
     for summary in state.cluster_runs()[:10]:
         assigned = state.assignments(summary["run"])
@@ -212,12 +209,14 @@ def get_item(item_id: str, state: ServiceState = Depends(get_state)) -> ItemDeta
         if len(hit):
             clusters[summary["run"]] = int(hit.iat[0])
     latest = state.latest_run()
-    detail = _summary(view, row, clusters.get(latest) if latest else None)
+    vector = view.palette(record) if view.palette_ready else None
+    dominant = view.colours_of(pd.DataFrame([record]))[0] if vector is not None else None
+    detail = _summary(record, dominant, clusters.get(latest) if latest else None)
     palette, colours = [], []
-    if view.palettes is not None and view.palette_ok[row]:
+    if vector is not None:
         palette = [{k: p[k] for k in ("hex", "rgb", "share", "basic", "css", "delta_e")}
-                   for p in describe_palette(view.palettes[row])]
-        colours = [{"name": n, "share": round(s, 4)} for n, s in dominant_color_names(view.palettes[row])]
+                   for p in describe_palette(vector)]
+        colours = [{"name": n, "share": round(s, 4)} for n, s in dominant_color_names(vector)]
     detail.update(captions=[str(c) for c in (record["captions"] if record["captions"] is not None else [])],
                   attributes=_json(record["attributes"], []), meta=_json(record["meta"], {}),
                   split=_text(record["split"]) or None, image_format=_text(record["image_format"]) or None,
@@ -241,7 +240,7 @@ def get_item_by_query(id: str = ITEM_ID, state: ServiceState = Depends(get_state
 @item_router.get("/image", summary="The item's original image bytes, by id as a query parameter",
                  response_class=FileResponse, responses={200: {"content": {"image/*": {}}}})
 def item_image_by_query(id: str = ITEM_ID, state: ServiceState = Depends(get_state)) -> Response:
-    state.item_row(id)  # an exact id: a known item never falls back to another (see _whole_id)
+    state.item_record(id)  # an exact id: a known item never falls back to another (see _whole_id)
     return item_image(id, state)
 
 
@@ -249,7 +248,7 @@ def item_image_by_query(id: str = ITEM_ID, state: ServiceState = Depends(get_sta
                  responses={200: {"content": {"image/png": {}, "image/jpeg": {}}}})
 async def item_thumbnail_by_query(id: str = ITEM_ID, size: int = Query(256, ge=16, le=1024),
                                   state: ServiceState = Depends(get_state)) -> Response:
-    state.item_row(id)
+    state.item_record(id)
     return await item_thumbnail(id, size, state)
 
 
@@ -257,7 +256,7 @@ async def item_thumbnail_by_query(id: str = ITEM_ID, size: int = Query(256, ge=1
                  "parameter")
 def item_features_by_query(id: str = ITEM_ID, name: str | None = Query(None, max_length=64),
                            values: bool = Query(False), state: ServiceState = Depends(get_state)) -> ItemFeatures:
-    state.item_row(id)
+    state.item_record(id)
     result = item_features(id, name, values, state)
     assert isinstance(result, ItemFeatures)
     return result

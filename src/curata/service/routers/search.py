@@ -79,7 +79,7 @@ def by_item_query(id: str = Query(..., min_length=1, max_length=1024, descriptio
 @router.get("/item/{item_id:path}", response_model=SearchResponse, summary="Items nearest to a workspace item")
 def by_item(item_id: str, k: int = K, model: str | None = MODEL, label: str | None = LABEL,
             collection: str | None = COLLECTION, state: ServiceState = Depends(get_state)) -> SearchResponse:
-    state.item_row(item_id)  # 404 for an unknown item
+    state.item_record(item_id)  # 404 for an unknown item
     searcher = state.searcher(model)
     hits = _run(searcher.by_item, item_id, k=k + 1, filters=_filters(label, collection))
     hits = [h for h in hits if str(h.get("id")) != item_id][:k]  # the item itself is not its own neighbour
