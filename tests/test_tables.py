@@ -172,3 +172,35 @@ def test_a_create_killed_before_its_first_commit_is_not_a_table(tmp_path):
     assert store.lookup(["a"])[1] == [None]
     shutil.rmtree(store.path)
     assert store.count() == 0
+
+
+def test_kill_9_during_compaction_loses_no_vector(tmp_path):
+    """Compaction copies fragments and commits once: killed at any moment, the table still holds every row,
+    and a rerun finishes the merge."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    store = FeatureStore(tmp_path, "x@1", 256)
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((120 * 1000, 256)).astype(np.float32)
+    hashes = [f"h{i}" for i in range(len(vectors))]
+    for start in range(0, len(vectors), 1000):
+        store.append(hashes[start:start + 1000], vectors[start:start + 1000], [None] * 1000)
+    script = ("import sys, time; from pathlib import Path; from curata.features.store import FeatureStore; "
+              "s = FeatureStore(Path(sys.argv[1]), 'x@1', 256); s.count(); print('go', flush=True); "
+              "t = time.perf_counter(); s.compact(); print(time.perf_counter() - t, flush=True)")
+    for delay in (0.05, 0.3):  # killed early in the rewrite, then later
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "go"
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        finished = proc.stdout.read()
+        proc.wait()
+        assert finished == "", f"compaction finished in {finished} s before the kill: make the table larger"
+        assert store.count() == len(vectors)
+        np.testing.assert_array_equal(store.lookup(hashes[::97])[0], vectors[::97])
+    metrics = store.compact()
+    assert metrics["fragments_after"] == 1 and store.count() == len(vectors)
+    np.testing.assert_array_equal(store.lookup(hashes[::7])[0], vectors[::7])
