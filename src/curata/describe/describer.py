@@ -5,6 +5,11 @@ Sources (each optional but the colours): the newest `tags` bundle (P(tag) per ta
 it is confident), the zero-label colour namer on the k-means palette, and the tags and text of the
 nearest neighbours in image-embedding space. With a CLIP plug-in path the merged keywords are
 reranked by image-text similarity.
+
+Memory: when the collection's embedding matrix fits the memory budget (`curata.budget`) the collection
+frame and every neighbour vector are held, exactly as before. Past it, the neighbours come from a
+persistent vector index (`IndexedNeighbourVotes`, built once from streamed chunks and updated when items
+change) and described items are looked up by id, so nothing the size of the collection is held.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curata.budget import matrix_bytes, memory_budget, rows_within_budget
 from curata.describe.keywords import Keyword, merge, tag_keywords
-from curata.describe.neighbours import NeighbourVotes
+from curata.describe.neighbours import IndexedNeighbourVotes, NeighbourVotes
 from curata.describe.sentence import make_sentence
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.imageio import load_image
@@ -63,11 +69,13 @@ def find_bundle(workspace: Workspace, task: str, name: str | None = None) -> Pat
 
 
 class Describer:
-    def __init__(self, workspace: Workspace, options: DescribeOptions, votes: NeighbourVotes | None,
-                 bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]], items: pd.DataFrame):
+    def __init__(self, workspace: Workspace, options: DescribeOptions,
+                 votes: NeighbourVotes | IndexedNeighbourVotes | None,
+                 bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]], items: pd.DataFrame | None):
         self.workspace = workspace
         # The collection as it was at open, like the neighbours: reopen to see items added since.
-        self.items = items.set_index("id", drop=False)
+        # None over the memory budget: described items are then looked up by id in the table.
+        self.items = items.set_index("id", drop=False) if items is not None else None
         self.options = options
         self.votes = votes
         self.bundles = bundles  # source -> (bundle dir, fitted task, card, its loaded extractors)
@@ -82,16 +90,21 @@ class Describer:
         options = options or DescribeOptions()
         if not workspace.exists:
             raise ValueError(f"no collection in workspace {workspace.root} (run `curata ingest` first)")
-        items = workspace.items()
         embedder = make_extractor(options.embedding)
         compute(embedder, workspace, reporter=reporter)
-        matrix, errors = load_matrix(workspace, embedder, items)
-        ok = np.array([e is None for e in errors], bool)
-        votes = None
-        if ok.sum() >= 2:
-            kept = items[ok]
-            votes = NeighbourVotes(kept["id"].tolist(), matrix[ok], [list(t) for t in kept["tags"]],
-                                   kept["text"].tolist(), k=options.neighbours)
+        votes: NeighbourVotes | IndexedNeighbourVotes | None = None
+        items: pd.DataFrame | None = None
+        if matrix_bytes(workspace.collection.count(), embedder.dim) <= memory_budget():
+            items = workspace.items()
+            matrix, errors = load_matrix(workspace, embedder, items)
+            ok = np.array([e is None for e in errors], bool)
+            if ok.sum() >= 2:
+                kept = items[ok]
+                votes = NeighbourVotes(kept["id"].tolist(), matrix[ok], [list(t) for t in kept["tags"]],
+                                       kept["text"].tolist(), k=options.neighbours)
+        else:  # over budget: neighbours through the persistent index, items by id
+            indexed = IndexedNeighbourVotes.open(workspace, embedder, k=options.neighbours, reporter=reporter)
+            votes = indexed if len(indexed) >= 2 else None
         bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]] = {}
         if options.use_models:
             for source, task, name in (("tags", "tags", options.tag_bundle),
@@ -116,7 +129,11 @@ class Describer:
 
     def describe_items(self, ids: Sequence[str], top_k: int = 10) -> list[dict[str, Any]]:
         """Describe workspace items by id (an unknown id or an unreadable image gets an error entry)."""
-        items = self.items
+        if self.items is None:  # over budget: a budget-sized batch of items (their vectors) at a time
+            step = rows_within_budget(matrix_bytes(1, self._embedder.dim))
+            if len(ids) > step:
+                return [row for a in range(0, len(ids), step) for row in self.describe_items(ids[a:a + step], top_k)]
+        items = self.items if self.items is not None else self._lookup(ids)
         out: list[dict[str, Any]] = []
         good, images, texts = [], [], []
         for i, item_id in enumerate(ids):
@@ -151,6 +168,12 @@ class Describer:
         return self._describe(list(images), texts, vectors, [None] * len(images), top_k)
 
     # Internals -------------------------------------------------------------------------------------
+
+    def _lookup(self, ids: Sequence[str]) -> pd.DataFrame:
+        """The rows of `ids` read from the table (over budget the collection frame is not held)."""
+        wanted = sorted({str(i) for i in ids})
+        rows = self.workspace.collection.by_ids(wanted, ["id", "image", "image_sha256", "text"])
+        return rows.drop_duplicates("id").set_index("id", drop=False)
 
     def _item_vectors(self, rows: pd.DataFrame) -> np.ndarray:
         matrix, errors = load_matrix(self.workspace, self._embedder, rows)

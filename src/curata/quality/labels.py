@@ -9,12 +9,14 @@ prune or re-weight, we only list).
 
 Outliers: within each class, cosine distance of every (L2-normalised) item to the class mean, turned
 into a robust z-score with the median and MAD of that class; z > `z_threshold` is an outlier.
+`streamed_class_outliers` gives the same answer in two passes over feature chunks (class sums, then
+distances), holding one chunk plus one float per item, for matrices over the memory budget.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -80,14 +82,54 @@ def class_outliers(ids: Sequence[str], x: np.ndarray, labels: Sequence[str], *, 
         rows = np.flatnonzero(y == c)
         if len(rows) < min_class_size:
             continue
-        centre = x[rows].mean(axis=0)
-        centre /= max(float(np.linalg.norm(centre)), 1e-12)
-        distance = 1.0 - x[rows] @ centre
-        median = float(np.median(distance))
-        spread = MAD_TO_SIGMA * float(np.median(np.abs(distance - median)))
-        if spread <= 1e-9:
-            continue  # a class of identical vectors has no outliers
-        z = (distance - median) / spread
-        out += [{"id": str(ids[r]), "label": c, "distance": round(float(d), 4), "z": round(float(s), 2)}
-                for r, d, s in zip(rows, distance, z, strict=True) if s > z_threshold]
+        # In float64, so the streamed variant (sums over chunks) finds the same centre to the last bit.
+        total = x[rows].sum(axis=0, dtype=np.float64)
+        centre = (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
+        out += _robust_outliers([str(ids[r]) for r in rows], c, 1.0 - x[rows] @ centre, z_threshold)
     return sorted(out, key=lambda o: -o["z"])
+
+
+Chunks = Callable[[], Iterable[tuple[Sequence[str], np.ndarray, Sequence[str]]]]
+
+
+def streamed_class_outliers(chunks: Chunks, *, z_threshold: float = 3.5, min_class_size: int = 5
+                            ) -> list[dict[str, Any]]:
+    """`class_outliers` over data read twice in chunks: `chunks()` yields (ids, x, labels) pieces and is
+    called once for the class means and once for the distances; only one piece is held at a time, plus
+    one distance per item (the median and MAD need every distance of a class)."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for _, x, labels in chunks():
+        x = l2_rows(np.asarray(x, np.float32))
+        y = np.asarray([str(v) for v in labels], dtype=object)
+        for c in set(y):
+            rows = y == c
+            sums[c] = sums.get(c, 0) + x[rows].sum(axis=0, dtype=np.float64)
+            counts[c] = counts.get(c, 0) + int(rows.sum())
+    centres = {c: (s / max(float(np.linalg.norm(s)), 1e-12)).astype(np.float32)
+               for c, s in sums.items() if counts[c] >= min_class_size}
+    found: dict[str, tuple[list[str], list[np.ndarray]]] = {c: ([], []) for c in centres}
+    for ids, x, labels in chunks():
+        x = l2_rows(np.asarray(x, np.float32))
+        y = np.asarray([str(v) for v in labels], dtype=object)
+        for c in set(y) & set(centres):
+            rows = np.flatnonzero(y == c)
+            found[c][0].extend(str(ids[r]) for r in rows)
+            found[c][1].append(1.0 - x[rows] @ centres[c])
+    out = []
+    for c in sorted(found):
+        class_ids, parts = found[c]
+        out += _robust_outliers(class_ids, c, np.concatenate(parts), z_threshold)
+    return sorted(out, key=lambda o: -o["z"])
+
+
+def _robust_outliers(ids: Sequence[str], label: str, distance: np.ndarray, z_threshold: float
+                     ) -> list[dict[str, Any]]:
+    """The items of one class whose distance to the class mean has a robust z-score above the threshold."""
+    median = float(np.median(distance))
+    spread = MAD_TO_SIGMA * float(np.median(np.abs(distance - median)))
+    if spread <= 1e-9:
+        return []  # a class of identical vectors has no outliers
+    z = (distance - median) / spread
+    return [{"id": str(i), "label": label, "distance": round(float(d), 4), "z": round(float(s), 2)}
+            for i, d, s in zip(ids, distance, z, strict=True) if s > z_threshold]
