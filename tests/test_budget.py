@@ -99,9 +99,9 @@ def test_iter_matrix_chunks_equal_load_matrix(colour_ws, monkeypatch: pytest.Mon
 def test_train_samples_within_budget_and_records_it(colour_ws, monkeypatch: pytest.MonkeyPatch) -> None:
     from curata.tasks.runner import TrainOptions, predict_workspace, prepare, run
 
-    monkeypatch.setenv(ENV, str(21 * STATS_ROW))  # 21 of the 60 rows fit
+    monkeypatch.setenv(ENV, str(42 * STATS_ROW))  # 21 of the 60 rows fit in half of it (the training share)
     result = run(colour_ws, TrainOptions(task="collection", features=["color_stats"], folds=3, name="sampled"))
-    expected = {"mode": "sample", "rows_used": 21, "rows_total": 60, "budget_bytes": 21 * STATS_ROW}
+    expected = {"mode": "sample", "rows_used": 21, "rows_total": 60, "budget_bytes": 42 * STATS_ROW}
     assert result.training_data == expected
     assert result.protocol["training_data"] == expected and result.protocol["items_used"] == 21
     card = json.loads((result.bundle / "card.json").read_text())
@@ -167,7 +167,7 @@ def test_cluster_kmeans_streams_over_budget_and_agrees_with_in_memory(colour_ws,
     assert out["id"].tolist() == mem["id"].tolist()
     assert adjusted_rand_score(mem["cluster"], out["cluster"]) >= 0.9
     assert out["x"].notna().sum() == 20  # the map covers the sample
-    assert any("streamed k-means" in n for n in streamed["notes"])
+    assert any("streamed mini-batch k-means (the features exceed the memory budget)" in n for n in streamed["notes"])
     assert json.loads(Path(streamed["files"]["summary"]).read_text())["memory"]["mode"] == "streamed"
     chosen = cluster_workspace(colour_ws, ["color_stats"], "kmeans", k_range=(2, 5), name="chosen",
                                map_method="none", html=False, png=False)
@@ -194,7 +194,7 @@ def test_index_chunks_follow_the_budget(monkeypatch: pytest.MonkeyPatch) -> None
 def test_multilabel_training_samples_by_rarest_tag(colour_ws, monkeypatch: pytest.MonkeyPatch) -> None:
     from curata.tasks.runner import TrainOptions, run
 
-    monkeypatch.setenv(ENV, str(30 * STATS_ROW))
+    monkeypatch.setenv(ENV, str(60 * STATS_ROW))  # 30 rows in the training share (half)
     result = run(colour_ws, TrainOptions(task="tags", target="tags:hue", features=["color_stats"], folds=3,
                                          min_tag_count=3), save=False)
     assert result.training_data["mode"] == "sample" and result.training_data["rows_used"] == 30

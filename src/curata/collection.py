@@ -53,6 +53,7 @@ SCHEMA = pa.schema(
 COLUMNS = [f.name for f in SCHEMA]
 TABLE_SCHEMA = SCHEMA.append(pa.field("row_hash", pa.uint64()))
 LIST_COLUMNS = ("captions", "tags")
+INDEXED = ("id", "label", "collection")
 REQUIRED = ("id", "source", "image", "image_sha256")  # never null in a collection curata wrote
 
 
@@ -300,19 +301,23 @@ class Collection:
             shutil.rmtree(staged, ignore_errors=True)
 
     def _index(self, path: Path | None = None) -> None:
+        """BTREE indexes on id (upserts, item lookups) and on label and collection (the service's filters
+        and counts): a probe instead of a scan, for any number of distinct values."""
         dataset = tables.open_table(path or self.path, FIX)
         if dataset.count_rows():
-            dataset.create_scalar_index("id", "BTREE")
+            for column in INDEXED:
+                dataset.create_scalar_index(column, "BTREE")
 
     def _after_write(self) -> None:
         """Index the new fragment; merge fragments once there are many small ones (one per ingest)."""
         dataset = self._dataset()
-        if not any(i.field_names == ["id"] for i in dataset.describe_indices()):
+        indexed = {tuple(i.field_names) for i in dataset.describe_indices()}
+        if not all((c,) in indexed for c in INDEXED):
             self._index()
         elif tables.needs_compaction(dataset):
             tables.compact(dataset)
         else:
-            dataset.optimize.optimize_indices()
+            tables.index_new_rows(dataset)
 
     # History --------------------------------------------------------------------------------
     def _log(self, action: str, what: str, added: int, updated: int, unchanged: int, **extra: Any) -> None:

@@ -24,10 +24,22 @@ class CorruptTable(ValueError):
     """A table (or one of its fragments) that cannot be read: one line naming it and the fix, exit code 2."""
 
 
+_session: Any = None
+
+
 def _lance() -> Any:
     import lance  # imported on first use: 0.4 s that commands not touching a table should not pay
 
     return lance
+
+
+def session() -> Any:
+    """One Lance session per process: the index and metadata caches outlive a dataset handle, so reopening
+    a table (every lookup sees the newest version) does not reload its BTREE from disk."""
+    global _session
+    if _session is None:
+        _session = _lance().Session()
+    return _session
 
 
 def exists(path: Path) -> bool:
@@ -41,7 +53,7 @@ def exists(path: Path) -> bool:
 def open_table(path: Path, fix: str, version: int | None = None) -> Any:
     """The dataset at `path` (its latest version, or `version`); a damaged one is a CorruptTable naming it."""
     try:
-        return _lance().dataset(str(path), version=version)
+        return _lance().dataset(str(path), version=version, session=session())
     except (OSError, ValueError, RuntimeError) as e:  # lance raises these for missing or damaged manifests
         raise CorruptTable(f"{path} is not a readable table ({_reason(e)}); {fix}") from e
 
@@ -86,6 +98,12 @@ def readable_fragments(dataset: Any) -> tuple[list[pa.Table], int]:
         except (OSError, ValueError, RuntimeError):
             dropped += fragment.count_rows()
     return kept, dropped
+
+
+def index_new_rows(dataset: Any) -> None:
+    """Cover the fragments added since the last index update with a small delta index (merging it into the
+    main index would rewrite an index the size of the table on every commit; `compact` merges)."""
+    dataset.optimize.optimize_indices(num_indices_to_merge=0)
 
 
 def needs_compaction(dataset: Any) -> bool:

@@ -44,6 +44,8 @@ from curata.cluster.topics import TOPIC_METHODS, topics
 from curata.progress import SILENT, Reporter
 from curata.workspace import Workspace
 
+STREAM_ABOVE_ROWS = 50_000  # k-means over more items is mini-batch, streamed (see cluster_workspace)
+
 
 def run_name(features: Sequence[str], method: str, k: int | None, reduction: str) -> str:
     parts = ["+".join(features) if method not in TOPIC_METHODS else "text", method]
@@ -146,7 +148,10 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
             raise ClusterInputError("name at least one feature to cluster on (e.g. minilm, effnet_lite0)")
         need = matrix_bytes(len(items), feature_dim(list(features)))
         memory.update(matrix_bytes=need, budget_bytes=memory_budget())
-        if need > memory["budget_bytes"]:
+        # Mini-batch k-means also past STREAM_ABOVE_ROWS items within the budget: exact k-means with 10 restarts
+        # costs minutes per 100k rows of 1280-d, so per-item cost would jump with the collection's size.
+        big = method == "kmeans" and reduction == "none" and len(items) > STREAM_ABOVE_ROWS
+        if need > memory["budget_bytes"] or big:
             from curata.cluster.stream import over_budget_refusal, streamed_kmeans
 
             refusal = over_budget_refusal(method, reduction, need)
@@ -200,8 +205,10 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
                                                                   all_xy))}
     notes: list[str] = []
     if map_rows is not None:
-        notes.append(f"streamed k-means (the features exceed the memory budget): the map and the silhouette cover "
-                     f"a seeded sample of {len(map_rows)} of the {len(items)} items")
+        why = "the features exceed the memory budget" if memory.get("matrix_bytes", 0) > memory.get(
+            "budget_bytes", 0) else f"more than {STREAM_ABOVE_ROWS:,} items"
+        notes.append(f"streamed mini-batch k-means ({why}): the map and the silhouette cover a seeded sample of "
+                     f"{len(map_rows)} of the {len(items)} items")
     try:
         if curve is not None and png:
             files["k_curve"] = str(plot_k_curve(curve, folder / f"{run}-k.png", f"{run}: choosing k"))

@@ -117,7 +117,7 @@ class FeatureStore:
         ok = self._computed()
         return set(ok.to_pylist()) if ok is not None else set()
 
-    def missing(self, hashes: list[str]) -> np.ndarray:
+    def missing(self, hashes: list[str] | np.ndarray) -> np.ndarray:
         """Which of `hashes` have no computed vector. Failed rows count as missing, so a rerun retries them
         (a missing model or a full disk must not be cached forever). Called by the writers before computing:
         a damaged table is repaired here (its unreadable fragments dropped, their items then missing)."""
@@ -126,7 +126,7 @@ class FeatureStore:
         except CorruptPart:
             self.repair()
             ok = self._computed()
-        if ok is None or not hashes:
+        if ok is None or not len(hashes):
             return np.ones(len(hashes), bool)
         return ~pc.is_in(pa.array(hashes, pa.string()), value_set=ok).to_numpy(zero_copy_only=False)
 
@@ -135,46 +135,56 @@ class FeatureStore:
         if dataset is None:
             return None
         table = self._scan(dataset, columns=["hash"], filter=pc.field("error").is_null())
-        return pc.unique(table["hash"].combine_chunks())
+        return table["hash"].combine_chunks()  # duplicates are harmless to `is_in`
 
     def lookup(self, hashes: list[str]) -> tuple[np.ndarray, list[str | None]]:
         """Vectors for `hashes` in order (zeros where missing or failed) and each one's error, if any;
-        a hash never computed reports 'not computed'. Cost grows with len(hashes), not the store."""
-        out = np.zeros((len(hashes), self.dim), np.float32)
-        errors: list[str | None] = ["not computed"] * len(hashes)
+        a hash never computed reports 'not computed'. Cost grows with len(hashes), not the store: the hashes
+        are probed through the index (a scan only when most of a store that fits the memory budget is
+        asked for), and vectors are copied batch by batch into the result, never concatenated first."""
         dataset = self._dataset()
-        if dataset is None or not hashes:
-            return out, errors
-        wanted = list(dict.fromkeys(hashes))
+        if dataset is None or not len(hashes):
+            return np.zeros((len(hashes), self.dim), np.float32), ["not computed"] * len(hashes)
+        wanted = pd.Index(pd.unique(np.asarray(hashes, dtype=object)))
         rows = dataset.count_rows()
-        if len(wanted) > SCAN_SHARE * rows and rows * (self.dim * 4 + 96) <= memory_budget():
-            found = self._scan(dataset, columns=["hash", "vector", "error", "seq"])
-        else:
-            found = pa.concat_tables([
-                self._scan(dataset, columns=["hash", "vector", "error", "seq"],
-                           filter=pc.field("hash").isin(wanted[i:i + LOOKUP_CHUNK]))
-                for i in range(0, len(wanted), LOOKUP_CHUNK)])
-        if not len(found):
-            return out, errors
-        # A hash may be stored more than once (a rerun after a failure): the latest success wins, and a
-        # failure never hides an earlier success.
-        rows = pd.DataFrame({"hash": found["hash"].to_numpy(zero_copy_only=False),
-                             "ok": found["error"].is_null().to_numpy(zero_copy_only=False),
-                             "seq": found["seq"].to_numpy()})
-        best = rows.sort_values(["ok", "seq"], kind="stable").drop_duplicates("hash", keep="last")
-        at = pd.Index(best["hash"]).get_indexer(hashes)  # row in `best` per asked hash, -1 if absent
-        source = best.index.to_numpy()[np.maximum(at, 0)]
-        present = at >= 0
-        ok = present & best["ok"].to_numpy()[np.maximum(at, 0)]
-        if ok.any():
-            matrix = found["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(-1, self.dim)
-            out[ok] = matrix[source[ok]]
-        error_col = found["error"].to_pylist()
-        for row in np.flatnonzero(present & ~ok):
-            errors[row] = error_col[source[row]]
-        for row in np.flatnonzero(ok):
-            errors[row] = None
-        return out, errors
+        scan = len(wanted) > SCAN_SHARE * rows and rows * (self.dim * 4 + 96) <= memory_budget()
+        filters = [None] if scan else [pc.field("hash").isin(wanted[i:i + LOOKUP_CHUNK].tolist())
+                                       for i in range(0, len(wanted), LOOKUP_CHUNK)]
+        # Pass 1, without vectors: which stored row answers each hash. A hash may be stored more than once (a
+        # rerun after a failure): the latest success wins, and a failure never hides an earlier success.
+        meta = pa.concat_tables([self._scan(dataset, columns=["hash", "error", "seq"], filter=f) for f in filters])
+        found = pd.DataFrame({"hash": meta["hash"].to_numpy(zero_copy_only=False),
+                              "ok": meta["error"].is_null().to_numpy(zero_copy_only=False),
+                              "seq": meta["seq"].to_numpy(), "error": meta["error"].to_numpy(zero_copy_only=False)})
+        found = found[found["hash"].isin(wanted)]
+        best = found.sort_values(["ok", "seq"], kind="stable").drop_duplicates("hash", keep="last")
+        best = best.set_index("hash")
+        out = np.zeros((len(wanted), self.dim), np.float32)
+        winners = best[best["ok"]]
+        if len(winners):
+            # Pass 2: the winning rows' vectors, one record batch at a time, straight into `out`.
+            winning_seq = winners["seq"].astype("Int64")  # exact: time_ns does not fit a float64
+            for f in filters:
+                for batch in self._batches(dataset, columns=["hash", "vector", "seq"], filter=f):
+                    got = batch.column("hash").to_numpy(zero_copy_only=False)
+                    expected = winning_seq.reindex(got).to_numpy(dtype=np.int64, na_value=-1)
+                    keep = expected == batch.column("seq").to_numpy()
+                    if keep.any():
+                        vectors = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+                        out[wanted.get_indexer(got[keep])] = vectors.reshape(-1, self.dim)[keep]
+        at = wanted.get_indexer(np.asarray(hashes, dtype=object))
+        status = best.reindex(wanted)
+        ok = status["ok"].fillna(False).to_numpy(bool)[at]
+        stored_error = status["error"].to_numpy(object)[at]
+        failed = np.array([isinstance(e, str) for e in stored_error], bool)
+        errors = np.where(ok, None, np.where(failed, stored_error, "not computed")).tolist()
+        return (out if len(wanted) == len(hashes) and (at == np.arange(len(at))).all() else out[at]), errors
+
+    def _batches(self, dataset: Any, **scan: Any) -> Any:
+        try:
+            yield from dataset.to_batches(**scan)
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CorruptPart(f"{self.table_path} has a damaged fragment ({tables._reason(e)}); {self.fix}") from e
 
     def iter_lookup(self, hashes: list[str], batch_rows: int) -> Iterator[tuple[np.ndarray, list[str | None]]]:
         """`lookup` in consecutive chunks of `batch_rows` hashes: the out-of-core reader (a chunk of vectors
@@ -217,7 +227,7 @@ class FeatureStore:
         if tables.needs_compaction(dataset):
             tables.compact(dataset)
         else:
-            dataset.optimize.optimize_indices()
+            tables.index_new_rows(dataset)
 
     def compact(self) -> dict[str, int]:
         """Merge every fragment into large ones and delete unreferenced files; no vector is lost."""

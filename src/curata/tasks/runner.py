@@ -147,13 +147,17 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
     return task, feature_set.blocks, y, labels, items, protocol
 
 
+TRAIN_SHARE = 0.5
+
+
 def training_sample(y: np.ndarray, row_bytes: int, seed: int, folds: int) -> np.ndarray | None:
     """Rows to train on when the labelled items' feature blocks exceed the memory budget, else None (all).
 
-    The sample is as large as the budget allows, stratified by the target (a multi-label row by its
-    rarest label) and seeded, each class keeping at least `folds` rows where it has them; cross-validation
-    and the final fit then both run on it, so the reported metrics describe the model that is saved."""
-    fits = rows_within_budget(row_bytes)
+    The sample's matrix fills half the budget (TRAIN_SHARE: scaling and fitting copy it), stratified by the
+    target (a multi-label row by its rarest label) and seeded, each class keeping at least `folds` rows where
+    it has them; cross-validation and the final fit then both run on it, so the reported metrics describe
+    the model that is saved."""
+    fits = rows_within_budget(row_bytes, share=TRAIN_SHARE)
     if len(y) <= fits:
         return None
     strata = rarest_label(y) if np.ndim(y) == 2 else y
