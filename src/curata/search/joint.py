@@ -132,16 +132,19 @@ def cached_text_features(workspace: Workspace, extractor: Extractor, texts: Sequ
     distinct caption is encoded once per workspace, however often training reruns."""
     store = FeatureStore(workspace.dir("cache") / TEXT_CACHE, extractor.key, extractor.dim, "text")
     hashes = [text_hash(t) for t in texts]
-    known = store.known_hashes()
-    todo = {h: t for h, t in zip(hashes, texts, strict=True) if h not in known}
+    missing = store.missing(hashes)
+    todo = {h: t for h, t, m in zip(hashes, texts, missing, strict=True) if m}
     if todo:
         advance = reporter.task(f"encoding captions ({extractor.name})", len(todo))
         keys, values = list(todo), list(todo.values())
-        step = 256  # one part per chunk: an interrupted run keeps what it encoded
-        for start in range(0, len(keys), step):
-            vectors = extractor.transform(values[start : start + step])
-            store.append(keys[start : start + step], vectors, [None] * len(vectors))
-            advance(len(vectors))
+        step = 256  # one commit per chunk: an interrupted run keeps what it encoded
+        try:
+            for start in range(0, len(keys), step):
+                vectors = extractor.transform(values[start : start + step])
+                store.append(keys[start : start + step], vectors, [None] * len(vectors))
+                advance(len(vectors))
+        finally:
+            store.finish()  # index the new rows; merge the small fragments once there are many
     matrix, _ = store.lookup(hashes)
     return matrix
 
