@@ -18,6 +18,7 @@ import pyarrow as pa
 # Small fragments (one per `features` flush, one per ingest) are merged past this many.
 COMPACT_ABOVE_FRAGMENTS = 32
 TARGET_ROWS_PER_FRAGMENT = 262_144
+MERGE_ALL = 1 << 20  # `num_indices_to_merge` for "every delta segment of an index"
 
 
 class CorruptTable(ValueError):
@@ -79,9 +80,10 @@ def compact(dataset: Any, *, keep_versions: timedelta | None = None) -> dict[str
     """Merge small fragments (rows are copied, never dropped), bring scalar indexes up to date, and delete
     files no version references any more (`keep_versions`: also versions older than this)."""
     before = len(dataset.get_fragments())
-    dataset.optimize.optimize_indices()  # fragments covered by the index and not are not merged together
+    # Every delta segment merged into one first: fragments under different index segments are not merged.
+    dataset.optimize.optimize_indices(num_indices_to_merge=MERGE_ALL)
     metrics = dataset.optimize.compact_files(target_rows_per_fragment=TARGET_ROWS_PER_FRAGMENT)
-    dataset.optimize.optimize_indices()
+    dataset.optimize.optimize_indices(num_indices_to_merge=MERGE_ALL)
     if keep_versions is not None:
         dataset.cleanup_old_versions(older_than=keep_versions, error_if_tagged_old_versions=False)
     return {"fragments_before": before, "fragments_after": len(dataset.get_fragments()),

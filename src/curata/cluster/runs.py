@@ -45,6 +45,8 @@ from curata.progress import SILENT, Reporter
 from curata.workspace import Workspace
 
 STREAM_ABOVE_ROWS = 50_000  # k-means over more items is mini-batch, streamed (see cluster_workspace)
+NAME_SAMPLE = 50_000  # items a streamed run names its clusters from
+MAP_SAMPLE = 5_000  # points of a streamed run's map (t-SNE on more takes minutes)
 
 
 def run_name(features: Sequence[str], method: str, k: int | None, reduction: str) -> str:
@@ -82,6 +84,22 @@ def _truth(items: pd.DataFrame, target: str | None) -> tuple[list[Any] | None, s
     if target == "auto" and values.dropna().nunique() < 2:
         return None, None
     return list(values), spec
+
+
+def _names(workspace: Workspace, items: pd.DataFrame, labels: np.ndarray, *, streamed: bool, seed: int
+           ) -> list[Any]:
+    """Cluster names from the items' text, tags and palettes. A streamed run (a large collection) names its
+    clusters from a seeded sample of NAME_SAMPLE items: distinctive words need shares, not every item, and
+    a tf-idf over millions of texts would not fit the budget; the sizes are still counted over every item."""
+    if streamed and len(items) > NAME_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(len(items), NAME_SAMPLE, replace=False))
+        part = items.iloc[rows]
+        names = name_clusters(labels[rows], list(part["text"]), list(part["tags"]), _palettes(workspace, part))
+        sizes = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+        for n in names:
+            n.size = int(sizes.get(n.cluster, n.size))
+        return sorted(names, key=lambda n: (n.cluster < 0, -n.size, n.cluster))
+    return name_clusters(labels, list(items["text"]), list(items["tags"]), _palettes(workspace, items))
 
 
 def _palettes(workspace: Workspace, items: pd.DataFrame) -> np.ndarray | None:
@@ -181,7 +199,7 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
             labels, curve, space = result.labels, result.curve, result.space
             summary = result.to_dict()
     done(1)
-    names = name_clusters(labels, list(items["text"]), list(items["tags"]), _palettes(workspace, items))
+    names = _names(workspace, items, labels, streamed=map_rows is not None, seed=seed)
     done(1)
     run = safe_name(name) if name else run_name(features, method, k, reduction)
     folder = workspace.dir("clusters")
@@ -191,6 +209,9 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
         if space is not None and space.shape[1] == 2 and reduction in ("tsne", "umap"):
             xy, used = space, reduction
         else:
+            if map_rows is not None and len(map_rows) > MAP_SAMPLE:  # a streamed run maps part of its sample
+                keep = np.sort(np.random.default_rng(seed).choice(len(map_rows), MAP_SAMPLE, replace=False))
+                map_rows, x = map_rows[keep], x[keep]
             xy, used = embed_2d(x, map_method, seed)
         summary["map"] = used
     done(1)
@@ -207,8 +228,10 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
     if map_rows is not None:
         why = "the features exceed the memory budget" if memory.get("matrix_bytes", 0) > memory.get(
             "budget_bytes", 0) else f"more than {STREAM_ABOVE_ROWS:,} items"
-        notes.append(f"streamed mini-batch k-means ({why}): the map and the silhouette cover a seeded sample of "
-                     f"{len(map_rows)} of the {len(items)} items")
+        sampled = memory.get("sample_rows", len(map_rows))
+        notes.append(f"streamed mini-batch k-means ({why}): the silhouette covers a seeded sample of {sampled} "
+                     f"of the {len(items)} items, the map {len(map_rows)} of them, the names up to "
+                     f"{min(NAME_SAMPLE, len(items))}")
     try:
         if curve is not None and png:
             files["k_curve"] = str(plot_k_curve(curve, folder / f"{run}-k.png", f"{run}: choosing k"))

@@ -133,7 +133,8 @@ def streamed_kmeans(workspace: Workspace, features: Sequence[str], items: pd.Dat
         raise ClusterInputError(f"kmeans: the sample of {len(sample_x)} items cannot form {k} clusters")
     k = int(k)
     with compute_threads(sample_x):
-        start_centres = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(sample_x).cluster_centers_
+        # 3 restarts, not 10: the sample only seeds mini-batch k-means, which refines over every item
+        start_centres = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(sample_x).cluster_centers_
     model = MiniBatchKMeans(n_clusters=k, init=start_centres, n_init=1, batch_size=MINI_BATCH, random_state=seed)
 
     # Refine over every item in a seeded random order (a permutation of rows; lookups cost the same).

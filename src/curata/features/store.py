@@ -38,13 +38,13 @@ import pyarrow.parquet as pq
 
 from curata import tables
 from curata.atomic import atomic_write_text, name_file
-from curata.budget import memory_budget
 from curata.features.base import Extractor
 
 TABLE = "vectors.lance"
-# Above this share of the store, a lookup scans the table once instead of probing the index per hash.
+# Above this share of the store, a lookup scans the table (streamed) instead of probing the index per hash.
 SCAN_SHARE = 0.25
 LOOKUP_CHUNK = 8192  # hashes per index probe: bounds the filter expression
+ONE_PASS_BYTES = 64 * 2**20  # lookups whose vectors fit in this are read in one pass
 
 
 def store_dirname(key: str) -> str:
@@ -140,19 +140,29 @@ class FeatureStore:
     def lookup(self, hashes: list[str]) -> tuple[np.ndarray, list[str | None]]:
         """Vectors for `hashes` in order (zeros where missing or failed) and each one's error, if any;
         a hash never computed reports 'not computed'. Cost grows with len(hashes), not the store: the hashes
-        are probed through the index (a scan only when most of a store that fits the memory budget is
-        asked for), and vectors are copied batch by batch into the result, never concatenated first."""
+        are probed through the index (the table is scanned only when most of it is asked for). A small lookup
+        reads its rows in one pass; a large one first reads which rows answer (no vectors), then copies their
+        vectors batch by batch into the result, so memory stays near the result's size."""
         dataset = self._dataset()
         if dataset is None or not len(hashes):
             return np.zeros((len(hashes), self.dim), np.float32), ["not computed"] * len(hashes)
         wanted = pd.Index(pd.unique(np.asarray(hashes, dtype=object)))
-        rows = dataset.count_rows()
-        scan = len(wanted) > SCAN_SHARE * rows and rows * (self.dim * 4 + 96) <= memory_budget()
+        scan = len(wanted) > SCAN_SHARE * dataset.count_rows()
         filters = [None] if scan else [pc.field("hash").isin(wanted[i:i + LOOKUP_CHUNK].tolist())
                                        for i in range(0, len(wanted), LOOKUP_CHUNK)]
-        # Pass 1, without vectors: which stored row answers each hash. A hash may be stored more than once (a
-        # rerun after a failure): the latest success wins, and a failure never hides an earlier success.
-        meta = pa.concat_tables([self._scan(dataset, columns=["hash", "error", "seq"], filter=f) for f in filters])
+        columns = ["hash", "vector", "error", "seq"]
+        if len(wanted) * self.dim * 4 <= ONE_PASS_BYTES:
+            fetched = pa.concat_tables([self._scan(dataset, columns=columns, filter=f) for f in filters])
+            meta, batches = fetched, fetched.to_batches
+        else:
+            meta = pa.concat_tables([self._scan(dataset, columns=["hash", "error", "seq"], filter=f)
+                                     for f in filters])
+
+            def batches() -> Iterator[pa.RecordBatch]:
+                for f in filters:
+                    yield from self._batches(dataset, columns=columns, filter=f)
+        # Which stored row answers each hash: a hash may be stored more than once (a rerun after a failure);
+        # the latest success wins, and a failure never hides an earlier success.
         found = pd.DataFrame({"hash": meta["hash"].to_numpy(zero_copy_only=False),
                               "ok": meta["error"].is_null().to_numpy(zero_copy_only=False),
                               "seq": meta["seq"].to_numpy(), "error": meta["error"].to_numpy(zero_copy_only=False)})
@@ -162,16 +172,15 @@ class FeatureStore:
         out = np.zeros((len(wanted), self.dim), np.float32)
         winners = best[best["ok"]]
         if len(winners):
-            # Pass 2: the winning rows' vectors, one record batch at a time, straight into `out`.
+            # The winning rows' vectors, one record batch at a time, straight into `out`.
             winning_seq = winners["seq"].astype("Int64")  # exact: time_ns does not fit a float64
-            for f in filters:
-                for batch in self._batches(dataset, columns=["hash", "vector", "seq"], filter=f):
-                    got = batch.column("hash").to_numpy(zero_copy_only=False)
-                    expected = winning_seq.reindex(got).to_numpy(dtype=np.int64, na_value=-1)
-                    keep = expected == batch.column("seq").to_numpy()
-                    if keep.any():
-                        vectors = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
-                        out[wanted.get_indexer(got[keep])] = vectors.reshape(-1, self.dim)[keep]
+            for batch in batches():
+                got = batch.column("hash").to_numpy(zero_copy_only=False)
+                expected = winning_seq.reindex(got).to_numpy(dtype=np.int64, na_value=-1)
+                keep = expected == batch.column("seq").to_numpy()
+                if keep.any():
+                    vectors = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+                    out[wanted.get_indexer(got[keep])] = vectors.reshape(-1, self.dim)[keep]
         at = wanted.get_indexer(np.asarray(hashes, dtype=object))
         status = best.reindex(wanted)
         ok = status["ok"].fillna(False).to_numpy(bool)[at]
