@@ -153,12 +153,12 @@ def test_cluster_kmeans_streams_over_budget_and_agrees_with_in_memory(colour_ws,
 
     in_memory = cluster_workspace(colour_ws, ["color_stats"], "kmeans", k=3, name="mem", html=False, png=False)
     assert in_memory["memory"]["mode"] == "in_memory"
-    monkeypatch.setenv(ENV, str(40 * STATS_ROW))  # 60 rows do not fit; chunks of 10, a sample of 20
+    monkeypatch.setenv(ENV, str(40 * STATS_ROW))  # 60 rows do not fit; chunks of 2 (1/16), a sample of 20
     streamed = cluster_workspace(colour_ws, ["color_stats"], "kmeans", k=3, name="streamed", html=True, png=False,
                                  max_thumbnails=5)
     assert streamed["memory"]["mode"] == "streamed"
-    assert streamed["memory"]["chunk_rows"] == 10 and streamed["memory"]["sample_rows"] == 20
-    assert streamed["params"]["streamed"]["chunk_rows"] == 10
+    assert streamed["memory"]["chunk_rows"] == 2 and streamed["memory"]["sample_rows"] == 20
+    assert streamed["params"]["streamed"]["chunk_rows"] == 2 and streamed["memory"]["lloyd_passes"] >= 1
     assert streamed["items"] == 60 and streamed["k"] == 3
     assert streamed["scores"]["silhouette"] > 0.5  # on the sample of 20
     assert streamed["scores"]["ari"] >= 0.9  # against the known labels, over every item
@@ -167,7 +167,7 @@ def test_cluster_kmeans_streams_over_budget_and_agrees_with_in_memory(colour_ws,
     assert out["id"].tolist() == mem["id"].tolist()
     assert adjusted_rand_score(mem["cluster"], out["cluster"]) >= 0.9
     assert out["x"].notna().sum() == 20  # the map covers the sample
-    assert any("streamed mini-batch k-means (the features exceed the memory budget)" in n for n in streamed["notes"])
+    assert any("streamed k-means (the features exceed the memory budget)" in n for n in streamed["notes"])
     assert json.loads(Path(streamed["files"]["summary"]).read_text())["memory"]["mode"] == "streamed"
     chosen = cluster_workspace(colour_ws, ["color_stats"], "kmeans", k_range=(2, 5), name="chosen",
                                map_method="none", html=False, png=False)

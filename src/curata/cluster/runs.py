@@ -44,7 +44,7 @@ from curata.cluster.topics import TOPIC_METHODS, topics
 from curata.progress import SILENT, Reporter
 from curata.workspace import Workspace
 
-STREAM_ABOVE_ROWS = 50_000  # k-means over more items is mini-batch, streamed (see cluster_workspace)
+STREAM_ABOVE_ROWS = 50_000  # k-means over more items streams (see cluster_workspace, cluster/stream.py)
 NAME_SAMPLE = 50_000  # items a streamed run names its clusters from
 MAP_SAMPLE = 5_000  # points of a streamed run's map (t-SNE on more takes minutes)
 
@@ -66,8 +66,12 @@ def safe_name(name: str) -> str:
     return cleaned[:120]
 
 
-def _items(workspace: Workspace) -> pd.DataFrame:
-    items = workspace.items()
+# What a cluster run reads of each item (captions, attributes and meta can be most of a row's bytes).
+CLUSTER_COLUMNS = ["id", "source", "collection", "image", "image_sha256", "text", "label", "tags"]
+
+
+def _items(workspace: Workspace, columns: list[str] | None = None) -> pd.DataFrame:
+    items = workspace.items(columns)
     if items.empty:
         raise ClusterInputError(f"the workspace {workspace.root} has no items; run `curata ingest` first")
     return items.reset_index(drop=True)
@@ -139,7 +143,7 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
     if map_method not in (*MAP_METHODS, "none"):
         raise ClusterInputError(f"unknown map method '{map_method}': use one of {', '.join(MAP_METHODS)} or none")
     started = time.perf_counter()
-    items = _items(workspace)
+    items = _items(workspace, CLUSTER_COLUMNS + (["meta"] if str(target).startswith("meta:") else []))
     done = reporter.task("clustering", 4)
     skipped: dict[str, int] = {}
     map_rows: np.ndarray | None = None  # the rows the map shows (None: all); a streamed run maps its sample
@@ -166,8 +170,8 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
             raise ClusterInputError("name at least one feature to cluster on (e.g. minilm, effnet_lite0)")
         need = matrix_bytes(len(items), feature_dim(list(features)))
         memory.update(matrix_bytes=need, budget_bytes=memory_budget())
-        # Mini-batch k-means also past STREAM_ABOVE_ROWS items within the budget: exact k-means with 10 restarts
-        # costs minutes per 100k rows of 1280-d, so per-item cost would jump with the collection's size.
+        # Streamed k-means also past STREAM_ABOVE_ROWS items within the budget: k-means with 10 restarts on every
+        # row costs minutes per 100k rows of 1280-d, so per-item cost would jump with the collection's size.
         big = method == "kmeans" and reduction == "none" and len(items) > STREAM_ABOVE_ROWS
         if need > memory["budget_bytes"] or big:
             from curata.cluster.stream import over_budget_refusal, streamed_kmeans
@@ -229,7 +233,7 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
         why = "the features exceed the memory budget" if memory.get("matrix_bytes", 0) > memory.get(
             "budget_bytes", 0) else f"more than {STREAM_ABOVE_ROWS:,} items"
         sampled = memory.get("sample_rows", len(map_rows))
-        notes.append(f"streamed mini-batch k-means ({why}): the silhouette covers a seeded sample of {sampled} "
+        notes.append(f"streamed k-means ({why}): the silhouette covers a seeded sample of {sampled} "
                      f"of the {len(items)} items, the map {len(map_rows)} of them, the names up to "
                      f"{min(NAME_SAMPLE, len(items))}")
     try:

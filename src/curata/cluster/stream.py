@@ -3,10 +3,11 @@
     1. a seeded sample of rows that fits in half the budget is loaded whole: it fits the normalisation
        statistics ("center", "standard"), chooses k when it is not given (silhouette over `k_range`,
        as in memory), and gives the starting centres (full k-means on the sample);
-    2. `MiniBatchKMeans.partial_fit` refines those centres over every item, streamed in a seeded random
-       order in mini-batches, so the chunk order of the collection (items ingested source by source)
-       does not bias them;
-    3. labels are assigned chunk by chunk, in item order;
+    2. Lloyd iterations refine those centres over every item, streamed: each pass assigns every chunk
+       to its nearest centre and adds it to per-cluster sums and counts, and the centres become the means
+       (exact k-means steps, so the result does not depend on the order of the chunks; mini-batch
+       updates started from zero counts overwrote the sample's centres with noisy batch means);
+    3. labels are those of the last pass, in item order;
     4. silhouette (O(n^2)) and the 2-D map are computed on the sample; ARI / NMI on every item.
 
 Only k-means streams: the other methods need all rows at once (pairwise structure, densities), and so
@@ -41,9 +42,10 @@ from curata.vectors import l2_rows
 from curata.workspace import Workspace
 
 SAMPLE_SHARE = 0.5  # of the budget, for the sample held whole (the rest: one chunk and its copies)
-CHUNK_SHARE = 0.25  # of the budget, per streamed chunk (its blocks, then their fused, normalised copy)
-SAMPLE_CAP = 20_000  # rows: enough for k, the starting centres and the map; t-SNE stays in minutes
-MINI_BATCH = 1024  # rows per partial_fit step (scikit-learn's default batch size)
+CHUNK_SHARE = 1 / 16  # of the budget, per streamed chunk: its lookup, fused and normalised copies stay small
+SAMPLE_CAP = 20_000  # rows: enough for k, the starting centres and the map
+LLOYD_PASSES = 3  # streamed k-means iterations after the sample's start (each reads every vector once)
+LLOYD_TOL = 1e-4  # stop earlier once no centre moves more than this (in the normalised space)
 
 
 @dataclass
@@ -81,7 +83,7 @@ class _Normaliser:
         self.std = np.where(std == 0, 1.0, std)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float64)
+        x = np.asarray(x, np.float32)  # float32 like the features: a float64 copy of a chunk doubles it
         if self.how == "center":
             return l2_rows(x - self.mean)
         if self.how == "sqrt":
@@ -112,7 +114,7 @@ def streamed_kmeans(workspace: Workspace, features: Sequence[str], items: pd.Dat
                     ) -> StreamedKMeans:
     """k-means over `items`' fused `features` (each block L2-normalised, as `load_features(...).concat()`)
     without holding their matrix; see the module doc. `truth`: one label or None per item of `items`."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.cluster import KMeans
 
     names = list(features)
     n = len(items)
@@ -133,26 +135,28 @@ def streamed_kmeans(workspace: Workspace, features: Sequence[str], items: pd.Dat
         raise ClusterInputError(f"kmeans: the sample of {len(sample_x)} items cannot form {k} clusters")
     k = int(k)
     with compute_threads(sample_x):
-        # 3 restarts, not 10: the sample only seeds mini-batch k-means, which refines over every item
+        # 3 restarts, not 10: the sample only gives the start; the Lloyd passes refine over every item
         start_centres = KMeans(n_clusters=k, n_init=3, random_state=seed).fit(sample_x).cluster_centers_
-    model = MiniBatchKMeans(n_clusters=k, init=start_centres, n_init=1, batch_size=MINI_BATCH, random_state=seed)
-
-    # Refine over every item in a seeded random order (a permutation of rows; lookups cost the same).
-    order = rng.permutation(n)
-    for _, blocks, _ in iter_features(workspace, names, items.iloc[order], chunk):
-        x = normalise(concat_blocks(blocks))
-        for s in range(0, len(x), MINI_BATCH):
-            part = x[s:s + MINI_BATCH]
-            if len(part) >= k:  # partial_fit refuses a batch with fewer rows than clusters
-                model.partial_fit(part)
-
+    centres = start_centres.astype(np.float32)
+    passes, shift = 0, float("inf")
     keep = np.zeros(n, bool)
-    labels: list[np.ndarray] = []
-    for start, blocks, chunk_keep in iter_features(workspace, names, items, chunk):
-        keep[start:start + len(chunk_keep)] = chunk_keep
-        if chunk_keep.any():
-            labels.append(model.predict(normalise(concat_blocks(blocks))).astype(int))
-    all_labels = np.concatenate(labels) if labels else np.array([], int)
+    all_labels = np.array([], int)
+    while passes < LLOYD_PASSES and shift > LLOYD_TOL:
+        sums = np.zeros_like(centres, dtype=np.float64)
+        counts = np.zeros(k, np.int64)
+        labels: list[np.ndarray] = []
+        for start, blocks, chunk_keep in iter_features(workspace, names, items, chunk):
+            keep[start:start + len(chunk_keep)] = chunk_keep
+            if chunk_keep.any():
+                x = normalise(concat_blocks(blocks))
+                assigned = _nearest(x, centres)
+                labels.append(assigned)
+                sums += _cluster_sums(x, assigned, k)
+                counts += np.bincount(assigned, minlength=k)
+        all_labels = np.concatenate(labels) if labels else np.array([], int)
+        moved = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centres).astype(np.float32)
+        shift = float(np.abs(moved - centres).max()) if len(moved) else 0.0
+        centres, passes = moved, passes + 1
     if not keep.any():
         raise ClusterInputError(f"no item has all of the features {', '.join(names)}")
 
@@ -174,5 +178,20 @@ def streamed_kmeans(workspace: Workspace, features: Sequence[str], items: pd.Dat
     skipped = {f"no {'+'.join(names)} vector": missing} if missing else {}
     params = {"normalisation": normalisation, "reduction": "none", "n_components": None, "seed": seed,
               "k_given": curve is None, "streamed": {"chunk_rows": chunk, "sample_rows": len(sample_x),
-                                                     "mini_batch": MINI_BATCH}}
+                                                     "lloyd_passes": passes, "last_shift": round(shift, 6)}}
     return StreamedKMeans(all_labels, keep, sample_rows, sample_x, k, scores, params, curve, skipped)
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of each row's nearest centre (squared euclidean, without forming the row-centre differences)."""
+    scores = x @ centres.T
+    scores -= 0.5 * np.einsum("ij,ij->i", centres, centres)[None, :]
+    return scores.argmax(axis=1)
+
+
+def _cluster_sums(x: np.ndarray, assigned: np.ndarray, k: int) -> np.ndarray:
+    """Per-cluster sums of the rows of `x` (a sparse one-hot product: np.add.at is unbuffered and slow)."""
+    from scipy import sparse
+
+    onehot = sparse.csr_matrix((np.ones(len(x), np.float32), (assigned, np.arange(len(x)))), shape=(k, len(x)))
+    return np.asarray(onehot @ x, np.float64)
