@@ -122,6 +122,62 @@ def test_unreadable_image_is_an_item_error_and_is_retried(workspace):
     assert load_matrix(workspace, MeanColour())[1] == [None] * 13
 
 
+def test_planning_reads_only_the_fragments_the_store_has_not_seen(workspace, tmp_path, monkeypatch):
+    """After a clean run the store remembers the collection fragments it covers: the next plan reads only
+    the others (new ingests, upserted rows, rows a rollback brings back), and a failed item keeps it
+    reading from where it was, so the failure is retried."""
+    from curata.collection import Collection
+    from curata.features.engine import plan_compute
+
+    read_rows: list[int] = []
+    real_read = Collection.read
+
+    def counting_read(self, columns=None, *args, **kwargs):
+        frame = real_read(self, columns, *args, **kwargs)
+        if columns == ["image", "image_sha256"]:
+            read_rows.append(len(frame))
+        return frame
+
+    monkeypatch.setattr(Collection, "read", counting_read)
+    assert compute(MeanColour(), workspace).computed == 13
+    version = workspace.collection.version
+    read_rows.clear()
+    assert plan_compute(MeanColour(), workspace).todo == {} and read_rows == [0]  # nothing new: no row read
+    more = tmp_path / "more"
+    for i in range(3):
+        write_image(more / f"n{i}.png", color=(200, 10 * i, 90))
+    ingest(more, workspace)
+    read_rows.clear()
+    run = compute(MeanColour(), workspace)
+    assert (run.items, run.cached, run.computed) == (16, 13, 3) and read_rows == [3]  # only the new fragment
+    # A rollback brings back fragments this store has covered: nothing to read.
+    workspace.collection.rollback(version)
+    read_rows.clear()
+    assert plan_compute(MeanColour(), workspace).todo == {} and read_rows == [0]
+    # One that brings back fragments a store never covered: their rows are read and computed.
+    class OtherMean(MeanColour):
+        name = "test_other_mean"
+
+    whole = workspace.collection.version
+    workspace.replace_items(workspace.items().head(5))
+    assert compute(OtherMean(), workspace).computed == 5
+    workspace.collection.rollback(whole)
+    read_rows.clear()
+    back = compute(OtherMean(), workspace)
+    assert (back.computed, back.cached) == (8, 5) and read_rows == [13]
+    # A failure: the mark does not move, so the next plan reads the new rows again and retries it.
+    from PIL import Image
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    Image.new("RGB", (8, 8), (0, 50, 50)).save(bad / "zero.png")  # MeanColour refuses red == 0
+    ingest(bad, workspace)
+    assert compute(MeanColour(), workspace).errors == 1
+    read_rows.clear()
+    again = compute(MeanColour(), workspace)
+    assert again.computed == 1 and read_rows == [1]
+
+
 def test_fitted_text_extractor_is_saved_reused_and_refit(workspace):
     items = workspace.items()
     assert (items["text"] == "").all()  # folder items have no text: all share one text hash

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -190,14 +191,23 @@ class Collection:
         dataset = self._dataset()
         return 0 if dataset is None else int(dataset.version)
 
+    def fragment_ids(self) -> list[int]:
+        """The ids of the current version's fragments. Fragments are immutable and Lance never reuses an id
+        (an upsert, a compaction or a rollback brings fragments of other ids), so a stage that has seen every
+        row of some fragments reads only the rows of the others next time (`read(fragments=...)`)."""
+        dataset = self._dataset()
+        return sorted(f.fragment_id for f in dataset.get_fragments()) if dataset is not None else []
+
     def count(self, where: str | None = None) -> int:
         dataset = self._dataset()
         return 0 if dataset is None else int(dataset.count_rows(filter=where))
 
     def read(self, columns: list[str] | None = None, where: str | pc.Expression | None = None,
-             limit: int | None = None, offset: int | None = None) -> pd.DataFrame:
+             limit: int | None = None, offset: int | None = None, fragments: Sequence[int] | None = None
+             ) -> pd.DataFrame:
         """Items as a DataFrame: only `columns` (in that order), only rows matching `where` (a Lance SQL filter
-        or a pyarrow expression, applied in the scan), optionally a page (`limit`, `offset`)."""
+        or a pyarrow expression, applied in the scan), optionally a page (`limit`, `offset`); `fragments`:
+        only the rows of these fragments (see `fragment_ids`)."""
         if columns is not None:
             unknown = [c for c in columns if c not in COLUMNS]
             if unknown:
@@ -206,9 +216,16 @@ class Collection:
         if dataset is None:
             frame = empty_frame()
             return frame if columns is None else frame[columns]
+        scan: dict[str, Any] = {}
+        if fragments is not None:
+            wanted = set(fragments)
+            scan["fragments"] = [f for f in dataset.get_fragments() if f.fragment_id in wanted]
+            if not scan["fragments"]:
+                frame = empty_frame()
+                return frame if columns is None else frame[columns]
         try:
             table = tables.read(dataset, self.path, FIX, columns=columns or COLUMNS, filter=where, limit=limit,
-                                offset=offset)
+                                offset=offset, **scan)
         except tables.CorruptTable as e:
             raise CollectionError(str(e)) from e.__cause__
         return table.to_pandas()

@@ -60,9 +60,9 @@ def open_table(path: Path, fix: str, version: int | None = None) -> Any:
 
 
 def read(dataset: Any, path: Path, fix: str, **scan: Any) -> pa.Table:
-    """`dataset.to_table(**scan)` with damage reported as CorruptTable naming the table and the fix."""
+    """`dataset.scanner(**scan).to_table()` with damage reported as CorruptTable naming the table and the fix."""
     try:
-        return dataset.to_table(**scan)
+        return dataset.scanner(**scan).to_table()
     except (OSError, ValueError, RuntimeError) as e:
         raise CorruptTable(f"{path} has a damaged fragment ({_reason(e)}); {fix}") from e
 

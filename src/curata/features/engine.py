@@ -243,6 +243,14 @@ class ComputePlan:
     todo: dict[str, str]
     run: FeatureRun
     started: float
+    through: list[int] = field(default_factory=list)  # the collection's fragments when planned
+
+    def finish(self) -> None:
+        """After the run's appends: index them, and when nothing failed, remember that the store holds every
+        item of the fragments `through`, so the next plan reads only other fragments."""
+        self.store.finish()
+        if self.run.errors == 0:
+            self.store.set_plan_mark(self.through)
 
 
 def plan_compute(extractor: Extractor, workspace: Workspace, *, refit: bool = False,
@@ -250,18 +258,39 @@ def plan_compute(extractor: Extractor, workspace: Workspace, *, refit: bool = Fa
     """Fit the extractor if it needs the collection (once), then list the items its store lacks."""
     started = time.perf_counter()
     # Only the columns the plan needs: the text of a million items is not read to plan an image extractor.
-    items = workspace.items(["text"] if extractor.modality == "text" else ["image", "image_sha256"])
-    fit_id = ensure_fitted(extractor, workspace, items, refit=refit, reporter=reporter)
+    columns = ["text"] if extractor.modality == "text" else ["image", "image_sha256"]
+    collection = workspace.collection
+    through = collection.fragment_ids()  # before reading: items added meanwhile are checked next time
+    total = collection.count()
+    fit_id = ""
+    if extractor.needs_fit:  # fitting (once) reads the whole collection; a fitted state is loaded
+        fit_id = ensure_fitted(extractor, workspace, collection.read(columns), refit=refit, reporter=reporter)
     store = FeatureStore.for_extractor(workspace.dir("features"), extractor, fit_id)
-    keys = item_keys(items, extractor)
-    missing = store.missing(keys)  # repairs a damaged table: its dropped items are computed again below
+    items, keys, missing = _unstored(store, collection, columns, extractor)
     sources = items["text"].fillna("") if extractor.modality == "text" else items["image"]
     todo: dict[str, str] = {}
     for key, source in zip(np.asarray(keys, dtype=object)[missing], sources.to_numpy()[missing], strict=True):
         todo.setdefault(key, source)  # identical content is computed once
-    run = FeatureRun(extractor.key, len(items), int(len(items) - missing.sum()), len(todo), 0, 0.0,
+    run = FeatureRun(extractor.key, total, int(total - missing.sum()), len(todo), 0, 0.0,
                      fitted=bool(fit_id), notes=list(store.notes))
-    return ComputePlan(store, todo, run, started)
+    return ComputePlan(store, todo, run, started, through)
+
+
+def _unstored(store: FeatureStore, collection: Any, columns: list[str], extractor: Extractor
+              ) -> tuple[pd.DataFrame, list[str], np.ndarray]:
+    """The items to check, their keys, and which keys the store lacks. A store known complete for some
+    fragments of the collection (its plan mark) is checked against the items of the other fragments only
+    (written since, or brought back by a rollback), so planning 1,000 new items costs the same in a
+    collection of a million as in an empty one; without a mark, or when the check had to repair the store
+    (rows dropped), every item is checked."""
+    mark = store.plan_mark()
+    items = collection.read(columns, fragments=None if mark is None else
+                            [f for f in collection.fragment_ids() if f not in mark])
+    keys = item_keys(items, extractor)
+    missing = store.missing(keys)  # repairs a damaged table: its dropped items are computed again
+    if mark is not None and store.plan_mark() is None:
+        return _unstored(store, collection, columns, extractor)
+    return items, keys, missing
 
 
 def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32, refit: bool = False,
@@ -282,8 +311,10 @@ def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32,
         if plan.todo:
             try:
                 _compute_todo(extractor, plan.store, plan.todo, batch_size, workers, reporter, plan.run)
-            finally:  # also after an interruption: what was appended is indexed
+            except BaseException:  # interrupted: what was appended is indexed, and the plan mark stays where it was
                 plan.store.finish()
+                raise
+        plan.finish()
     plan.run.seconds = time.perf_counter() - plan.started
     return plan.run
 

@@ -45,6 +45,7 @@ TABLE = "vectors.lance"
 SCAN_SHARE = 0.25
 LOOKUP_CHUNK = 8192  # hashes per index probe: bounds the filter expression
 ONE_PASS_BYTES = 64 * 2**20  # lookups whose vectors fit in this are read in one pass
+PLAN_MARK = "planned.json"  # how far into the collection the store is known complete (incremental planning)
 
 
 def store_dirname(key: str) -> str:
@@ -96,6 +97,7 @@ class FeatureStore:
         try:
             return tables.read(dataset, self.table_path, self.fix, **scan)
         except tables.CorruptTable as e:
+            self.forget_plan_mark()  # so the `features` rerun the message asks for checks (and repairs) it all
             raise CorruptPart(str(e)) from e.__cause__
 
     def _empty(self) -> pa.Table:
@@ -122,20 +124,47 @@ class FeatureStore:
         (a missing model or a full disk must not be cached forever). Called by the writers before computing:
         a damaged table is repaired here (its unreadable fragments dropped, their items then missing)."""
         try:
-            ok = self._computed()
+            ok = self._computed(hashes)
         except CorruptPart:
             self.repair()
-            ok = self._computed()
+            ok = self._computed(hashes)
         if ok is None or not len(hashes):
             return np.ones(len(hashes), bool)
         return ~pc.is_in(pa.array(hashes, pa.string()), value_set=ok).to_numpy(zero_copy_only=False)
 
-    def _computed(self) -> pa.Array | None:
+    def _computed(self, among: list[str] | np.ndarray | None = None) -> pa.Array | None:
+        """Hashes with a computed vector: all of them, or those of `among` (a few, through the index)."""
         dataset = self._dataset()
         if dataset is None:
             return None
-        table = self._scan(dataset, columns=["hash"], filter=pc.field("error").is_null())
+        computed = pc.field("error").is_null()
+        if among is not None and not len(among):
+            return pa.array([], pa.string())
+        if among is None or len(among) > SCAN_SHARE * dataset.count_rows():
+            table = self._scan(dataset, columns=["hash"], filter=computed)
+        else:
+            wanted = list(dict.fromkeys(among))
+            table = pa.concat_tables([self._scan(dataset, columns=["hash"],
+                                                 filter=pc.field("hash").isin(wanted[i:i + LOOKUP_CHUNK]) & computed)
+                                      for i in range(0, len(wanted), LOOKUP_CHUNK)])
         return table["hash"].combine_chunks()  # duplicates are harmless to `is_in`
+
+    # Incremental planning -------------------------------------------------------------------
+    def plan_mark(self) -> set[int] | None:
+        """The collection fragments whose every item is known to have its vector in this store (see
+        `Collection.fragment_ids`), or None: plan from the whole collection."""
+        try:
+            return {int(f) for f in json.loads((self.path / PLAN_MARK).read_text())["fragments"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def set_plan_mark(self, fragments: list[int]) -> None:
+        """Record that every item of these collection fragments has its vector (after a run none failed in)."""
+        if self.path.is_dir():
+            atomic_write_text(self.path / PLAN_MARK, json.dumps({"fragments": sorted(int(f) for f in fragments)}))
+
+    def forget_plan_mark(self) -> None:
+        (self.path / PLAN_MARK).unlink(missing_ok=True)
 
     def lookup(self, hashes: list[str]) -> tuple[np.ndarray, list[str | None]]:
         """Vectors for `hashes` in order (zeros where missing or failed) and each one's error, if any;
@@ -193,6 +222,7 @@ class FeatureStore:
         try:
             yield from dataset.to_batches(**scan)
         except (OSError, ValueError, RuntimeError) as e:
+            self.forget_plan_mark()
             raise CorruptPart(f"{self.table_path} has a damaged fragment ({tables._reason(e)}); {self.fix}") from e
 
     def iter_lookup(self, hashes: list[str], batch_rows: int) -> Iterator[tuple[np.ndarray, list[str | None]]]:
@@ -260,6 +290,7 @@ class FeatureStore:
 
     def _rewrite(self, table: pa.Table) -> None:
         """Replace the table by `table` (verified row count, then an atomic folder swap)."""
+        self.forget_plan_mark()  # rows may have been dropped: the next plan checks every item again
         staged = self.path / f".{TABLE}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             dataset = tables.write(table, staged, mode="create")

@@ -128,7 +128,9 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
             )
             try:
                 _drain_into_store(results, plan.store, plan.run, advance)
-            finally:
+            except BaseException:  # interrupted: what was appended is indexed, the plan mark stays
                 plan.store.finish()
+                raise
+    plan.finish()
     plan.run.seconds = time.perf_counter() - plan.started
     return plan.run
