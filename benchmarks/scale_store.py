@@ -26,7 +26,8 @@ copied), so the steps that add items never change the cached build. Every step r
              RSS it takes (peak during the lookups minus RSS before)                     target <= 100 ms, <= 200 MB
   plan       `compute(effnet_lite0)` with nothing to do (a full check, as the first `features` run after the
              build: it leaves the store's plan mark), then add 1,000 items without vectors and time
-             `plan_compute(effnet_lite0)` (planning only)                                   target <= 2 s
+             `plan_compute(effnet_lite0)` (planning only; first call of the process, then the median of 3
+             more, as lookup's)                                                          target <= 2 s
   ingest     a real `ingest` of 500 generated 8x8 PNGs into the workspace / into an empty one      target <= 2x
   serve      `curata serve`: seconds until /v1/ready answers 200, server RSS, and p50/p99 of 100 requests
              `/v1/items?label=<label>&limit=50`               target ready <= 10 s, RSS <= 3 GB, p99 <= 100 ms
@@ -290,10 +291,15 @@ def child_plan(a: dict) -> dict:
     before = _status().get("VmRSS", 0)
     t = time.perf_counter()
     plan = plan_compute(ext, ws)
-    dt = time.perf_counter() - t
-    return {"seconds": dt, "todo": len(plan.todo), "items": plan.run.items, "cached": plan.run.cached,
-            "extra_rss_mb": _status().get("VmHWM", 0) - before, "full_check_s": full_s,
-            "full_check_computed": full.computed}
+    first = time.perf_counter() - t
+    warm = []  # the same plan again in this process: the store's index pages are cached (like lookup's median)
+    for _ in range(3):
+        t = time.perf_counter()
+        plan_compute(ext, ws)
+        warm.append(time.perf_counter() - t)
+    return {"seconds": float(np.median(warm)), "first_s": first, "todo": len(plan.todo), "items": plan.run.items,
+            "cached": plan.run.cached, "extra_rss_mb": _status().get("VmHWM", 0) - before,
+            "full_check_s": full_s, "full_check_computed": full.computed}
 
 
 def child_ingest(a: dict) -> dict:
@@ -590,7 +596,8 @@ def report(results: list[dict], builds: dict) -> tuple[list[str], list[str]]:
         ("lookup 1k ms (median)", lambda r: _g(r, "lookup", "median_ms"), 1000),
         ("lookup 1k ms (first)", lambda r: _g(r, "lookup", "first_ms"), None),
         ("lookup extra RSS MB", lambda r: _g(r, "lookup", "extra_rss_mb"), None),
-        ("plan 1k new (s)", lambda r: _g(r, "plan", "seconds"), None),
+        ("plan 1k new (s, median)", lambda r: _g(r, "plan", "seconds"), None),
+        ("plan 1k new (s, first)", lambda r: _g(r, "plan", "first_s"), None),
         ("plan todo", lambda r: _g(r, "plan", "todo"), None),
         ("plan extra RSS MB", lambda r: _g(r, "plan", "extra_rss_mb"), None),
         ("full check, no mark (s)", lambda r: _g(r, "plan", "full_check_s"), None),
