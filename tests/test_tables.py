@@ -204,3 +204,16 @@ def test_kill_9_during_compaction_loses_no_vector(tmp_path):
     metrics = store.compact()
     assert metrics["fragments_after"] == 1 and store.count() == len(vectors)
     np.testing.assert_array_equal(store.lookup(hashes[::7])[0], vectors[::7])
+
+
+@pytest.mark.parametrize("command", [["compact"], ["rollback", "1"], ["repair"]])
+def test_upkeep_commands_convert_a_pre_lance_workspace_without_deadlock(tmp_path, command):
+    """The conversion takes the workspace lock; a command that holds the lock must not convert inside it."""
+    import subprocess
+    import sys
+
+    write_pre_lance_workspace(tmp_path / "ws")
+    proc = subprocess.run([sys.executable, "-m", "curata.cli", *command, "-w", str(tmp_path / "ws"), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(Workspace(tmp_path / "ws").items(["id"])) == 40

@@ -48,9 +48,10 @@ def rollback_cmd(version: Annotated[int, typer.Argument(help="The version to res
     itself a new version, so it can be undone the same way; features, models and indexes are kept (they are
     keyed by content, and `curata index build` drops items no longer in the collection)."""
     ws = _existing(workspace)
+    table = ws.collection  # converts a pre-Lance workspace first (that takes the lock itself)
     with ws.lock():
-        new = ws.collection.rollback(version)
-    items = ws.collection.count()
+        new = table.rollback(version)
+    items = table.count()
     if as_json:
         emit_json({"restored": version, "version": new, "items": items})
         return
@@ -70,8 +71,9 @@ def compact_cmd(workspace: WorkspaceOpt = default_workspace(),
 
     ws = _existing(workspace)
     out = {}
+    table = ws.collection
     with ws.lock():
-        out["collection"] = ws.collection.compact(keep_days)
+        out["collection"] = table.compact(keep_days)
     folders = [p.parent for p in sorted((ws.root / "features").glob(f"*/{TABLE}"))
                + sorted((ws.root / "cache").glob(f"*/*/{TABLE}")) if (p.parent / "extractor.json").exists()]
     with rich_reporter(not quiet and not as_json) as reporter:
@@ -96,11 +98,12 @@ def repair_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt =
     items are listed as lost: ingest their sources again). Damaged feature tables need no command: the next
     `curata features` run drops what it cannot read and recomputes it."""
     ws = _existing(workspace)
+    table = ws.collection
     with ws.lock():
-        before = ws.collection.history(1)
-        dropped = ws.collection.repair()
-    result = {"dropped_items": dropped, "items": ws.collection.count(),
-              "version_before": before[0]["version"] if before else None, "version": ws.collection.version}
+        before = table.history(1)
+        dropped = table.repair()
+    result = {"dropped_items": dropped, "items": table.count(),
+              "version_before": before[0]["version"] if before else None, "version": table.version}
     if as_json:
         emit_json(result)
         return
