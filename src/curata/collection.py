@@ -186,6 +186,10 @@ class Collection:
                                   f"{', '.join(dataset.schema.names[:6])}...); move it away and ingest again")
         return dataset
 
+    def dataset(self) -> Any | None:
+        """The current version's Lance dataset (None before the first ingest), for readers that pin it."""
+        return self._dataset()
+
     @property
     def version(self) -> int:
         dataset = self._dataset()

@@ -93,7 +93,7 @@ class ItemsView:
         here (the service then keeps serving the previous view) instead of failing request by request."""
         table = workspace.collection
         stamp = table.stamp()
-        dataset = table._dataset()
+        dataset = table.dataset()
         if dataset is None:
             return cls.empty()
         view = cls(workspace, dataset, stamp, colours)
