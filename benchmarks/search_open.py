@@ -107,7 +107,7 @@ def build_workspace(root: Path, n: int, models: list[str]) -> None:
     for name in ("effnet_lite0", "effnet_lite0_logits", "palette"):
         ext = make_extractor(name)
         store = FeatureStore.for_extractor(ws.dir("features"), ext)
-        if store.known_hashes():
+        if store.count():
             continue
         if name == "palette":  # one dominant colour per item (its L*a*b*), share 1
             from curata.features.colornames import BASIC_COLORS, rgb_to_lab

@@ -285,18 +285,6 @@ class Collection:
         self._log("replace", what, len(table), 0, 0)
         return self.version
 
-    def delete(self, ids: list[str], what: str = "delete") -> int:
-        dataset = self._dataset()
-        if dataset is None or not ids:
-            return 0
-        before = dataset.count_rows()
-        for i in range(0, len(ids), PROBE_CHUNK):
-            chunk = ",".join("'" + str(v).replace("'", "''") + "'" for v in ids[i:i + PROBE_CHUNK])
-            dataset.delete(f"id IN ({chunk})")
-        removed = before - self._dataset().count_rows()
-        self._log("delete", what, 0, 0, 0, removed=removed)
-        return removed
-
     def _stored_hashes(self, dataset: Any, ids: list[str]) -> pd.Series:
         if len(ids) > SCAN_SHARE * dataset.count_rows():
             table = tables.read(dataset, self.path, FIX, columns=["id", "row_hash"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,14 @@ def read(dataset: Any, path: Path, fix: str, **scan: Any) -> pa.Table:
     """`dataset.scanner(**scan).to_table()` with damage reported as CorruptTable naming the table and the fix."""
     try:
         return dataset.scanner(**scan).to_table()
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CorruptTable(f"{path} has a damaged fragment ({_reason(e)}); {fix}") from e
+
+
+def batches(dataset: Any, path: Path, fix: str, **scan: Any) -> Iterator[pa.RecordBatch]:
+    """`read`, one record batch at a time."""
+    try:
+        yield from dataset.scanner(**scan).to_batches()
     except (OSError, ValueError, RuntimeError) as e:
         raise CorruptTable(f"{path} has a damaged fragment ({_reason(e)}); {fix}") from e
 

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from curata.atomic import atomic_write_text
-from curata.collection import Collection, Upsert
+from curata.collection import Collection
 
 DEFAULT_WORKSPACE = "curata-workspace"
 SUBDIRS = ("features", "models", "index", "reports", "cache")
@@ -76,15 +76,12 @@ class Workspace:
     def add_items(self, frame: pd.DataFrame, what: str = "ingest") -> tuple[int, int, int]:
         """Upsert items by id as one commit; returns (added, updated, unchanged). Holds the workspace lock, so
         two concurrent ingests cannot lose each other's items."""
-        result = self.upsert_items(frame, what)
-        return result.added, result.updated, result.unchanged
-
-    def upsert_items(self, frame: pd.DataFrame, what: str = "ingest") -> Upsert:
         self.create()
         with self.lock():
             table = Collection(self.root)
             table.convert_parquet()  # a workspace written before Lance: its items first
-            return table.upsert(frame, what)
+            result = table.upsert(frame, what)
+        return result.added, result.updated, result.unchanged
 
     def replace_items(self, frame: pd.DataFrame, what: str = "replace") -> int:
         """Make `frame` the whole collection (one commit; `curata rollback` can restore the one before)."""

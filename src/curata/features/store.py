@@ -66,7 +66,7 @@ class FeatureStore:
         self.modality = modality
         self.path = features_dir / store_dirname(key)
         self.table_path = self.path / TABLE
-        self.notes: list[str] = []  # what `known_hashes` repaired or converted, for the caller to report
+        self.notes: list[str] = []  # what `missing` repaired or converted, for the caller to report
 
     @classmethod
     def for_extractor(cls, features_dir: Path, extractor: Extractor, fit_id: str = "") -> FeatureStore:
@@ -88,9 +88,10 @@ class FeatureStore:
 
     # Reading --------------------------------------------------------------------------------
     def _dataset(self) -> Any | None:
-        self._convert_parts()
         if not tables.exists(self.table_path):
-            return None
+            self._convert_parts()  # a store written before Lance (no glob on the lookups of a converted one)
+            if not tables.exists(self.table_path):
+                return None
         return tables.open_table(self.table_path, self.fix)
 
     def _scan(self, dataset: Any, **scan: Any) -> pa.Table:
@@ -113,11 +114,6 @@ class FeatureStore:
     def count(self) -> int:
         dataset = self._dataset()
         return 0 if dataset is None else dataset.count_rows()
-
-    def known_hashes(self) -> set[str]:
-        """Hashes with a computed vector (small stores: the joint space's caption cache)."""
-        ok = self._computed()
-        return set(ok.to_pylist()) if ok is not None else set()
 
     def missing(self, hashes: list[str] | np.ndarray) -> np.ndarray:
         """Which of `hashes` have no computed vector. Failed rows count as missing, so a rerun retries them
@@ -218,12 +214,12 @@ class FeatureStore:
         errors = np.where(ok, None, np.where(failed, stored_error, "not computed")).tolist()
         return (out if len(wanted) == len(hashes) and (at == np.arange(len(at))).all() else out[at]), errors
 
-    def _batches(self, dataset: Any, **scan: Any) -> Any:
+    def _batches(self, dataset: Any, **scan: Any) -> Iterator[pa.RecordBatch]:
         try:
-            yield from dataset.to_batches(**scan)
-        except (OSError, ValueError, RuntimeError) as e:
+            yield from tables.batches(dataset, self.table_path, self.fix, **scan)
+        except tables.CorruptTable as e:
             self.forget_plan_mark()
-            raise CorruptPart(f"{self.table_path} has a damaged fragment ({tables._reason(e)}); {self.fix}") from e
+            raise CorruptPart(str(e)) from e.__cause__
 
     def iter_lookup(self, hashes: list[str], batch_rows: int) -> Iterator[tuple[np.ndarray, list[str | None]]]:
         """`lookup` in consecutive chunks of `batch_rows` hashes: the out-of-core reader (a chunk of vectors
@@ -240,7 +236,7 @@ class FeatureStore:
         meta = self.path / "extractor.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps({"key": self.key, "dim": self.dim, "modality": self.modality}))
-        self._convert_parts()
+        self._dataset()  # converts Parquet parts first, so they are not converted over the new rows later
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(hashes), self.dim)
         table = pa.table({
             "hash": pa.array(hashes, pa.string()),
@@ -260,6 +256,7 @@ class FeatureStore:
 
     def finish(self) -> None:
         """After a run's appends: index the new fragments, and merge fragments once there are many."""
+        self._convert_parts()  # deletes the parts of a conversion killed after its table was renamed in
         dataset = self._dataset()
         if dataset is None:
             return
