@@ -57,6 +57,9 @@ def print_ingest_report(report: IngestReport, max_rows: int = 30) -> None:
         f"{summary['added']} added, {summary['updated']} updated, {summary['unchanged']} unchanged "
         f"in {summary['seconds']:.1f} s"
     )
+    if summary["kept_edits"]:
+        console.print(f"  {summary['kept_edits']} updated item(s) kept their curated values over the source's "
+                      "(`curata edits` lists them)")
     if len(report.collections) > 1 or (report.format == "nft" and report.collections):
         console.print("  collections: " + ", ".join(f"{escape(name)} ({count})"
                                                     for name, count in report.collections.items()))

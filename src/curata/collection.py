@@ -52,7 +52,23 @@ SCHEMA = pa.schema(
     ]
 )
 COLUMNS = [f.name for f in SCHEMA]
-TABLE_SCHEMA = SCHEMA.append(pa.field("row_hash", pa.uint64()))
+# Curation (curata.curation): `label` and `tags` hold the curated value where a curator set one, so every stage,
+# filter and index reads it; the source's own values stay beside them, so a re-ingest updates those without
+# undoing an edit. `curated` names the fields a curator set; an excluded item or one marked as a duplicate of
+# another is left out of the stages (`Workspace.items`), not deleted.
+CURATION = pa.schema(
+    [
+        ("source_label", pa.string()),
+        ("source_tags", pa.list_(pa.string())),
+        ("curated", pa.list_(pa.string())),  # label, tags, excluded, duplicate_of: the fields a curator set
+        ("excluded", pa.bool_()),
+        ("duplicate_of", pa.string()),  # the id of the item kept in its place
+        ("edit_version", pa.int32()),  # edits applied to the item (its ETag); null = none
+    ]
+)
+CURATION_COLUMNS = [f.name for f in CURATION]
+TABLE_SCHEMA = pa.schema([*SCHEMA, pa.field("row_hash", pa.uint64()), *CURATION])
+ACTIVE = "(excluded IS NULL OR excluded = false) AND duplicate_of IS NULL"  # items the stages read
 LIST_COLUMNS = ("captions", "tags")
 INDEXED = ("id", "label", "collection")
 REQUIRED = ("id", "source", "image", "image_sha256")  # never null in a collection curata wrote
@@ -91,11 +107,60 @@ def empty_frame() -> pd.DataFrame:
     return SCHEMA.empty_table().to_pandas()
 
 
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return TABLE_SCHEMA.empty_table().to_pandas()[columns]
+
+
+def _has_curation(dataset: Any) -> bool:
+    return "curated" in dataset.schema.names
+
+
+_ACTIVE_EXPR = ((pc.field("excluded").is_null() | (pc.field("excluded") == pa.scalar(False)))
+                & pc.field("duplicate_of").is_null())
+
+
 def items_to_frame(items: list[Item]) -> pd.DataFrame:
     if not items:
         return empty_frame()
     table = pa.Table.from_pylist([it.to_row() for it in items], schema=SCHEMA)
     return table.to_pandas()
+
+
+_KEPT = ("label", "tags", "curated", "excluded", "duplicate_of", "edit_version")  # what a source row never sets
+
+
+def _keep_curation(table: pa.Table, stored: pd.DataFrame) -> tuple[pa.Table, int]:
+    """Source rows (`table`) with the curated values of `stored` (rows of `_KEPT` by id) put back: a field a
+    curator set keeps its value, the source's goes to source_label / source_tags. Returns the rows and how
+    many items kept an edit."""
+    if not len(stored):
+        return table, 0
+    stored = stored.set_index("id")
+    ids = table["id"].to_pylist()
+    at = [i for i, item in enumerate(ids) if item in stored.index]
+    if not at:
+        return table, 0
+    columns = {name: table[name].to_pylist() for name in _KEPT}
+    for i in at:
+        row = stored.loc[ids[i]]
+        fields = list(row["curated"]) if row["curated"] is not None else []
+        for name in _KEPT:
+            if name in ("label", "tags") and name not in fields:
+                continue
+            columns[name][i] = plain_value(name, row[name])
+    for name in _KEPT:
+        table = table.set_column(table.schema.get_field_index(name), name,
+                                 pa.array(columns[name], TABLE_SCHEMA.field(name).type))
+    return table, len(at)
+
+
+def plain_value(name: str, value: Any) -> Any:
+    """A stored curation value as Arrow takes it back (pandas gives NaN for nulls, floats for nullable ints)."""
+    if value is None or (not isinstance(value, str | list | np.ndarray) and pd.isna(value)):
+        return None
+    if name in ("tags", "curated", "source_tags"):
+        return [str(v) for v in value]
+    return {"excluded": bool, "edit_version": int}.get(name, str)(value)
 
 
 class CollectionError(ValueError):
@@ -125,8 +190,11 @@ def row_hashes(frame: pd.DataFrame) -> np.ndarray:
 
 
 def _to_table(frame: pd.DataFrame) -> pa.Table:
+    """Source rows as stored: the digest of the source's values, and those values as the source's too."""
     table = pa.Table.from_pandas(frame[COLUMNS], schema=SCHEMA, preserve_index=False)
-    return table.append_column("row_hash", pa.array(row_hashes(frame), pa.uint64()))
+    columns = [*table.columns, pa.array(row_hashes(frame), pa.uint64()), table["label"], table["tags"],
+               *(pa.nulls(len(table), f.type) for f in CURATION if f.name not in ("source_label", "source_tags"))]
+    return pa.Table.from_arrays(columns, schema=TABLE_SCHEMA)
 
 
 def read_parquet_collection(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
@@ -158,6 +226,7 @@ class Upsert:
     updated: int
     unchanged: int
     version: int | None  # the commit this upsert made; None when nothing changed
+    kept_edits: int = 0  # updated items whose curated values were kept over the source's new ones
 
 
 class Collection:
@@ -207,36 +276,51 @@ class Collection:
         return 0 if dataset is None else int(dataset.count_rows(filter=where))
 
     def read(self, columns: list[str] | None = None, where: str | pc.Expression | None = None,
-             limit: int | None = None, offset: int | None = None, fragments: Sequence[int] | None = None
-             ) -> pd.DataFrame:
-        """Items as a DataFrame: only `columns` (in that order), only rows matching `where` (a Lance SQL filter
-        or a pyarrow expression, applied in the scan), optionally a page (`limit`, `offset`); `fragments`:
-        only the rows of these fragments (see `fragment_ids`)."""
+             limit: int | None = None, offset: int | None = None, fragments: Sequence[int] | None = None,
+             active_only: bool = False) -> pd.DataFrame:
+        """Items as a DataFrame: only `columns` (in that order; the source columns by default, curation
+        columns on request), only rows matching `where` (a Lance SQL filter or a pyarrow expression, applied in
+        the scan), optionally a page (`limit`, `offset`); `fragments`: only the rows of these fragments (see
+        `fragment_ids`); `active_only`: without the items a curator excluded or marked as duplicates."""
         if columns is not None:
-            unknown = [c for c in columns if c not in COLUMNS]
+            unknown = [c for c in columns if c not in COLUMNS and c not in CURATION_COLUMNS]
             if unknown:
                 raise ValueError(f"not collection columns: {', '.join(unknown)}")
+        wanted = list(columns or COLUMNS)
         dataset = self._dataset()
         if dataset is None:
-            frame = empty_frame()
-            return frame if columns is None else frame[columns]
+            return _empty(wanted)
         scan: dict[str, Any] = {}
         if fragments is not None:
-            wanted = set(fragments)
-            scan["fragments"] = [f for f in dataset.get_fragments() if f.fragment_id in wanted]
+            chosen = set(fragments)
+            scan["fragments"] = [f for f in dataset.get_fragments() if f.fragment_id in chosen]
             if not scan["fragments"]:
-                frame = empty_frame()
-                return frame if columns is None else frame[columns]
+                return _empty(wanted)
+        curated = _has_curation(dataset)
+        if active_only and curated:
+            where = ACTIVE if where is None else (f"({where}) AND {ACTIVE}" if isinstance(where, str)
+                                                  else where & _ACTIVE_EXPR)
+        stored = wanted if curated else [c for c in wanted if c in COLUMNS]
         try:
-            table = tables.read(dataset, self.path, FIX, columns=columns or COLUMNS, filter=where, limit=limit,
+            table = tables.read(dataset, self.path, FIX, columns=stored, filter=where, limit=limit,
                                 offset=offset, **scan)
         except tables.CorruptTable as e:
             raise CollectionError(str(e)) from e.__cause__
-        return table.to_pandas()
+        frame = table.to_pandas()
+        if not curated:  # a table written before curation: the source's values are the only ones
+            for name in wanted:
+                if name not in frame.columns:
+                    source = name.removeprefix("source_")
+                    frame[name] = frame[source] if source in frame.columns and source != name else None
+            frame = frame[wanted]
+        return frame
 
-    def by_ids(self, ids: list[str], columns: list[str] | None = None) -> pd.DataFrame:
-        """The rows of these ids (absent ones left out), through the id index: O(len(ids))."""
-        frames = [self.read(columns, pc.field("id").isin(ids[i:i + PROBE_CHUNK]))
+    def by_ids(self, ids: list[str], columns: list[str] | None = None, where: pc.Expression | None = None
+               ) -> pd.DataFrame:
+        """The rows of these ids (absent ones left out; `where`: also matching this), through the id index:
+        O(len(ids))."""
+        frames = [self.read(columns, pc.field("id").isin(ids[i:i + PROBE_CHUNK])
+                            if where is None else pc.field("id").isin(ids[i:i + PROBE_CHUNK]) & where)
                   for i in range(0, len(ids), PROBE_CHUNK)]
         return pd.concat(frames, ignore_index=True) if frames else self.read(columns).iloc[:0]
 
@@ -253,6 +337,8 @@ class Collection:
             self._create(table)
             self._log("create", what, len(frame), 0, 0)
             return Upsert(len(frame), 0, 0, self.version)
+        self.upgrade()  # a table written before curation gets its columns first (rows must match its schema)
+        dataset = self._dataset()
         stored = self._stored_hashes(dataset, frame["id"].tolist())
         known = stored.reindex(frame["id"]).to_numpy()
         new_hash = table["row_hash"].to_numpy()
@@ -262,6 +348,10 @@ class Collection:
         if added + updated == 0:
             return Upsert(0, 0, unchanged, None)
         changed = table.filter(pa.array(~same))
+        kept = 0
+        if updated:
+            moved = frame["id"][present & ~same].tolist()
+            changed, kept = _keep_curation(changed, self._curation_of(dataset, moved))
         try:
             if updated:
                 dataset.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(changed)
@@ -271,19 +361,42 @@ class Collection:
             name_file(e, self.path)
             raise
         self._after_write()
-        self._log("upsert", what, added, updated, unchanged)
-        return Upsert(added, updated, unchanged, self.version)
+        self._log("upsert", what, added, updated, unchanged, **({"kept_edits": kept} if kept else {}))
+        return Upsert(added, updated, unchanged, self.version, kept)
 
     def replace(self, frame: pd.DataFrame, what: str = "replace") -> int:
         """Make `frame` the whole collection (one commit; earlier versions stay restorable)."""
         table = _to_table(frame.drop_duplicates("id", keep="last").reset_index(drop=True))
-        if self._dataset() is None:
+        dataset = self._dataset()
+        if dataset is not None and _has_curation(dataset):  # the curated values of the ids that stay
+            table, _ = _keep_curation(table, self.read(["id", *_KEPT], where="curated IS NOT NULL"))
+        if dataset is None:
             self._create(table)
         else:
             tables.write(table, self.path, mode="overwrite")
             self._index()
         self._log("replace", what, len(table), 0, 0)
         return self.version
+
+    def upgrade(self) -> None:
+        """Add the curation columns to a table written before them (the caller holds the workspace lock): the
+        source's values copied from label and tags, the rest null. Only the new columns' files are written,
+        and each column is one commit, so a kill leaves a readable table that the next writer completes."""
+        dataset = self._dataset()
+        if dataset is None or _has_curation(dataset):
+            return
+        copies = {name: name.removeprefix("source_") for name in ("source_label", "source_tags")
+                  if name not in dataset.schema.names}
+        if copies:
+            dataset.add_columns(copies)
+            dataset = self._dataset()
+        dataset.add_columns([f for f in CURATION if f.name not in dataset.schema.names])
+
+    def _curation_of(self, dataset: Any, ids: list[str]) -> pd.DataFrame:
+        """The curated values of those of `ids` a curator touched (an index probe, then the few rows)."""
+        if not ids or not _has_curation(dataset):
+            return _empty(["id", *_KEPT])
+        return self.by_ids(ids, ["id", *_KEPT], where=pc.field("curated").is_valid())
 
     def _stored_hashes(self, dataset: Any, ids: list[str]) -> pd.Series:
         if len(ids) > SCAN_SHARE * dataset.count_rows():
@@ -327,6 +440,11 @@ class Collection:
             tables.compact(dataset)
         else:
             tables.index_new_rows(dataset)
+
+    def after_edit(self, items: int, batch: str) -> None:
+        """Index and log a curation batch's commit (curata.curation writes it)."""
+        self._after_write()
+        self._log("edit", f"curation batch {batch}", 0, items, 0, batch=batch)
 
     # History --------------------------------------------------------------------------------
     def _log(self, action: str, what: str, added: int, updated: int, unchanged: int, **extra: Any) -> None:

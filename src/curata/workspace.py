@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from curata.atomic import atomic_write_text
-from curata.collection import Collection
+from curata.collection import Collection, Upsert
 
 DEFAULT_WORKSPACE = "curata-workspace"
 SUBDIRS = ("features", "models", "index", "reports", "cache")
@@ -69,18 +69,25 @@ class Workspace:
                 table.convert_parquet()
         return table
 
-    def items(self, columns: list[str] | None = None, where: Any = None) -> pd.DataFrame:
-        """The collection (`columns`: only these, in this order; `where`: a filter applied in the scan)."""
-        return self.collection.read(columns, where)
+    def items(self, columns: list[str] | None = None, where: Any = None, include_excluded: bool = False
+              ) -> pd.DataFrame:
+        """The collection as the stages read it: curated values where a curator set them, without the items a
+        curator excluded or marked as duplicates unless `include_excluded` (`columns`: only these, in this
+        order; `where`: a filter applied in the scan)."""
+        return self.collection.read(columns, where, active_only=not include_excluded)
 
-    def add_items(self, frame: pd.DataFrame, what: str = "ingest") -> tuple[int, int, int]:
-        """Upsert items by id as one commit; returns (added, updated, unchanged). Holds the workspace lock, so
-        two concurrent ingests cannot lose each other's items."""
+    def upsert_items(self, frame: pd.DataFrame, what: str = "ingest") -> Upsert:
+        """`add_items`, with the whole outcome (the commit, how many items kept a curator's edit)."""
         self.create()
         with self.lock():
             table = Collection(self.root)
             table.convert_parquet()  # a workspace written before Lance: its items first
-            result = table.upsert(frame, what)
+            return table.upsert(frame, what)
+
+    def add_items(self, frame: pd.DataFrame, what: str = "ingest") -> tuple[int, int, int]:
+        """Upsert items by id as one commit; returns (added, updated, unchanged). Holds the workspace lock, so
+        two concurrent ingests cannot lose each other's items."""
+        result = self.upsert_items(frame, what)
         return result.added, result.updated, result.unchanged
 
     def replace_items(self, frame: pd.DataFrame, what: str = "replace") -> int:

@@ -233,8 +233,9 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
             attributes=record.attributes, split=record.split, meta=record.meta,
         ))
     report.collections = dict(Counter(item.collection for item in items).most_common())
-    report.added, report.updated, report.unchanged = workspace.add_items(items_to_frame(items),
-                                                                         f"ingest {source_name}")
+    upsert = workspace.upsert_items(items_to_frame(items), f"ingest {source_name}")
+    report.added, report.updated, report.unchanged = upsert.added, upsert.updated, upsert.unchanged
+    report.kept_edits = upsert.kept_edits
     report.seconds = time.perf_counter() - started
     workspace.write_report("ingest", report.to_dict())
     return report

@@ -25,6 +25,7 @@ class IngestReport:
     added: int = 0
     updated: int = 0
     unchanged: int = 0
+    kept_edits: int = 0  # updated items whose curated values stayed over the source's new ones
     seconds: float = 0.0
     collections: dict[str, int] = field(default_factory=dict)  # accepted items per collection
 
@@ -54,6 +55,7 @@ class IngestReport:
             "added": self.added,
             "updated": self.updated,
             "unchanged": self.unchanged,
+            "kept_edits": self.kept_edits,
             "collections": dict(self.collections),
             "seconds": round(self.seconds, 3),
             "items_per_second": round(len(self.entries) / self.seconds, 1) if self.seconds else None,

@@ -1,0 +1,358 @@
+"""A curator's edits as data: curated values beside the source's, an append-only edit log, undo.
+
+    curata-workspace/
+      collection.lance/     label / tags hold the curated value where there is one; source_label /
+                            source_tags the source's; curated, excluded, duplicate_of, edit_version
+      edits.lance/          the edit log: one row per (item, field) an edit changed, never rewritten
+      edits-pending.json    only between the two commits of an edit (see `Curation.apply`)
+
+An edit is one batch: every item it changes gets one log row per field (who, when, why, before, after) and
+its `edit_version` (its ETag) goes up by one. A batch is written in two commits, the log first and then the
+collection, with what the collection must become kept in `edits-pending.json` meanwhile; the next writer
+finishes a batch whose log commit landed (the collection update is idempotent) and drops one whose log
+commit did not, so a kill never leaves an edit half applied. Undo is itself an edit that puts the `before`
+values back (a field the edit was the first to curate goes back to following the source).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curata import tables
+from curata.atomic import atomic_write_text
+from curata.collection import TABLE_SCHEMA, Collection, plain_value
+from curata.workspace import Workspace
+
+FIELDS = ("label", "tags", "excluded", "duplicate_of")
+SOURCE_FIELDS = ("label", "tags")  # the fields a source also sets: uncurated, they follow the source
+LOG = "edits.lance"
+PENDING = "edits-pending.json"
+FIX = "move edits.lance aside to start a new log (the collection keeps its curated values)"
+LOG_SCHEMA = pa.schema([
+    ("edit_id", pa.string()), ("batch", pa.string()), ("seq", pa.int64()),
+    ("at", pa.timestamp("ms", tz="UTC")), ("who", pa.string()), ("why", pa.string()),
+    ("item", pa.string()), ("field", pa.string()),
+    ("before", pa.string()), ("after", pa.string()),  # JSON values
+    ("was_curated", pa.bool_()),  # whether the field had a curated value before this edit (undo needs it)
+    ("version", pa.int32()),  # the item's edit_version after this batch
+    ("undoes", pa.string()),  # the batch or edit ids an undo reverses
+])
+_ROW = ["id", "label", "tags", "source_label", "source_tags", "curated", "excluded", "duplicate_of", "edit_version"]
+_WRITTEN = ["id", "label", "tags", "curated", "excluded", "duplicate_of", "edit_version"]
+MAX_TAG_CHARS = 200
+
+
+class EditError(ValueError):
+    """An edit that cannot be applied (unknown item or field, a bad value): nothing was written."""
+
+
+class EditConflict(EditError):
+    """An item changed since the caller read it (its edit_version is not the one the caller expected)."""
+
+    def __init__(self, item: str, expected: int, current: int):
+        super().__init__(f"item {item} changed since it was read (version {expected}, now {current}); "
+                         "read it again and redo the edit")
+        self.item, self.expected, self.current = item, expected, current
+
+
+@dataclass
+class Change:
+    """One requested change: label `set` (a string, or None for no label) / `revert` (follow the source
+    again); tags `add` / `remove` / `set` (a list) / `revert`; excluded `set` (bool); duplicate_of `set` (an
+    item id, or None)."""
+
+    field: str
+    op: str = "set"
+    value: Any = None
+
+
+@dataclass
+class EditResult:
+    batch: str | None  # None when nothing changed
+    edits: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)  # every named item's edit_version now
+    unchanged: list[str] = field(default_factory=list)  # named items the edit left as they were
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "edits": self.edits, "versions": self.versions,
+                "changed": len({e["item"] for e in self.edits}), "unchanged": len(self.unchanged)}
+
+
+def changes_from(body: dict[str, Any]) -> list[Change]:
+    """Changes from a request: {"label": "x" | null, "tags": [...], "add_tags": [...], "remove_tags": [...],
+    "excluded": bool, "duplicate_of": "id" | null, "revert": ["label", "tags"]}."""
+    changes: list[Change] = []
+    for key, value in body.items():
+        if key == "label":
+            changes.append(Change("label", "set", value))
+        elif key in ("tags", "add_tags", "remove_tags"):
+            changes.append(Change("tags", {"tags": "set", "add_tags": "add", "remove_tags": "remove"}[key], value))
+        elif key in ("excluded", "duplicate_of"):
+            changes.append(Change(key, "set", value))
+        elif key == "revert":
+            changes.extend(Change(str(f), "revert") for f in (value or []))
+        else:
+            raise EditError(f"unknown edit field '{key}' (label, tags, add_tags, remove_tags, excluded, "
+                            "duplicate_of, revert)")
+    if not changes:
+        raise EditError("the edit changes nothing: name at least one field")
+    for change in changes:
+        _check(change)
+    return changes
+
+
+def _check(change: Change) -> None:
+    if change.field not in FIELDS:
+        raise EditError(f"unknown edit field '{change.field}' ({', '.join(FIELDS)})")
+    if change.op == "revert":
+        if change.field not in SOURCE_FIELDS:
+            raise EditError(f"only {' and '.join(SOURCE_FIELDS)} can be reverted to the source's value")
+        return
+    value = change.value
+    if change.field == "label" and value is not None and (not isinstance(value, str) or not value.strip()):
+        raise EditError("label must be a non-empty string, or null for no label")
+    if change.field == "tags":
+        if change.op not in ("add", "remove", "set"):
+            raise EditError(f"tags take add, remove or set, not {change.op}")
+        if not isinstance(value, list) or not all(isinstance(t, str) and t.strip() for t in value):
+            raise EditError("tags must be a list of non-empty strings")
+        if any(len(t) > MAX_TAG_CHARS for t in value):
+            raise EditError(f"a tag is longer than {MAX_TAG_CHARS} characters")
+    if change.field == "excluded" and not isinstance(value, bool):
+        raise EditError("excluded must be true or false")
+    if change.field == "duplicate_of" and value is not None and (not isinstance(value, str) or not value):
+        raise EditError("duplicate_of must be an item id, or null")
+
+
+class Curation:
+    """Edits of one workspace's collection (see the module doc). Writers hold the workspace lock."""
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self.path = workspace.root / LOG
+        self.pending = workspace.root / PENDING
+
+    # Writing ------------------------------------------------------------------------------------
+    def apply(self, ids: Iterable[str], changes: list[Change], who: str, why: str = "",
+              expected: dict[str, int] | None = None) -> EditResult:
+        """Apply `changes` to every item of `ids` as one batch. `expected`: the edit_version each item had
+        when the caller read it; any other current version raises EditConflict and nothing is written."""
+        for change in changes:
+            _check(change)
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            raise EditError("no items to edit")
+        with self.workspace.lock():
+            collection = self._ready()
+            rows = self._rows(collection, ids)
+            self._check_versions(rows, expected)
+            targets = [change.value for change in changes if change.field == "duplicate_of" and change.value]
+            if targets:
+                known = set(collection.by_ids(targets, ["id"])["id"])
+                absent = [t for t in targets if t not in known]
+                if absent:
+                    raise EditError(f"duplicate_of names no item: {absent[0]}")
+                if any(t in ids for t in targets):
+                    raise EditError("an item cannot be a duplicate of itself")
+            plan = {item: {c.field: self._resolve(rows.loc[item], c) for c in changes} for item in ids}
+            return self._commit(collection, rows, plan, who, why, undoes=None)
+
+    def undo(self, who: str, batch: str | None = None, edit_ids: list[str] | None = None, why: str = ""
+             ) -> EditResult:
+        """Put back what a batch (or these edits) changed, as a new batch. A field the undone edit was the first
+        to curate follows the source again."""
+        if not batch and not edit_ids:
+            raise EditError("name a batch or edit ids to undo")
+        with self.workspace.lock():
+            collection = self._ready()
+            undone = self.log(batch=batch, edit_ids=edit_ids, limit=None)
+            if not undone:
+                raise EditError(f"no edit {'batch ' + batch if batch else ', '.join(edit_ids or [])} in the log")
+            if edit_ids:
+                found = {e["edit_id"] for e in undone}
+                absent = [e for e in edit_ids if e not in found]
+                if absent:
+                    raise EditError(f"no edit {absent[0]} in the log")
+            first: dict[tuple[str, str], dict[str, Any]] = {}
+            for edit in sorted(undone, key=lambda e: e["seq"]):  # the earliest edit of a field has its before
+                first.setdefault((edit["item"], edit["field"]), edit)
+            items = list(dict.fromkeys(item for item, _ in first))
+            rows = self._rows(collection, items, missing_ok=True)
+            plan: dict[str, dict[str, tuple[Any, bool]]] = {}
+            for (item, name), edit in first.items():
+                if item not in rows.index:
+                    continue  # the item is gone from the collection: nothing to put back
+                before, curated = edit["before"], bool(edit["was_curated"])
+                if name in SOURCE_FIELDS and not curated:
+                    before = _value(name, rows.loc[item][f"source_{name}"])
+                plan.setdefault(item, {})[name] = (before, curated)
+            reason = why or (f"undo of batch {batch}" if batch else f"undo of {', '.join(edit_ids or [])}")
+            return self._commit(collection, rows.loc[list(plan)], plan, who, reason,
+                                undoes=batch or ",".join(edit_ids or []))
+
+    def _ready(self) -> Collection:
+        collection = self.workspace.collection
+        if not collection.exists:
+            raise EditError("the workspace has no collection: ingest one first")
+        collection.upgrade()
+        self._finish_pending(collection)
+        return collection
+
+    def _rows(self, collection: Collection, ids: list[str], missing_ok: bool = False) -> pd.DataFrame:
+        rows = collection.by_ids(ids, _ROW).set_index("id")
+        if not missing_ok:
+            absent = [i for i in ids if i not in rows.index]
+            if absent:
+                raise EditError(f"no item {absent[0]} in the collection" +
+                                (f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""))
+        return rows
+
+    @staticmethod
+    def _check_versions(rows: pd.DataFrame, expected: dict[str, int] | None) -> None:
+        for item, version in (expected or {}).items():
+            if item in rows.index:
+                current = _version(rows.loc[item]["edit_version"])
+                if current != int(version):
+                    raise EditConflict(item, int(version), current)
+
+    @staticmethod
+    def _resolve(row: pd.Series, change: Change) -> tuple[Any, bool]:
+        """The field's new value and whether it is curated afterwards."""
+        if change.op == "revert":
+            return _value(change.field, row[f"source_{change.field}"]), False
+        if change.field != "tags":
+            return change.value, True
+        current = _value("tags", row["tags"])
+        tags = [t.strip() for t in change.value]
+        if change.op == "add":
+            new = current + [t for t in dict.fromkeys(tags) if t not in current]
+        elif change.op == "remove":
+            new = [t for t in current if t not in set(tags)]
+        else:
+            new = list(dict.fromkeys(tags))
+        return new, True
+
+    def _commit(self, collection: Collection, rows: pd.DataFrame, plan: dict[str, dict[str, tuple[Any, bool]]],
+                who: str, why: str, undoes: str | None) -> EditResult:
+        batch = f"b-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        at = pd.Timestamp.now(tz="UTC")
+        seq = time.time_ns()
+        log_rows, written, versions, unchanged = [], [], {}, []
+        for item, fields in plan.items():
+            row = rows.loc[item]
+            curated = set(_value("curated", row["curated"]))
+            version = _version(row["edit_version"])
+            new = {name: _value(name, row[name]) for name in ("label", "tags", "excluded", "duplicate_of")}
+            edits = []
+            for name, (value, now_curated) in fields.items():
+                was = name in curated
+                if value == new[name] and was == now_curated:
+                    continue
+                edits.append((name, new[name], value, was))
+                new[name] = value
+                (curated.add if now_curated else curated.discard)(name)
+            if not edits:
+                unchanged.append(item)
+                versions[item] = version
+                continue
+            version += 1
+            versions[item] = version
+            for name, before, after, was in edits:
+                log_rows.append({"edit_id": f"e-{uuid.uuid4().hex[:12]}", "batch": batch, "seq": seq + len(log_rows),
+                                 "at": at, "who": who, "why": why, "item": item, "field": name,
+                                 "before": json.dumps(before), "after": json.dumps(after), "was_curated": was,
+                                 "version": version, "undoes": undoes})
+            written.append({"id": item, **new, "curated": sorted(curated, key=FIELDS.index) or None,
+                            "excluded": new["excluded"] or None, "edit_version": version})
+        if not log_rows:
+            return EditResult(None, [], versions, unchanged)
+        # Two commits, the pending file between them (module doc): a kill at any point loses no half-edit.
+        atomic_write_text(self.pending, json.dumps({"batch": batch, "rows": written}))
+        log = pa.Table.from_pylist(log_rows, schema=LOG_SCHEMA)
+        if tables.exists(self.path):
+            tables.write(log, self.path, mode="append")
+        else:
+            tables.write(log, self.path, mode="create").create_scalar_index("item", "BTREE")
+        self._apply_rows(collection, written, batch)
+        self.pending.unlink(missing_ok=True)
+        edits = [_public(r) for r in log_rows]
+        return EditResult(batch, edits, versions, unchanged)
+
+    def _apply_rows(self, collection: Collection, written: list[dict[str, Any]], batch: str) -> None:
+        table = pa.Table.from_pylist(written, schema=pa.schema([TABLE_SCHEMA.field(c) for c in _WRITTEN]))
+        dataset = collection.dataset()
+        dataset.merge_insert("id").when_matched_update_all().execute(table)
+        collection.after_edit(len(written), batch)
+
+    def _finish_pending(self, collection: Collection) -> None:
+        """Complete the batch a kill interrupted after its log commit; forget one whose log commit never came."""
+        try:
+            pending = json.loads(self.pending.read_text())
+        except FileNotFoundError:
+            return
+        except ValueError:  # torn: the log commit cannot have happened (the file is written first)
+            self.pending.unlink(missing_ok=True)
+            return
+        if self.log(batch=pending["batch"], limit=1):
+            self._apply_rows(collection, pending["rows"], pending["batch"])
+        self.pending.unlink(missing_ok=True)
+
+    # Reading ------------------------------------------------------------------------------------
+    def log(self, item: str | None = None, batch: str | None = None, edit_ids: list[str] | None = None,
+            limit: int | None = 100) -> list[dict[str, Any]]:
+        """Edits, newest first: of one item (through the log's item index), one batch, these ids, or all."""
+        if not tables.exists(self.path):
+            return []
+        dataset = tables.open_table(self.path, FIX)
+        where = None
+        if item is not None:
+            where = pc.field("item") == item
+        if batch is not None:
+            where = pc.field("batch") == batch if where is None else where & (pc.field("batch") == batch)
+        if edit_ids:
+            ids = pc.field("edit_id").isin(edit_ids)
+            where = ids if where is None else where & ids
+        table = tables.read(dataset, self.path, FIX, filter=where)
+        rows = sorted(table.to_pylist(), key=lambda r: r["seq"], reverse=True)
+        return [_public(r) for r in (rows if limit is None else rows[:limit])]
+
+    def count(self) -> int:
+        return tables.open_table(self.path, FIX).count_rows() if tables.exists(self.path) else 0
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    """A log row as callers see it: values decoded, the time as ISO text."""
+    at = row["at"]
+    return {**row, "before": json.loads(row["before"]), "after": json.loads(row["after"]),
+            "at": at.isoformat() if hasattr(at, "isoformat") else str(at)}
+
+
+def _value(name: str, value: Any) -> Any:
+    """A stored field as a plain Python value (tags and curated as lists, never None)."""
+    plain = plain_value(name, value)
+    if name in ("tags", "curated", "source_tags"):
+        return plain or []
+    if name == "excluded":
+        return bool(plain)
+    return plain
+
+
+def _version(value: Any) -> int:
+    plain = plain_value("edit_version", value)
+    return 0 if plain is None else int(plain)
+
+
+def workspace_editor() -> str:
+    """Who edits from the command line: $CURATA_EDITOR, else the login name."""
+    return os.environ.get("CURATA_EDITOR") or os.environ.get("USER") or "cli"
