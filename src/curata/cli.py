@@ -313,6 +313,10 @@ def train_cmd(
                    "protocol": result.protocol, "table": result.table()})
     else:
         _print_results(result)
+        from curata.tasks.runner import curation_line
+
+        if line := curation_line(result.curation):
+            console.print(escape(line))
 
 
 @app.command("evaluate")

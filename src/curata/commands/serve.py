@@ -24,6 +24,12 @@ def serve_cmd(
     api_key_file: Annotated[Path | None, typer.Option(help="File holding the API key clients must send in "
                                                       "X-API-Key (default: $CURATA_API_KEY; neither: no key).")
                             ] = None,
+    keys_file: Annotated[Path | None, typer.Option(help='JSON file of named keys with scopes: {"keys": [{"name": '
+                                                   '"ana", "key": "<16+ characters>", "scopes": ["read", '
+                                                   '"write"]}]}. The name is what the edit log records.')] = None,
+    allow_writes: Annotated[bool, typer.Option(help="Without any key, let every client edit the collection "
+                                               "(off: a keyless server only reads; with keys, the write scope "
+                                               "decides).")] = False,
     cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="An origin allowed to call the "
                                                           "API from a browser (repeatable; default none).")] = None,
     allow_urls: Annotated[bool, typer.Option(help="Let clients send image URLs for the server to fetch (off: no "
@@ -69,6 +75,7 @@ def serve_cmd(
     loopback = _is_loopback(host)
     hosts = tuple(allowed_host or ()) or ((*LOOPBACK_NAMES, host) if loopback else ())
     settings = Settings(workspace=workspace.resolve(), api_key_file=api_key_file.resolve() if api_key_file else None,
+                        keys_file=keys_file.resolve() if keys_file else None, allow_writes=allow_writes,
                         cors_origins=tuple(cors_origin or ()), allow_urls=allow_urls,
                         allow_private_urls=allow_private_urls, max_request_bytes=int(max_upload_mb * 1024 * 1024),
                         max_pixels=max_pixels, max_request_pixels=4 * max_pixels, max_images=max_images,
@@ -76,7 +83,11 @@ def serve_cmd(
                         compute_slots=compute_slots, allowed_hosts=hosts, body_timeout=body_timeout,
                         max_auth_failures=max_auth_failures)
     # A missing or empty key file fails here, with its name, not in every worker.
-    if settings.api_key() is None and not loopback:
+    keys = settings.keyring()
+    if keys is not None and allow_writes:
+        raise BadInput("--allow-writes is for a server without keys; with keys, give the write scope to the keys "
+                       "that may edit")
+    if keys is None and not loopback:
         err.print(f"[bold yellow]warning:[/] serving on {host}, reachable from other machines, with no API key: "
                   "anyone who can reach it can read the collection and use its models; set --api-key-file or "
                   "CURATA_API_KEY", soft_wrap=True)

@@ -21,7 +21,18 @@ from curata import __version__
 from curata.service.errors import install_error_handlers
 from curata.service.guard import CLIENT_HEADER, RequestGuard
 from curata.service.limits import BodyLimitMiddleware
-from curata.service.routers import clusters, colours, describe, health, items, models, predict, search, session
+from curata.service.routers import (
+    clusters,
+    colours,
+    describe,
+    edits,
+    health,
+    items,
+    models,
+    predict,
+    search,
+    session,
+)
 from curata.service.schemas import ErrorResponse
 from curata.service.settings import Settings
 from curata.service.state import ServiceState
@@ -60,12 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: CORS answers preflights, then the guard checks host, origin and key before the body
     # limit reads a byte of the body (a 413 or 401 still carries the CORS headers a browser needs).
     app.add_middleware(BodyLimitMiddleware, settings=settings)
-    app.add_middleware(RequestGuard, settings=settings, api_key=state.api_key)
+    app.add_middleware(RequestGuard, settings=settings, keys=state.keys)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["X-API-Key", "Content-Type", CLIENT_HEADER], allow_credentials=False,
-                           max_age=600)
-    for module in (health, session, items, models, predict, colours, describe, search, clusters):
+                           allow_headers=["X-API-Key", "Content-Type", "If-Match", CLIENT_HEADER],
+                           allow_credentials=False, max_age=600)
+    for module in (health, session, items, edits, models, predict, colours, describe, search, clusters):
         app.include_router(module.router)
     app.include_router(items.item_router)
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curata import tables
-from curata.collection import COLUMNS, FIX, CollectionError
+from curata.collection import COLUMNS, CURATION_COLUMNS, FIX, CollectionError
 from curata.workspace import Workspace
 
 PROBE_CHUNK = 8192
@@ -78,6 +78,9 @@ class ItemsView:
         self.stamp = stamp
         self.colours = colours
         self.total = int(dataset.count_rows()) if dataset is not None else 0
+        # The curation columns where the table has them (a table written before curation has none).
+        names = set(dataset.schema.names) if dataset is not None else set()
+        self.columns = COLUMNS + [c for c in CURATION_COLUMNS if c in names]
         self._records: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
         self._lock = threading.Lock()
         self._facets: dict[str, Any] | None = None
@@ -119,7 +122,7 @@ class ItemsView:
             if item_id in self._records:
                 self._records.move_to_end(item_id)
                 return self._records[item_id]
-        rows = self._scan(columns=COLUMNS, filter=pc.field("id") == item_id).to_pylist()
+        rows = self._scan(columns=self.columns, filter=pc.field("id") == item_id).to_pylist()
         found = rows[0] if rows else None
         with self._lock:
             self._records[item_id] = found
@@ -133,8 +136,8 @@ class ItemsView:
     def by_ids(self, ids: list[str]) -> pd.DataFrame:
         """Rows of `ids` in that order (absent ones left out)."""
         if not ids:
-            return pd.DataFrame(columns=COLUMNS)
-        parts = [self._scan(columns=COLUMNS, filter=pc.field("id").isin(ids[i:i + PROBE_CHUNK])).to_pandas()
+            return pd.DataFrame(columns=self.columns)
+        parts = [self._scan(columns=self.columns, filter=pc.field("id").isin(ids[i:i + PROBE_CHUNK])).to_pandas()
                  for i in range(0, len(ids), PROBE_CHUNK)]
         frame = pd.concat(parts, ignore_index=True).set_index("id", drop=False)
         return frame.reindex([i for i in ids if i in frame.index]).reset_index(drop=True)
@@ -144,12 +147,12 @@ class ItemsView:
         """Items matching the SQL filter `where` (and, when given, whose id is in `ids`), in table order:
         (how many match, the rows of [offset, offset + limit))."""
         if self.dataset is None:
-            return 0, pd.DataFrame(columns=COLUMNS)
+            return 0, pd.DataFrame(columns=self.columns)
         if ids is None:
             total = self.total if where is None else int(self.dataset.count_rows(filter=where))
             if offset >= total:
-                return total, pd.DataFrame(columns=COLUMNS)
-            return total, self._scan(columns=COLUMNS, filter=where, limit=limit, offset=offset).to_pandas()
+                return total, pd.DataFrame(columns=self.columns)
+            return total, self._scan(columns=self.columns, filter=where, limit=limit, offset=offset).to_pandas()
         matched = self._scan(columns=["id"], filter=where)["id"].combine_chunks()
         matched = matched.filter(pc.is_in(matched, value_set=ids))
         return len(matched), self.by_ids(matched[offset:offset + limit].to_pylist())

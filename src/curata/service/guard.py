@@ -14,30 +14,26 @@ Why each rule:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections import deque
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from curata.service.keys import KeyRing, anonymous
 from curata.service.limits import header, reply
 from curata.service.settings import Settings
 
 SESSION_COOKIE = "curata_session"
 CLIENT_HEADER = "X-Curata-Client"  # sent by the web page: a custom header makes a request non-simple
 AUTH_SCOPE_KEY = "curata.authenticated"
+IDENTITY_SCOPE_KEY = "curata.identity"  # the ApiKey a request came with (anonymous on a keyless server)
+WRITE_PREFIXES = ("/v1/session", "/v1/edits", "/v1/review")  # routes whose non-GET requests change state
 PUBLIC_PATHS = ("/v1/health", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 _WINDOW = 60.0  # seconds over which wrong keys are counted
 _MAX_TRACKED = 10_000  # client addresses remembered at once (oldest forgotten first)
 # A refused request: status, code, message, field, extra headers.
 Refusal = tuple[int, str, str, "str | None", "dict[str, str] | None"]
-
-
-def session_token(key: str) -> str:
-    """What the session cookie holds: derived from the key, so the cookie never carries the key itself."""
-    return hmac.new(key.encode(), b"curata-session-v1", hashlib.sha256).hexdigest()
 
 
 def _cookie(scope: Scope, name: str) -> str | None:
@@ -62,17 +58,17 @@ def _is_public(path: str) -> bool:
 
 
 def _state_changing(method: str, path: str) -> bool:
-    return method not in SAFE_METHODS and (path.endswith("/reload") or path.startswith("/v1/session"))
+    return method not in SAFE_METHODS and (path.endswith("/reload") or path.startswith(WRITE_PREFIXES))
 
 
 class RequestGuard:
     """Pure ASGI middleware (outside the body limit, inside CORS so preflights are answered first)."""
 
-    def __init__(self, app: ASGIApp, settings: Settings, api_key: str | None):
+    def __init__(self, app: ASGIApp, settings: Settings, keys: KeyRing | None):
         self.app = app
         self.settings = settings
-        self.api_key = api_key
-        self.session = session_token(api_key) if api_key else None
+        self.keys = keys
+        self.anonymous = anonymous(settings.allow_writes)
         self.failures: dict[str, deque[float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -101,8 +97,9 @@ class RequestGuard:
                 and header(scope, CLIENT_HEADER.lower().encode()) is None:
             return (403, "missing_header", f"this request needs the X-API-Key or the {CLIENT_HEADER} header",
                     CLIENT_HEADER, None)
-        if self.api_key is None or _is_public(path):
+        if self.keys is None or _is_public(path):
             scope[AUTH_SCOPE_KEY] = True
+            scope[IDENTITY_SCOPE_KEY] = self.anonymous if self.keys is None else None
             return None
         return self._authenticate(scope, same_origin)
 
@@ -116,7 +113,7 @@ class RequestGuard:
         return origin is None or origin == f"{scope.get('scheme', 'http')}://{host}"
 
     def _authenticate(self, scope: Scope, same_origin: bool) -> Refusal | None:
-        assert self.api_key is not None and self.session is not None
+        assert self.keys is not None
         client = (scope.get("client") or ("?", 0))[0]
         recent = self._recent_failures(client)
         if len(recent) >= self.settings.max_auth_failures:
@@ -126,7 +123,8 @@ class RequestGuard:
         unauthorized = {"www-authenticate": "X-API-Key"}
         given = header(scope, b"x-api-key")
         if given is not None:
-            if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            identity = self.keys.match(given)
+            if identity is None:
                 recent.append(time.monotonic())
                 return 401, "unauthorized", "the API key is not valid", "X-API-Key", unauthorized
         else:
@@ -136,7 +134,8 @@ class RequestGuard:
             if not same_origin:  # another site's page: not counted, so it cannot lock the user out
                 return (401, "unauthorized", "the session cookie counts only on this server's own page",
                         "X-API-Key", unauthorized)
-            if not hmac.compare_digest(cookie.encode(), self.session.encode()):
+            identity = self.keys.by_session(cookie)
+            if identity is None:
                 recent.append(time.monotonic())
                 return (401, "unauthorized", "the session is not valid (was the key changed?); enter the key "
                         "again", "X-API-Key", unauthorized)
@@ -144,6 +143,7 @@ class RequestGuard:
                 return (403, "missing_header", f"a request authenticated by the session cookie needs the "
                         f"{CLIENT_HEADER} header to change or compute something", CLIENT_HEADER, None)
         scope[AUTH_SCOPE_KEY] = True
+        scope[IDENTITY_SCOPE_KEY] = identity
         return None
 
     def _recent_failures(self, client: str) -> deque[float]:

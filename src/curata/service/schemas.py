@@ -39,6 +39,83 @@ class DescribeItemsRequest(BaseModel):
     top_k: int = Field(10, ge=1, le=100)
 
 
+class EditWhere(BaseModel):
+    """Items matching the list's filters (as `GET /v1/items`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(None, min_length=1, max_length=512)
+    collection: str | None = Field(None, min_length=1, max_length=512)
+    tag: str | None = Field(None, min_length=1, max_length=512)
+    q: str | None = Field(None, min_length=1, max_length=512)
+
+
+class EditSearch(BaseModel):
+    """The top `k` results of a text search."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(..., min_length=1, max_length=1000)
+    k: int = Field(50, ge=1, le=1000)
+    model: str | None = Field(None, max_length=120)
+
+
+class EditCluster(BaseModel):
+    """Every item of one cluster of a cluster run (default: the newest)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cluster: int = Field(..., ge=-1)
+    run: str | None = Field(None, min_length=1, max_length=120)
+
+
+class EditChanges(BaseModel):
+    """What to change; name at least one field. `revert` puts label / tags back to the source's values."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str | None = Field(None, min_length=1, max_length=512)
+    clear_label: bool = Field(False, description="Set no label (a null `label` leaves the label alone).")
+    tags: list[str] | None = Field(None, max_length=500)
+    add_tags: list[str] | None = Field(None, max_length=500)
+    remove_tags: list[str] | None = Field(None, max_length=500)
+    excluded: bool | None = None
+    duplicate_of: str | None = Field(None, min_length=1, max_length=1024)
+    keep: bool = Field(False, description="Clear a duplicate-of mark (the item is kept).")
+    revert: list[str] | None = Field(None, max_length=2)
+
+
+class EditRequest(BaseModel):
+    """An edit of one or many items: exactly one of `ids`, `where`, `search`, `cluster` selects them."""
+
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] | None = Field(None, min_length=1)
+    where: EditWhere | None = None
+    search: EditSearch | None = None
+    cluster: EditCluster | None = None
+    changes: EditChanges
+    why: str = Field("", max_length=500, description="Recorded in the edit log (e.g. the review queue).")
+    versions: dict[str, int] | None = Field(None, description="item id -> the version the caller read; a stale "
+                                            "one gets 409 and nothing is written (or the If-Match header for "
+                                            "one item).")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> EditRequest:
+        given = [k for k in ("ids", "where", "search", "cluster") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("select the items with exactly one of ids, where, search or cluster")
+        return self
+
+
+class UndoRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch: str | None = Field(None, min_length=1, max_length=80)
+    edit_ids: list[str] | None = Field(None, min_length=1, max_length=10_000)
+    why: str = Field("", max_length=500)
+
+    @model_validator(mode="after")
+    def _one(self) -> UndoRequest:
+        if (self.batch is None) == (self.edit_ids is None):
+            raise ValueError("give exactly one of batch or edit_ids")
+        return self
+
+
 # Errors and status ------------------------------------------------------------------------------------
 
 
@@ -130,6 +207,12 @@ class ItemSummary(BaseModel):
     height: int | None = None
     image_url: str
     thumbnail_url: str
+    version: int = Field(0, description="Edits applied to the item: send it back in If-Match (as \"v<version>\") "
+                         "or `versions` to edit only what you read.")
+    curated: list[str] = Field(default_factory=list, description="Fields a curator set (label, tags, excluded, "
+                               "duplicate_of).")
+    excluded: bool = False
+    duplicate_of: str | None = None
 
 
 class ItemPage(BaseModel):
@@ -141,6 +224,8 @@ class ItemPage(BaseModel):
 
 
 class ItemDetail(ItemSummary):
+    source_label: str | None = Field(None, description="The source's label (`label` is the curated one).")
+    source_tags: list[str] = Field(default_factory=list, description="The source's tags.")
     captions: list[str] = Field(default_factory=list)
     attributes: list[Any] = Field(default_factory=list)
     split: str | None = None
@@ -321,3 +406,32 @@ IMAGES_BODY: dict[str, Any] = {
         },
     },
 }
+
+
+# Curation -----------------------------------------------------------------------------------------------
+class Edit(BaseModel):
+    edit_id: str
+    batch: str
+    at: str
+    who: str
+    why: str
+    item: str
+    field: str
+    before: Any = None
+    after: Any = None
+    version: int
+    undoes: str | None = None
+
+
+class EditResponse(BaseModel):
+    batch: str | None = Field(description="The edit batch (undo it with POST /v1/edits/undo); null when "
+                              "nothing changed.")
+    changed: int = Field(description="Items changed.")
+    unchanged: int = Field(description="Selected items that already had these values.")
+    edits: list[Edit]
+    versions: dict[str, int] = Field(description="item id -> its version now (the ETag of GET /v1/item).")
+
+
+class EditLog(BaseModel):
+    edits: list[Edit]
+    total: int = Field(description="Edits in the whole log.")

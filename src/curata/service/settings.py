@@ -8,6 +8,8 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from curata.service.keys import SCOPES, ApiKey, KeyRing
+
 ENV_SETTINGS = "CURATA_SERVICE_SETTINGS"  # JSON of Settings, how `curata serve` hands them to uvicorn workers
 ENV_API_KEY = "CURATA_API_KEY"
 
@@ -17,6 +19,10 @@ class Settings:
     workspace: Path = Path("curata-workspace")
     # Authentication: a key read from `api_key_file`, else from $CURATA_API_KEY; None = no authentication.
     api_key_file: Path | None = None
+    # Named keys with scopes (read, write), JSON (service/keys.py); used together with the single key above.
+    keys_file: Path | None = None
+    allow_writes: bool = False  # without any key: let anonymous clients edit (off: a keyless server only reads)
+    max_bulk_edit: int = 100_000  # items one edit request may change
     cors_origins: tuple[str, ...] = ()  # none by default: browsers on other origins get no CORS headers
     allow_urls: bool = False  # fetch images from URLs given by clients (off: no server-side fetches)
     allow_private_urls: bool = False  # also from loopback / private addresses (tests, intranets)
@@ -50,11 +56,13 @@ class Settings:
         object.__setattr__(self, "workspace", Path(self.workspace))
         if self.api_key_file is not None:
             object.__setattr__(self, "api_key_file", Path(self.api_key_file))
+        if self.keys_file is not None:
+            object.__setattr__(self, "keys_file", Path(self.keys_file))
         object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
         object.__setattr__(self, "allowed_hosts", tuple(h.lower() for h in self.allowed_hosts))
         for name in ("max_request_bytes", "max_pixels", "max_request_pixels", "max_images", "max_batch",
                      "compute_slots", "max_inflight_bytes", "max_json_values", "url_fetch_slots",
-                     "max_json_depth", "max_auth_failures"):
+                     "max_json_depth", "max_auth_failures", "max_bulk_edit"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.body_timeout <= 0:
@@ -73,10 +81,20 @@ class Settings:
         key = os.environ.get(ENV_API_KEY, "").strip()
         return key or None
 
+    def keyring(self) -> KeyRing | None:
+        """Every key the server accepts (the keys file's and the single key, named "admin", with both scopes),
+        or None when authentication is off."""
+        keys = KeyRing.from_file(self.keys_file).keys if self.keys_file is not None else []
+        single = self.api_key()
+        if single is not None:
+            keys = [*keys, ApiKey("admin", single, frozenset(SCOPES))]
+        return KeyRing(keys) if keys else None
+
     def to_json(self) -> str:
         data = asdict(self)
         data["workspace"] = str(self.workspace)
         data["api_key_file"] = str(self.api_key_file) if self.api_key_file else None
+        data["keys_file"] = str(self.keys_file) if self.keys_file else None
         data["cors_origins"] = list(self.cors_origins)
         data["allowed_hosts"] = list(self.allowed_hosts)
         return json.dumps(data)

@@ -140,7 +140,7 @@ class ServiceState:
         self.load_error: str | None = None
         self.items_error: str | None = None  # why the collection file on disk is not the one being served
         self._items_failed_stamp: Any = None
-        self.api_key = self.settings.api_key()
+        self.keys = self.settings.keyring()  # None: no authentication
         self._compute_limiter: Any = None  # made on first use: it belongs to the event loop
         self._fetch_limiter: Any = None
 

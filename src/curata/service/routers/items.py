@@ -51,13 +51,35 @@ def _text(value: Any) -> str:
     return "" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
 
 
+def _list(value: Any) -> list[str]:
+    return [str(v) for v in value] if value is not None and not isinstance(value, float) else []
+
+
 def _summary(r: Any, colour: str | None, cluster: int | None) -> dict[str, Any]:
     item_id = str(r["id"])
+    version = r.get("edit_version")
     return {"id": item_id, "collection": _text(r["collection"]) or None, "source": _text(r["source"]) or None,
-            "label": _text(r["label"]) or None, "tags": [str(t) for t in (r["tags"] if r["tags"] is not None else [])],
+            "label": _text(r["label"]) or None, "tags": _list(r["tags"]),
             "text": _text(r["text"]), "colour": colour, "cluster": cluster,
             "width": int(r["width"]) if pd.notna(r["width"]) else None,
-            "height": int(r["height"]) if pd.notna(r["height"]) else None, **item_urls(item_id)}
+            "height": int(r["height"]) if pd.notna(r["height"]) else None, **item_urls(item_id),
+            "version": int(version) if version is not None and pd.notna(version) else 0,
+            "curated": _list(r.get("curated")), "excluded": bool(r.get("excluded") is True),
+            "duplicate_of": _text(r.get("duplicate_of")) or None}
+
+
+def item_filters(label: str | None = None, collection: str | None = None, tag: str | None = None,
+                 q: str | None = None) -> str | None:
+    """The list's column filters as SQL that Lance runs in the scan (values quoted by `sql_text`)."""
+    where = [f"label = {sql_text(label)}" if label is not None else None,
+             f"collection = {sql_text(collection)}" if collection is not None else None,
+             f"array_has(tags, {sql_text(tag)})" if tag is not None else None,
+             f"strpos(lower(text), lower({sql_text(q)})) > 0" if q else None]
+    return " AND ".join(w for w in where if w is not None) or None
+
+
+def etag(version: int) -> str:
+    return f'"v{int(version)}"'
 
 
 def _clusters_of(state: ServiceState, run: str | None, ids: list[str]) -> dict[str, int]:
@@ -88,10 +110,7 @@ def list_items(
 ) -> ItemPage:
     view = state.items()
     # Filters on columns are SQL that Lance runs in the scan; colour and cluster are id sets derived elsewhere.
-    where = [f"label = {sql_text(label)}" if label is not None else None,
-             f"collection = {sql_text(collection)}" if collection is not None else None,
-             f"array_has(tags, {sql_text(tag)})" if tag is not None else None,
-             f"strpos(lower(text), lower({sql_text(q)})) > 0" if q else None]
+    filters = item_filters(label, collection, tag, q)
     ids: pa.Array | None = None
     if colour is not None:
         if not view.palette_ready:
@@ -108,7 +127,6 @@ def list_items(
         assigned = state.assignments(run)
         members = pa.array(assigned.loc[assigned["cluster"] == cluster, "id"].astype(str).to_numpy(), pa.string())
         ids = members if ids is None else members.filter(pc.is_in(members, value_set=ids))
-    filters = " AND ".join(w for w in where if w is not None) or None
     total, page = view.page(filters, offset, limit, ids)
     page_ids = [str(i) for i in page["id"]]
     clusters = _clusters_of(state, run, page_ids)
@@ -220,7 +238,9 @@ def get_item(item_id: str, state: ServiceState = Depends(get_state)) -> ItemDeta
     detail.update(captions=[str(c) for c in (record["captions"] if record["captions"] is not None else [])],
                   attributes=_json(record["attributes"], []), meta=_json(record["meta"], {}),
                   split=_text(record["split"]) or None, image_format=_text(record["image_format"]) or None,
-                  image_mode=_text(record["image_mode"]) or None, palette=palette, colours=colours, clusters=clusters)
+                  image_mode=_text(record["image_mode"]) or None, palette=palette, colours=colours, clusters=clusters,
+                  source_label=_text(record.get("source_label", record["label"])) or None,
+                  source_tags=_list(record.get("source_tags", record["tags"])))
     return ItemDetail(**detail)
 
 
@@ -232,9 +252,13 @@ def _json(text: Any, default: Any) -> Any:
     return value if isinstance(value, type(default)) else default
 
 
-@item_router.get("", response_model=ItemDetail, summary="One item, by id as a query parameter (any id)")
-def get_item_by_query(id: str = ITEM_ID, state: ServiceState = Depends(get_state)) -> ItemDetail:
-    return get_item(id, state)
+@item_router.get("", response_model=ItemDetail, summary="One item, by id as a query parameter (any id); its "
+                 "ETag is its version, for If-Match on an edit")
+def get_item_by_query(response: Response, id: str = ITEM_ID, state: ServiceState = Depends(get_state)) -> ItemDetail:
+    detail = get_item(id, state)
+    response.headers["ETag"] = etag(detail.version)
+    response.headers["Cache-Control"] = "no-cache"
+    return detail
 
 
 @item_router.get("/image", summary="The item's original image bytes, by id as a query parameter",

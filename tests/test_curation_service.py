@@ -1,0 +1,145 @@
+"""Curation over HTTP on a real server: scopes, optimistic versions (ETag / If-Match → 409), bulk edits by
+ids, filter, cluster and search, undo, the log, and writes refused from other origins or without the custom
+header."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from curata.workspace import Workspace
+from test_service_support import PER_COLOUR, Server, assert_error, service_workspace
+
+EDITOR_KEY = "editor-key-0123456789"
+READER_KEY = "reader-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A copy of the shared service workspace: these tests write to it."""
+    copy = tmp_path_factory.mktemp("curation") / "ws"
+    shutil.copytree(service_workspace(tmp_path_factory), copy)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def server(workspace, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "ed", "key": EDITOR_KEY, "scopes": ["read", "write"]},
+                                         {"name": "rita", "key": READER_KEY, "scopes": ["read"]}]}))
+    srv = Server(workspace, "--keys-file", str(keys), "--lazy", log=keys.parent / "server.log"
+                 ).wait(headers={"X-API-Key": EDITOR_KEY})
+    yield srv
+    srv.stop()
+
+
+ED = {"X-API-Key": EDITOR_KEY}
+RITA = {"X-API-Key": READER_KEY}
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def item(client: httpx.Client, item_id: str) -> httpx.Response:
+    got = client.get("/v1/item", params={"id": item_id}, headers=ED)
+    assert got.status_code == 200, got.text
+    return got
+
+
+def test_one_item_edited_with_its_etag_and_a_stale_one_refused(client):
+    before = item(client, "demo/red-0")
+    assert before.headers["etag"] == '"v0"' and before.json()["version"] == 0
+    done = client.post("/v1/edits", headers={**ED, "If-Match": before.headers["etag"]},
+                       json={"ids": ["demo/red-0"], "changes": {"label": "crimson", "add_tags": ["hue=deep"]},
+                             "why": "test"})
+    assert done.status_code == 200, done.text
+    assert done.json()["versions"] == {"demo/red-0": 1} and done.json()["changed"] == 1
+    after = item(client, "demo/red-0").json()
+    assert after["label"] == "crimson" and after["source_label"] == "red" and "hue=deep" in after["tags"]
+    assert after["curated"] == ["label", "tags"] and after["version"] == 1
+    # A second page that read version 0 tries to write: 409, and the first page's value stays.
+    stale = client.post("/v1/edits", headers={**ED, "If-Match": '"v0"'},
+                        json={"ids": ["demo/red-0"], "changes": {"label": "scarlet"}})
+    assert_error(stale, 409, "edit_conflict", "demo/red-0")
+    assert item(client, "demo/red-0").json()["label"] == "crimson"
+    log = client.get("/v1/edits", params={"item": "demo/red-0"}, headers=RITA).json()
+    assert {e["field"] for e in log["edits"]} == {"label", "tags"} and {e["who"] for e in log["edits"]} == {"ed"}
+    assert client.get("/v1/items", params={"label": "crimson"}, headers=ED).json()["total"] == 1
+
+
+def test_a_read_only_key_gets_403_on_every_write(client):
+    for path, body in (("/v1/edits", {"ids": ["demo/red-1"], "changes": {"label": "x"}}),
+                       ("/v1/edits/undo", {"batch": "b-x"})):
+        assert_error(client.post(path, headers=RITA, json=body), 403, "forbidden")
+    assert item(client, "demo/red-1").json()["label"] == "red"
+
+
+def test_bulk_edits_by_filter_and_cluster_then_undo(client, workspace):
+    done = client.post("/v1/edits", headers=ED, json={"where": {"label": "green"}, "changes": {"add_tags": ["ok"]}})
+    assert done.status_code == 200, done.text
+    assert done.json()["changed"] == PER_COLOUR
+    assert client.get("/v1/items", params={"tag": "ok"}, headers=ED).json()["total"] == PER_COLOUR
+    undone = client.post("/v1/edits/undo", headers=ED, json={"batch": done.json()["batch"]})
+    assert undone.status_code == 200 and undone.json()["changed"] == PER_COLOUR
+    assert client.get("/v1/items", params={"tag": "ok"}, headers=ED).json()["total"] == 0
+    clustered = client.post("/v1/edits", headers=ED, json={"cluster": {"cluster": 0}, "changes": {"excluded": True}})
+    assert clustered.status_code == 200, clustered.text
+    excluded = set(clustered.json()["versions"])
+    assert excluded and not excluded & set(Workspace(workspace).items(["id"])["id"])  # out of the stages
+    assert item(client, sorted(excluded)[0]).json()["excluded"] is True
+    assert_error(client.post("/v1/edits", headers=ED, json={"where": {"label": "no-such"}, "changes": {"label": "x"}}),
+                 404, "nothing_selected")
+    assert_error(client.post("/v1/edits/undo", headers=ED, json={"batch": "b-unknown"}), 404, "unknown_edit")
+
+
+def test_malformed_edits_get_the_one_error_shape(client):
+    assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["demo/red-2"], "where": {"label": "red"},
+                                                            "changes": {"label": "x"}}), 422)
+    assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["demo/red-2"], "changes": {}}), 422, "bad_edit")
+    assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["demo/red-2"], "changes": {"tags": "a"}}), 422)
+    assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["nope"], "changes": {"label": "x"}}), 422,
+                 "bad_edit")
+    assert_error(client.post("/v1/edits", headers={**ED, "If-Match": "garbage"},
+                             json={"ids": ["demo/red-2"], "changes": {"label": "x"}}), 422, "bad_edit", "If-Match")
+    assert_error(client.post("/v1/edits", headers=ED, content=b"{not json", ), 422)
+
+
+def test_writes_from_another_origin_or_without_the_custom_header_are_refused(client):
+    body = {"ids": ["demo/blue-0"], "changes": {"label": "navy"}}
+    other_site = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+    assert_error(client.post("/v1/edits", headers={**ED, **other_site}, json=body), 403, "cross_origin")
+    other_port = {"Origin": "http://127.0.0.1:1", "Sec-Fetch-Site": "same-site"}  # same host, another port
+    session = client.post("/v1/session", headers=ED)
+    cookie = {"Cookie": f"curata_session={session.cookies['curata_session']}"}
+    client.cookies.clear()
+    assert_error(client.post("/v1/edits", headers={**cookie, **other_port}, json=body), 403, "cross_origin")
+    same = {**cookie, "Sec-Fetch-Site": "same-origin"}
+    assert_error(client.post("/v1/edits", headers=same, json=body), 403, "missing_header")
+    ok = client.post("/v1/edits", headers={**same, "X-Curata-Client": "page"}, json=body)
+    assert ok.status_code == 200, ok.text
+    assert item(client, "demo/blue-0").json()["label"] == "navy"
+
+
+def test_a_keyless_server_is_read_only_unless_allowed(workspace, tmp_path):
+    body = {"ids": ["demo/yellow-0"], "changes": {"label": "gold"}}
+    srv = Server(workspace, "--lazy", log=tmp_path / "ro.log").wait()
+    try:
+        assert_error(httpx.post(f"{srv.url}/v1/edits", headers={"X-Curata-Client": "t"}, json=body), 403,
+                     "read_only")
+    finally:
+        srv.stop()
+    srv = Server(workspace, "--lazy", "--allow-writes", log=tmp_path / "rw.log").wait()
+    try:
+        assert_error(httpx.post(f"{srv.url}/v1/edits", json=body), 403, "missing_header")  # a simple request
+        done = httpx.post(f"{srv.url}/v1/edits", headers={"X-Curata-Client": "t"}, json=body)
+        assert done.status_code == 200, done.text
+        assert done.json()["edits"][0]["who"] == "anonymous"
+    finally:
+        srv.stop()
