@@ -188,3 +188,27 @@ def test_a_table_written_before_curation_reads_and_upgrades(tmp_path):
     Curation(ws).apply(["s/1"], changes_from({"label": "fox"}), who="ana")
     assert row(ws, "s/1")["label"] == "fox" and row(ws, "s/1")["source_label"] == "cat"
     assert row(ws, "s/2")["source_label"] == "dog"  # copied into the new column for every row
+
+
+def test_the_command_line_edits_lists_and_undoes(ws, monkeypatch):
+    from typer.testing import CliRunner
+
+    from curata.cli import app
+
+    monkeypatch.setenv("CURATA_EDITOR", "cli-ana")
+    run = CliRunner().invoke
+    w = ["-w", str(ws.root)]
+    done = run(app, ["edit", "s/1", "s/3", "--label", "fox", "--add-tag", "hat=red", "--why", "check", *w, "--json"])
+    assert done.exit_code == 0, done.output
+    batch = json.loads(done.output)["batch"]
+    assert row(ws, "s/3")["label"] == "fox"
+    bulk = run(app, ["edit", "--where", "label = 'dog'", "--exclude", *w])
+    assert bulk.exit_code == 0 and "4 item(s) changed" in bulk.output
+    listed = run(app, ["edits", "--item", "s/1", *w, "--json"])
+    assert {e["who"] for e in json.loads(listed.output)["edits"]} == {"cli-ana"}
+    assert run(app, ["undo", batch, *w]).exit_code == 0
+    assert row(ws, "s/3")["label"] == "cat"
+    for bad in (["edit", "s/1", *w], ["edit", "s/404", "--label", "x", *w], ["undo", *w],
+                ["edit", "s/1", "--label", "x", "--no-label", *w], ["undo", "b-none", *w]):
+        got = run(app, bad)
+        assert got.exit_code == 2 and "error" in got.output, (bad, got.output)
