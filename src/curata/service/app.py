@@ -30,6 +30,7 @@ from curata.service.routers import (
     items,
     models,
     predict,
+    review,
     search,
     session,
 )
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Content-Type", "If-Match", CLIENT_HEADER],
                            allow_credentials=False, max_age=600)
-    for module in (health, session, items, edits, models, predict, colours, describe, search, clusters):
+    for module in (health, session, items, edits, review, models, predict, colours, describe, search, clusters):
         app.include_router(module.router)
     app.include_router(items.item_router)
 

@@ -103,6 +103,12 @@ class EditRequest(BaseModel):
         return self
 
 
+class ReviewDecision(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    proposal_id: str = Field(..., min_length=1, max_length=64)
+    decision: str = Field(..., pattern="^(accept|reject|skip)$")
+
+
 class UndoRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch: str | None = Field(None, min_length=1, max_length=80)

@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const PAGE = 48;
-const view = { mode: "browse", filters: {}, offset: 0, total: 0, query: "" };
+const view = { mode: "browse", filters: {}, offset: 0, total: 0, query: "", shown: [] };
 let classifiers = [];
 
 // Helpers ---------------------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ function paletteStrip(palette) {
 
 // Gallery ---------------------------------------------------------------------------------------------
 
-function card(item, score) {
+function card(item, score, selectable = true) {
   const img = el("img", { src: item.thumbnail_url + "&size=256", alt: item.label || item.id, loading: "lazy" });
   const row = el("div", { class: "row" });
   if (item.colour) row.append(swatch(item.colour));
@@ -134,13 +134,26 @@ function card(item, score) {
     cap.append(el("span", { class: "matched", title: "matched traits (? = predicted by the tags model)",
       text: "✓ " + names.join(", ") }));
   }
-  return el("button", { class: "card", type: "button", "data-id": item.id, onclick: () => openItem(item.id) },
+  if (item.excluded || item.duplicate_of) cap.append(el("span", { class: "flag", text: item.excluded ? "excluded"
+    : `duplicate of ${item.duplicate_of}` }));
+  const button = el("button", { class: "card", type: "button", "data-id": item.id, onclick: () => openItem(item.id) },
     img, cap);
+  // A tile with a checkbox for the selection (curate.js); the neighbours in the item dialog are not selectable.
+  return selectable ? el("div", { class: "tile" }, button, selectBox(item.id)) : button;
 }
 
 function renderCards(items, append) {
   const gallery = $("gallery");
-  if (!append) gallery.replaceChildren();
+  if (!append) {
+    gallery.replaceChildren();
+    view.shown = [];
+  }
+  // Browsing or searching leaves the review screen (curate.js).
+  $("review").hidden = true;
+  gallery.hidden = false;
+  $("mode-review").classList.remove("active");
+  $("mode-browse").classList.add("active");
+  view.shown.push(...items.map((it) => it.id));
   gallery.append(...items.map((it) => card(it, it.score)));
 }
 
@@ -344,6 +357,7 @@ async function openItem(id) {
   if (!dialog.open) dialog.showModal();
 
   api(`/v1/item?${itemQuery(id)}`).then((item) => {
+    showCuration(item);
     $("item-text").textContent = item.text || "";
     const meta = [];
     if (item.label) meta.push(el("span", { class: "chip", text: `label: ${item.label}` }));
@@ -374,7 +388,8 @@ async function openItem(id) {
   }).catch((e) => section("item-keywords", note(unavailable(e), e.status !== 409, e.message)));
 
   api(`/v1/search/item?${itemQuery(id)}&k=12`).then((r) => {
-    section("item-neighbours", r.results.length ? r.results.map((h) => card({ ...h, colour: null }, h.score)) : note("no neighbours"));
+    section("item-neighbours", r.results.length ? r.results.map((h) => card({ ...h, colour: null }, h.score, false))
+      : note("no neighbours"));
   }).catch((e) => section("item-neighbours", note(unavailable(e), e.status !== 409, e.message)));
 }
 
