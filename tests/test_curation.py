@@ -212,3 +212,9 @@ def test_the_command_line_edits_lists_and_undoes(ws, monkeypatch):
                 ["edit", "s/1", "--label", "x", "--no-label", *w], ["undo", "b-none", *w]):
         got = run(app, bad)
         assert got.exit_code == 2 and "error" in got.output, (bad, got.output)
+
+
+def test_adding_and_removing_tags_in_one_edit_both_apply(ws):
+    Curation(ws).apply(["s/1"], changes_from({"add_tags": ["hat=red", "eyes=blue"], "remove_tags": ["size=big"]}),
+                       who="ana")
+    assert row(ws, "s/1")["tags"] == ["hat=red", "eyes=blue"]

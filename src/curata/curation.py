@@ -165,7 +165,7 @@ class Curation:
                     raise EditError(f"duplicate_of names no item: {absent[0]}")
                 if any(t in ids for t in targets):
                     raise EditError("an item cannot be a duplicate of itself")
-            plan = {item: {c.field: self._resolve(rows.loc[item], c) for c in changes} for item in ids}
+            plan = {item: self._resolve_all(rows.loc[item].to_dict(), changes) for item in ids}
             return self._commit(collection, rows, plan, who, why, undoes=None)
 
     def undo(self, who: str, batch: str | None = None, edit_ids: list[str] | None = None, why: str = ""
@@ -226,8 +226,17 @@ class Curation:
                 if current != int(version):
                     raise EditConflict(item, int(version), current)
 
+    @classmethod
+    def _resolve_all(cls, row: dict[str, Any], changes: list[Change]) -> dict[str, tuple[Any, bool]]:
+        """Each field's new value, the changes applied in order (add and remove tags in one edit both count)."""
+        fields: dict[str, tuple[Any, bool]] = {}
+        for change in changes:
+            fields[change.field] = cls._resolve(row, change)
+            row = {**row, change.field: fields[change.field][0]}
+        return fields
+
     @staticmethod
-    def _resolve(row: pd.Series, change: Change) -> tuple[Any, bool]:
+    def _resolve(row: dict[str, Any], change: Change) -> tuple[Any, bool]:
         """The field's new value and whether it is curated afterwards."""
         if change.op == "revert":
             return _value(change.field, row[f"source_{change.field}"]), False

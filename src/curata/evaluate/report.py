@@ -85,7 +85,11 @@ def write_report(directory: Path, title: str, results: list[CVResult], *, protoc
         return _Plot(f"plots/{file}", caption, png)
 
     slugs = dict(zip(map(id, results), _unique_slugs([r.name for r in results]), strict=True))
-    body = [_protocol_section(protocol), _comparison_section(table, metric, best, results, plot)]
+    curation = protocol.get("curation")
+    if curation and not curation.get("curated_items") and curation.get("note"):  # else in its section
+        notes.append(str(curation["note"]))
+    body = [_protocol_section(protocol), _curation_section(curation),
+            _comparison_section(table, metric, best, results, plot)]
     ordered = ([best] if best else []) + [r for r in results if r is not best]
     for result in ordered:
         body.append(_model_section(result, slugs[id(result)], result is best, len(results), plot))
@@ -103,7 +107,8 @@ def write_report(directory: Path, title: str, results: list[CVResult], *, protoc
 
     generated = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     payload = {
-        "title": title, "generated": generated, "protocol": protocol, "primary_metric": metric,
+        "title": title, "generated": generated, "protocol": {k: v for k, v in protocol.items() if k != "curation"},
+        "curation": curation, "primary_metric": metric,
         "best_model": best.name if best else None, "comparison": table, "results": [r.to_dict() for r in results],
         "importance": [{"feature": n, "mean": m, "std": s} for n, m, s in importance] if importance else None,
         "thresholds": thresholds, "notes": notes, "plot_errors": errors, "extra": extra or {},
@@ -121,7 +126,8 @@ def write_report(directory: Path, title: str, results: list[CVResult], *, protoc
 
 
 def _protocol_section(protocol: dict[str, Any]) -> str:
-    keys = [k for k in PROTOCOL_ORDER if k in protocol] + [k for k in protocol if k not in PROTOCOL_ORDER]
+    keys = [k for k in PROTOCOL_ORDER if k in protocol] + [k for k in protocol if k not in PROTOCOL_ORDER
+                                                           and k != "curation"]  # its own section
     rows = []
     for key in keys:
         value = protocol[key]
@@ -167,6 +173,38 @@ def _comparison_section(table: list[dict[str, Any]], metric: str, best: CVResult
         parts.append(_figure(plot(f"comparison-{metric}.png", f"{_metric_name(metric)} per model",
                                   lambda: plots.comparison_bars(table, metric))))
     return _section("Models", parts)
+
+
+def _curation_section(curation: dict[str, Any] | None) -> str:
+    """What a curator changed in the target, and (when anything was curated) the chosen model trained on the
+    source's values vs the curated ones, on the same folds, both scored against the curated values."""
+    if not curation or not curation.get("curated_items"):
+        return ""  # nothing curated: a note says so
+    what = "label" if curation.get("field") == "label" else "tags"
+    parts = [_para(f"<b>{int(curation['curated_items'])}</b> of the items used have their {what} set by a curator; "
+                   f"<b>{int(curation.get('changed_from_source') or 0)}</b> of them differ from the source's "
+                   f"value for the target <code>{escape(str(curation.get('target', '')))}</code>"
+                   + (f" ({int(curation['no_source_value'])} had none at the source)"
+                      if curation.get("no_source_value") else "") + ".")]
+    comparison = curation.get("comparison")
+    if comparison:
+        columns = [k for k in comparison["curated"] if not k.endswith("_std")]
+        head = "".join(f"<th>{escape(_metric_name(c))}</th>" for c in ["trained on", *columns])
+        rows = []
+        for side, title in (("source", "the source's values"), ("curated", "the curated values")):
+            metrics = comparison.get(side) or {}
+            cells = "".join(f"<td class='num'>{escape(_fmt(metrics.get(c)))}"
+                            + (f" ± {escape(_fmt(metrics[c + '_std']))}" if c + "_std" in metrics else "") + "</td>"
+                            for c in columns)
+            rows.append(f"<tr><td class='name'>{escape(title)}</td>{cells}</tr>")
+        parts.append(_para(f"Model <b>{escape(str(comparison.get('model', '')))}</b>, cross-validated on the same "
+                           "folds twice, both times scored against the curated values (the curator's truth); "
+                           "items without a source value only ever appear in the source-trained model's test "
+                           "folds."))
+        parts.append(f"<table class='grid'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    if curation.get("note"):
+        parts.append(_para(escape(str(curation["note"]))))
+    return _section("Curation", parts)
 
 
 def _model_section(result: CVResult, slug: str, is_best: bool, n_models: int,

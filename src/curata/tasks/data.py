@@ -50,19 +50,70 @@ def multilabel_target(items: pd.DataFrame, spec: str = "tags", min_count: int = 
     kind, _, key = spec.partition(":")
     if kind != "tags":
         raise TaskDataError(f"unknown multi-label target '{spec}': use tags or tags:<trait>")
-    prefix = f"{key}=" if key else ""
-    lists = [[t for t in tags if t.startswith(prefix)] for tags in items["tags"]]
+    lists = _tag_lists(items, key)
     counts = pd.Series([t for tags in lists for t in tags], dtype=object).value_counts()
     vocabulary = sorted(counts[counts >= min_count].index)
     if not vocabulary:
         raise TaskDataError(f"no tag matching '{spec}' occurs at least {min_count} times")
+    return _tag_matrix(lists, vocabulary), vocabulary
+
+
+def multilabel_rows(items: pd.DataFrame, spec: str, vocabulary: list[str]) -> np.ndarray:
+    """The 0/1 matrix of `multilabel_target` over a given vocabulary (tags outside it are ignored)."""
+    kind, _, key = spec.partition(":")
+    if kind != "tags":
+        raise TaskDataError(f"unknown multi-label target '{spec}': use tags or tags:<trait>")
+    return _tag_matrix(_tag_lists(items, key), vocabulary)
+
+
+def _tag_lists(items: pd.DataFrame, key: str) -> list[list[str]]:
+    prefix = f"{key}=" if key else ""
+    return [[t for t in (tags if tags is not None else []) if t.startswith(prefix)] for tags in items["tags"]]
+
+
+def _tag_matrix(lists: list[list[str]], vocabulary: list[str]) -> np.ndarray:
     position = {t: j for j, t in enumerate(vocabulary)}
-    y = np.zeros((len(items), len(vocabulary)), np.int8)
+    y = np.zeros((len(lists), len(vocabulary)), np.int8)
     for i, tags in enumerate(lists):
         for t in tags:
             if t in position:
                 y[i, position[t]] = 1
-    return y, vocabulary
+    return y
+
+
+# Curation: the source's values of a target beside the curated ones -------------------------------------
+
+
+def target_field(spec: str) -> str | None:
+    """The collection field a target spec reads that a curator can set ("label" or "tags"); None for the
+    others (meta:<field>), which only the source sets."""
+    kind = spec.partition(":")[0]
+    return "label" if spec == "label" else "tags" if kind in ("tag", "tags") else None
+
+
+def source_items(workspace: Workspace, items: pd.DataFrame, field_name: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """`items` as the source had them, and the mask of rows whose `field_name` (label or tags) a curator set.
+
+    `Workspace.items` holds the curated value where there is one; this puts the source's value
+    (`source_label` / `source_tags`) back in those rows, so a target spec read from the copy gives the
+    source's target. Only the curated rows are read (one filtered scan of the collection)."""
+    mask = np.zeros(len(items), bool)
+    out = items.copy()
+    dataset = workspace.collection.dataset()
+    if dataset is None or "curated" not in dataset.schema.names or not len(items):
+        return out, mask  # a collection written before curation holds the source's values only
+    rows = workspace.items(["id", "source_label", "source_tags", "curated"], where="curated IS NOT NULL")
+    rows = rows[rows["curated"].map(lambda c: c is not None and field_name in list(c))]
+    if rows.empty:
+        return out, mask
+    source = dict(zip(rows["id"], rows[f"source_{field_name}"], strict=True))
+    mask = items["id"].isin(source.keys()).to_numpy()
+    column = list(out[field_name])
+    for i in np.flatnonzero(mask):
+        value = source[items["id"].iat[i]]
+        column[i] = ([] if value is None else list(value)) if field_name == "tags" else value
+    out[field_name] = pd.Series(column, index=out.index, dtype=object)
+    return out, mask
 
 
 @dataclass

@@ -9,6 +9,7 @@ import importlib
 import inspect
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from curata.budget import memory_budget, rows_within_budget
-from curata.evaluate.cv import CVResult, comparison_table
+from curata.evaluate.cv import CVResult, comparison_table, take
+from curata.evaluate.metrics import classification_metrics, multilabel_metrics, summarise
 from curata.evaluate.splits import make_folds
 from curata.features.engine import make_extractor
 from curata.features.store import store_dirname
@@ -30,10 +32,13 @@ from curata.tasks.data import (
     feature_chunks,
     feature_row_bytes,
     load_features,
+    multilabel_rows,
     multilabel_target,
     rarest_label,
     single_target,
+    source_items,
     stratified_sample,
+    target_field,
 )
 from curata.workspace import Workspace
 
@@ -81,6 +86,9 @@ class TrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
     # {"mode": "all" | "sample", "rows_used", "rows_total", "budget_bytes"}: see `training_sample`
     training_data: dict[str, Any] = field(default_factory=dict)
+    # How many target values a curator set, and the chosen model trained on the source's values vs the curated
+    # ones on the same folds (see `curation_summary`); None for a target only the source sets (meta:<field>).
+    curation: dict[str, Any] | None = None
 
     def table(self) -> list[dict[str, Any]]:
         return comparison_table(self.results)
@@ -185,11 +193,18 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
     folds = _folds(options, y, items, task.multilabel)
     models = None if options.compare else [getattr(task, "model", None) or next(iter(task.candidates()))]
     results = task.evaluate(blocks, y, folds, labels=labels, models=models, reporter=reporter)
+    chosen = options.model or (models[0] if models else _best(results))
+    by_name = {r.name: r for r in results}
+    chosen_result = by_name.get(chosen) or by_name[_best(results)]
+    curation = curation_summary(workspace, task, protocol["target"], blocks, y, labels, items, folds, chosen_result,
+                                reporter=reporter)
+    if curation is not None:
+        protocol["curation"] = curation
     name = _slug(options.name or f"{protocol['task']}-{protocol['target']}")
     bundle_dir = None
     started = time.perf_counter()
     if save:
-        task.model = options.model or (models[0] if models else _best(results))
+        task.model = chosen
         if task.multilabel:
             task.fit(blocks, y, labels=labels)  # so suggestions and predictions carry tag names
         else:
@@ -199,7 +214,8 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
                     features=protocol["features"], model=task.model,
                     metrics={k: v for k, v in best.summary.items()},
                     training={"items": len(y), "skipped": protocol["skipped"], "protocol": protocol["split"],
-                              "training_data": protocol["training_data"]},
+                              "training_data": protocol["training_data"],
+                              **({"curation": curation} if curation is not None else {})},
                     params={"folds": options.folds, "seed": options.seed})
         bundle_dir = save_bundle(workspace.dir("models") / name, task, card,
                                  _fitted_extractors(workspace, protocol["features"]))
@@ -209,7 +225,136 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
     report = write_report(workspace.dir("reports") / name, f"curata {protocol['task']}: {protocol['target']}",
                           results, protocol=protocol, embedding=embedding, importance=_importance(task, blocks, y),
                           thresholds=_thresholds(task, labels))
-    return TrainResult(name, results, bundle_dir, report, protocol, protocol["skipped"], protocol["training_data"])
+    return TrainResult(name, results, bundle_dir, report, protocol, protocol["skipped"], protocol["training_data"],
+                       curation)
+
+
+# Curation -------------------------------------------------------------------------------------------
+
+
+def curation_summary(workspace: Workspace, task: Task, target: str, blocks: dict[str, np.ndarray], y: np.ndarray,
+                     labels: list[str], items: pd.DataFrame, folds: list[Any], chosen: CVResult, *,
+                     reporter: Reporter = SILENT) -> dict[str, Any] | None:
+    """How many of the used items' target values a curator set, and what that did to the model.
+
+    None when the target is one only the source sets (meta:<field>). Otherwise {"field", "curated_items" (used
+    items whose label / tags a curator set), "changed_from_source" (of those, the ones whose target value
+    differs from the source's), "no_source_value" (of those, the ones the source gave no value for the
+    target), "comparison", "note"}. `comparison` (None when nothing is curated: no extra fit) is the chosen
+    model cross-validated on the same folds twice, trained on the source's values and on the curated ones,
+    both scored against the curated values: {"model", "scored_on", "source": {metric: mean, metric_std: std},
+    "curated": {...}, "source_trained_items"}. Items without a source value are left out of the
+    source-trained model's training folds (never out of its test folds)."""
+    field_name = target_field(target)
+    if field_name is None:
+        return None
+    source, curated = source_items(workspace, items, field_name)
+    multilabel = np.ndim(y) == 2
+    if multilabel:
+        y_source = multilabel_rows(source, target, labels)
+        has_source = y_source.any(axis=1)
+        changed = _tag_sets(source, target) != _tag_sets(items, target)
+    else:
+        values = single_target(source, target)
+        has_source = values.notna().to_numpy()
+        y_source = np.where(has_source, values.astype(object).to_numpy(), None)
+        changed = np.array([s is None or str(s) != str(v) for s, v in zip(y_source, y, strict=True)], bool)
+    changed &= curated
+    info: dict[str, Any] = {
+        "field": field_name, "target": target, "curated_items": int(curated.sum()),
+        "changed_from_source": int(changed.sum()), "no_source_value": int((curated & ~has_source).sum()),
+        "comparison": None, "note": None,
+    }
+    what = "label" if field_name == "label" else "tags"
+    if not curated.any():
+        info["note"] = (f"no item used has a curated {what}: the model is trained on the source's values, "
+                        "no source-vs-curated comparison")
+        return info
+    if multilabel:
+        same = bool(has_source.all() and np.array_equal(y_source, y))
+    else:
+        same = bool(has_source.all() and all(str(s) == str(v) for s, v in zip(y_source, y, strict=True)))
+    if same:
+        # The curated values give the same training target as the source's: the two models are one.
+        source_result = chosen
+        info["note"] = "no curated value changes the training target: both models are the same one"
+    else:
+        try:
+            source_result = _cross_validate_on_source(chosen.name, task.candidates()[chosen.name], blocks,
+                                                      y_source, has_source, y, folds, labels, reporter)
+        except ValueError as e:  # e.g. a training fold left with one class once the source's values are used
+            info["note"] = f"the source-trained model could not be cross-validated: {e}"
+            return info
+    info["comparison"] = {"model": chosen.name, "scored_on": "curated values",
+                          "source": _mean_metrics(source_result), "curated": _mean_metrics(chosen),
+                          "source_trained_items": int(has_source.sum()), "items": len(y),
+                          "extra_fit_seconds": 0.0 if same else round(source_result.fit_seconds, 2)}
+    return info
+
+
+def _tag_sets(items: pd.DataFrame, target: str) -> np.ndarray:
+    prefix = target.partition(":")[2]
+    prefix = f"{prefix}=" if prefix else ""
+    return np.array([frozenset(t for t in (tags if tags is not None else []) if t.startswith(prefix))
+                     for tags in items["tags"]], dtype=object)
+
+
+def _mean_metrics(result: CVResult) -> dict[str, float]:
+    row = comparison_table([result])[0]
+    return {k: v for k, v in row.items() if k not in ("model", "fit_seconds")}
+
+
+def _cross_validate_on_source(name: str, make_model: Any, blocks: dict[str, np.ndarray], y_source: np.ndarray,
+                              has_source: np.ndarray, y_truth: np.ndarray, folds: list[Any], labels: list[str],
+                              reporter: Reporter) -> CVResult:
+    """`cross_validate` with the training folds' targets taken from the source (rows without a source value
+    left out of training) and every test fold scored against the curated values."""
+    multilabel = np.ndim(y_truth) == 2
+    fold_metrics: list[dict[str, Any]] = []
+    fit_seconds = 0.0
+    advance = reporter.task(f"cross-validating {name} on the source's values", len(folds))
+    with single_threaded_blas(), warnings.catch_warnings():
+        # Trained on the source's values, a model may predict a class the curated truth of a fold lacks.
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+        for train, test in folds:
+            train = train[has_source[train]]
+            model = make_model()
+            started = time.perf_counter()
+            model.fit(take(blocks, train), y_source[train] if multilabel else y_source[train].astype(str))
+            fit_seconds += time.perf_counter() - started
+            x_test = take(blocks, test)
+            pred = np.asarray(model.predict(x_test))
+            if multilabel:
+                try:
+                    scores = np.asarray(model.predict_proba(x_test))
+                except (AttributeError, NotImplementedError):
+                    scores = pred
+                fold_metrics.append(multilabel_metrics(y_truth[test], pred, scores, labels))
+            else:
+                fold_metrics.append(classification_metrics(y_truth[test].astype(str), pred.astype(str), labels))
+            advance(1)
+    scalars = [{k: v for k, v in m.items() if isinstance(v, int | float)} for m in fold_metrics]
+    return CVResult(name, multilabel, list(labels), scalars, summarise(fold_metrics), {}, np.array([]), None,
+                    fit_seconds)
+
+
+def curation_line(curation: dict[str, Any] | None) -> str | None:
+    """One line for the console: how many target values were curated and, on the same folds, the primary
+    accuracy of the model trained on the source's values vs on the curated ones. None when nothing is curated."""
+    if not curation or not curation.get("curated_items"):
+        return None
+    n, changed = curation["curated_items"], curation["changed_from_source"]
+    what = (("label" if n == 1 else "labels") if curation["target"] == "label"
+            else f"{curation['target']} value{'' if n == 1 else 's'}")
+    line = f"curated: {n} {what} ({changed} differ from the source)"
+    comparison = curation.get("comparison")
+    if comparison:
+        metric = next(m for m in ("accuracy", "micro_f1") if m in comparison["curated"])
+        line += (f"; same folds: source-trained {metric} {comparison['source'][metric]:.2f} → curated-trained "
+                 f"{comparison['curated'][metric]:.2f} (scored on the curated values)")
+    elif curation.get("note"):
+        line += f"; {curation['note']}"
+    return line
 
 
 def _best(results: list[CVResult]) -> str:

@@ -347,6 +347,19 @@ function note(text, isError = false, title = null) {
   return el("p", { class: isError ? "error" : "muted", text, title });
 }
 
+// The item's text and facts (shown again after an edit, by curate.js).
+function showItemMeta(item) {
+  $("item-text").textContent = item.text || "";
+  const meta = [];
+  if (item.label) meta.push(el("span", { class: "chip", text: `label: ${item.label}` }));
+  if (item.collection) meta.push(el("span", { class: "chip", text: item.collection }));
+  if (item.width) meta.push(el("span", { class: "chip", text: `${item.width}×${item.height} ${item.image_format || ""}` }));
+  for (const [run, c] of Object.entries(item.clusters)) meta.push(el("span", { class: "chip", text: `${run}: cluster ${c}` }));
+  for (const tag of item.tags) meta.push(el("span", { class: "chip", text: tag }));
+  if (item.excluded) meta.push(el("span", { class: "chip flag", text: "excluded" }));
+  section("item-meta", meta);
+}
+
 async function openItem(id) {
   const dialog = $("item");
   $("item-title").textContent = id;
@@ -358,14 +371,7 @@ async function openItem(id) {
 
   api(`/v1/item?${itemQuery(id)}`).then((item) => {
     showCuration(item);
-    $("item-text").textContent = item.text || "";
-    const meta = [];
-    if (item.label) meta.push(el("span", { class: "chip", text: `label: ${item.label}` }));
-    if (item.collection) meta.push(el("span", { class: "chip", text: item.collection }));
-    if (item.width) meta.push(el("span", { class: "chip", text: `${item.width}×${item.height} ${item.image_format || ""}` }));
-    for (const [run, c] of Object.entries(item.clusters)) meta.push(el("span", { class: "chip", text: `${run}: cluster ${c}` }));
-    for (const tag of item.tags) meta.push(el("span", { class: "chip", text: tag }));
-    section("item-meta", meta);
+    showItemMeta(item);
     section("item-palette", item.palette.length
       ? [paletteStrip(item.palette), el("div", { class: "palette-legend" }, item.palette.map((p) =>
         el("span", { class: "chip" }, swatch(p.hex), `${p.css} ${p.hex} ${(p.share * 100).toFixed(0)}%`)))]

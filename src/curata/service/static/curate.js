@@ -111,6 +111,7 @@ async function editItem(item, changes) {
       // Someone else edited the item since this page read it: show their value, keep nothing of ours.
       const fresh = await api(`/v1/item?${itemQuery(item.id)}`);
       showCuration(fresh, "Someone else changed this item meanwhile; this is their version. Nothing was saved.");
+      showItemMeta(fresh);
       return;
     }
     section("item-edit", [note(e.message, true)]);
@@ -118,6 +119,7 @@ async function editItem(item, changes) {
   }
   const fresh = await api(`/v1/item?${itemQuery(item.id)}`);
   showCuration(fresh, "saved");
+  showItemMeta(fresh);
   if (view.mode !== "search" && view.mode !== "review") loadItems(false);
 }
 
@@ -149,8 +151,8 @@ function showCuration(item, message = "") {
           onclick: () => editItem(item, { revert: item.curated.filter((f) => f === "label" || f === "tags") }) })
         : null),
     el("p", { class: "muted", id: "edit-state", text: `${curated} · version ${item.version}` }),
-    message ? el("p", { class: message === "saved" ? "muted" : "error", id: "edit-message", text: message }) : null,
-  ]);
+    message ? el("p", { class: ["saved", "undone"].includes(message) ? "muted" : "error", id: "edit-message", text: message }) : null,
+  ].filter(Boolean));
   loadHistory(item.id);
 }
 
@@ -161,10 +163,12 @@ async function loadHistory(id) {
       el("span", { class: "muted", text: `${e.at.slice(0, 19).replace("T", " ")} · ${e.who} · ` }),
       `${e.field}: ${show(e.before)} → ${show(e.after)}`,
       e.why ? el("span", { class: "muted", text: ` (${e.why})` }) : null,
-      el("button", { type: "button", class: "link", text: " undo", onclick: async () => {
+      el("button", { type: "button", class: "link undo", text: "undo", onclick: async () => {
         try {
           await postJson("/v1/edits/undo", { edit_ids: [e.edit_id] });
-          showCuration(await api(`/v1/item?${itemQuery(id)}`), "undone");
+          const fresh = await api(`/v1/item?${itemQuery(id)}`);
+          showCuration(fresh, "undone");
+          showItemMeta(fresh);
         } catch (err) {
           section("item-history", note(err.message, true));
         }
