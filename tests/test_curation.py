@@ -148,7 +148,7 @@ def _killed_between_commits(ws: Workspace) -> None:
         import os
         from curata import curation
         from curata.workspace import Workspace
-        curation.Curation._apply_rows = lambda *a, **k: os._exit(9)
+        curation.Collection.apply_curation = lambda *a, **k: os._exit(9)
         curation.Curation(Workspace({str(ws.root)!r})).apply(["s/6"], curation.changes_from({{"label": "ox"}}),
                                                              who="ana")
     """)

@@ -441,10 +441,44 @@ class Collection:
         else:
             tables.index_new_rows(dataset)
 
-    def after_edit(self, items: int, batch: str) -> None:
-        """Index and log a curation batch's commit (curata.curation writes it)."""
-        self._after_write()
-        self._log("edit", f"curation batch {batch}", 0, items, 0, batch=batch)
+    def rows_by_ids(self, ids: list[str]) -> pa.Table:
+        """Whole stored rows (every column, the digest and curation included) of these ids, through the index."""
+        dataset = self._dataset()
+        if dataset is None:
+            return TABLE_SCHEMA.empty_table()
+        try:
+            return pa.concat_tables([tables.read(dataset, self.path, FIX, columns=TABLE_SCHEMA.names,
+                                                 filter=pc.field("id").isin(ids[i:i + PROBE_CHUNK]))
+                                     for i in range(0, len(ids), PROBE_CHUNK)])
+        except tables.CorruptTable as e:
+            raise CollectionError(str(e)) from e.__cause__
+
+    def apply_curation(self, rows: list[dict[str, Any]], batch: str, current: pa.Table | None = None) -> None:
+        """Write a curation batch's values (`rows`: id and the `_KEPT` columns) as one commit. Whole rows are
+        merged (read by id, O(len(rows))): Lance then writes the changed rows to a new fragment and marks the
+        old ones deleted, where a merge of some columns only rewrites those columns of every row of the
+        fragments touched. `current`: those rows as the caller read them under the lock (else read here).
+        Idempotent, so an interrupted batch can simply be applied again."""
+        dataset = self._dataset()
+        if current is None:
+            current = self.rows_by_ids([r["id"] for r in rows])
+        current = current.filter(pc.is_in(current["id"], value_set=pa.array([r["id"] for r in rows], pa.string())))
+        by_id = {r["id"]: r for r in rows}
+        order = [by_id[i] for i in current["id"].to_pylist()]
+        for name in _KEPT:
+            current = current.set_column(current.schema.get_field_index(name), name,
+                                         pa.array([r[name] for r in order], TABLE_SCHEMA.field(name).type))
+        try:
+            dataset.merge_insert("id").when_matched_update_all().execute(current)
+        except OSError as e:
+            name_file(e, self.path)
+            raise
+        # New rows are found by a scan of their small fragments until those are merged; indexing each
+        # edit's fragment would cost more than the edit. Past many fragments, only the small ones merge.
+        dataset = self._dataset()
+        if tables.needs_compaction(dataset):
+            tables.compact_small(dataset)
+        self._log("edit", f"curation batch {batch}", 0, len(rows), 0, batch=batch)
 
     # History --------------------------------------------------------------------------------
     def _log(self, action: str, what: str, added: int, updated: int, unchanged: int, **extra: Any) -> None:

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from curata import tables
 from curata.atomic import atomic_write_text
-from curata.collection import TABLE_SCHEMA, Collection, plain_value
+from curata.collection import Collection, plain_value
 from curata.workspace import Workspace
 
 FIELDS = ("label", "tags", "excluded", "duplicate_of")
@@ -49,7 +49,6 @@ LOG_SCHEMA = pa.schema([
     ("undoes", pa.string()),  # the batch or edit ids an undo reverses
 ])
 _ROW = ["id", "label", "tags", "source_label", "source_tags", "curated", "excluded", "duplicate_of", "edit_version"]
-_WRITTEN = ["id", "label", "tags", "curated", "excluded", "duplicate_of", "edit_version"]
 MAX_TAG_CHARS = 200
 
 
@@ -210,7 +209,10 @@ class Curation:
         return collection
 
     def _rows(self, collection: Collection, ids: list[str], missing_ok: bool = False) -> pd.DataFrame:
-        rows = collection.by_ids(ids, _ROW).set_index("id")
+        """The items' current values (indexed by id); the whole rows are kept in `attrs` for the commit."""
+        table = collection.rows_by_ids(ids)
+        rows = table.select(_ROW).to_pandas().set_index("id")
+        rows.attrs["table"] = table
         if not missing_ok:
             absent = [i for i in ids if i not in rows.index]
             if absent:
@@ -293,16 +295,10 @@ class Curation:
             tables.write(log, self.path, mode="append")
         else:
             tables.write(log, self.path, mode="create").create_scalar_index("item", "BTREE")
-        self._apply_rows(collection, written, batch)
+        collection.apply_curation(written, batch, current=rows.attrs.get("table"))
         self.pending.unlink(missing_ok=True)
         edits = [_public(r) for r in log_rows]
         return EditResult(batch, edits, versions, unchanged)
-
-    def _apply_rows(self, collection: Collection, written: list[dict[str, Any]], batch: str) -> None:
-        table = pa.Table.from_pylist(written, schema=pa.schema([TABLE_SCHEMA.field(c) for c in _WRITTEN]))
-        dataset = collection.dataset()
-        dataset.merge_insert("id").when_matched_update_all().execute(table)
-        collection.after_edit(len(written), batch)
 
     def _finish_pending(self, collection: Collection) -> None:
         """Complete the batch a kill interrupted after its log commit; forget one whose log commit never came."""
@@ -314,7 +310,7 @@ class Curation:
             self.pending.unlink(missing_ok=True)
             return
         if self.log(batch=pending["batch"], limit=1):
-            self._apply_rows(collection, pending["rows"], pending["batch"])
+            collection.apply_curation(pending["rows"], pending["batch"])
         self.pending.unlink(missing_ok=True)
 
     # Reading ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pyarrow as pa
 # Small fragments (one per `features` flush, one per ingest) are merged past this many.
 COMPACT_ABOVE_FRAGMENTS = 32
 TARGET_ROWS_PER_FRAGMENT = 262_144
+SMALL_FRAGMENT_ROWS = 16_384  # `compact_small` merges fragments under this size only
 MERGE_ALL = 1 << 20  # `num_indices_to_merge` for "every delta segment of an index"
 
 
@@ -98,6 +99,14 @@ def compact(dataset: Any, *, keep_versions: timedelta | None = None) -> dict[str
     return {"fragments_before": before, "fragments_after": len(dataset.get_fragments()),
             "fragments_removed": int(getattr(metrics, "fragments_removed", 0)),
             "fragments_added": int(getattr(metrics, "fragments_added", 0))}
+
+
+def compact_small(dataset: Any) -> None:
+    """Merge only the small fragments (under SMALL_FRAGMENT_ROWS: one per edit, say) and index the result as
+    a delta, so the cost follows the rows merged, not the table: large fragments are left as they are until
+    a full `compact`. Deletions are materialised only in the fragments merged."""
+    dataset.optimize.compact_files(target_rows_per_fragment=SMALL_FRAGMENT_ROWS, materialize_deletions=False)
+    dataset.optimize.optimize_indices(num_indices_to_merge=0)
 
 
 def readable_fragments(dataset: Any) -> tuple[list[pa.Table], int]:
