@@ -218,3 +218,23 @@ def test_adding_and_removing_tags_in_one_edit_both_apply(ws):
     Curation(ws).apply(["s/1"], changes_from({"add_tags": ["hat=red", "eyes=blue"], "remove_tags": ["size=big"]}),
                        who="ana")
     assert row(ws, "s/1")["tags"] == ["hat=red", "eyes=blue"]
+
+
+def test_a_group_of_edits_is_written_together_and_each_is_judged_alone(ws):
+    from curata.curation import EditJob
+
+    cur = Curation(ws)
+    results = cur.apply_many([
+        EditJob(["s/1"], changes_from({"label": "fox"}), "ana", expected={"s/1": 0}),
+        EditJob(["s/1"], changes_from({"label": "owl"}), "bo", expected={"s/1": 0}),  # read before ana's edit
+        EditJob(["s/1", "s/2"], changes_from({"add_tags": ["hat=red"]}), "cy", expected={"s/1": 1}),
+        EditJob(["s/404"], changes_from({"label": "x"}), "dee"),
+    ])
+    assert [type(r).__name__ for r in results] == ["EditResult", "EditConflict", "EditResult", "EditError"]
+    assert results[0].batch != results[2].batch and results[2].versions == {"s/1": 2, "s/2": 1}
+    one = row(ws, "s/1")
+    assert one["label"] == "fox" and one["tags"] == ["size=big", "hat=red"] and one["edit_version"] == 2
+    assert {e["batch"] for e in cur.log(limit=None)} == {results[0].batch, results[2].batch}
+    assert ws.collection.history(1)[0]["action"] == "edit"
+    undone = cur.undo("ana", batch=results[0].batch)  # each batch of the group undoes alone
+    assert row(ws, "s/1")["label"] == "cat" and "hat=red" in row(ws, "s/1")["tags"] and undone.batch

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -143,3 +144,24 @@ def test_a_keyless_server_is_read_only_unless_allowed(workspace, tmp_path):
         assert done.json()["edits"][0]["who"] == "anonymous"
     finally:
         srv.stop()
+
+
+def test_concurrent_edits_are_grouped_and_one_stale_write_wins_only_once(client):
+    def edit(item: str, tag: str, etag: str | None = None) -> httpx.Response:
+        headers = {**ED, **({"If-Match": etag} if etag else {})}
+        return client.post("/v1/edits", headers=headers, json={"ids": [item], "changes": {"add_tags": [tag]}})
+
+    items = [f"demo/{c}-{i}" for c in ("green", "yellow") for i in range(1, 6)]
+    with ThreadPoolExecutor(10) as pool:
+        done = list(pool.map(lambda it: edit(it, "batch=1"), items))
+    assert all(r.status_code == 200 for r in done), [r.text for r in done if r.status_code != 200]
+    assert len({r.json()["batch"] for r in done}) == len(items)  # each its own batch, whatever the grouping
+    found = client.get("/v1/items", params={"tag": "batch=1", "limit": 50}, headers=ED).json()
+    assert sorted(i["id"] for i in found["items"]) == sorted(items)
+    # Eight pages that all read version v of one item write at once: exactly one succeeds.
+    etag = item(client, "demo/yellow-5").headers["etag"]
+    with ThreadPoolExecutor(8) as pool:
+        raced = list(pool.map(lambda n: edit("demo/yellow-5", f"race={n}", etag), range(8)))
+    assert sorted(r.status_code for r in raced) == [200] + [409] * 7
+    tags = item(client, "demo/yellow-5").json()["tags"]
+    assert sum(t.startswith("race=") for t in tags) == 1

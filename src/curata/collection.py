@@ -453,7 +453,8 @@ class Collection:
         except tables.CorruptTable as e:
             raise CollectionError(str(e)) from e.__cause__
 
-    def apply_curation(self, rows: list[dict[str, Any]], batch: str, current: pa.Table | None = None) -> None:
+    def apply_curation(self, rows: list[dict[str, Any]], batches: list[str], current: pa.Table | None = None
+                       ) -> None:
         """Write a curation batch's values (`rows`: id and the `_KEPT` columns) as one commit. Whole rows are
         merged (read by id, O(len(rows))): Lance then writes the changed rows to a new fragment and marks the
         old ones deleted, where a merge of some columns only rewrites those columns of every row of the
@@ -478,7 +479,8 @@ class Collection:
         dataset = self._dataset()
         if tables.needs_compaction(dataset):
             tables.compact_small(dataset)
-        self._log("edit", f"curation batch {batch}", 0, len(rows), 0, batch=batch)
+        self._log("edit", f"curation batch{'es' if len(batches) > 1 else ''} {', '.join(batches[:3])}"
+                  + (f" and {len(batches) - 3} more" if len(batches) > 3 else ""), 0, len(rows), 0, batches=batches)
 
     # History --------------------------------------------------------------------------------
     def _log(self, action: str, what: str, added: int, updated: int, unchanged: int, **extra: Any) -> None:

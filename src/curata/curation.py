@@ -77,6 +77,18 @@ class Change:
 
 
 @dataclass
+class EditJob:
+    """One edit request: `changes` to every item of `ids`, by `who`, for `why`; `expected`: item -> the
+    edit_version the caller read (a different one is a conflict)."""
+
+    ids: list[str]
+    changes: list[Change]
+    who: str
+    why: str = ""
+    expected: dict[str, int] | None = None
+
+
+@dataclass
 class EditResult:
     batch: str | None  # None when nothing changed
     edits: list[dict[str, Any]] = field(default_factory=list)
@@ -147,25 +159,36 @@ class Curation:
               expected: dict[str, int] | None = None) -> EditResult:
         """Apply `changes` to every item of `ids` as one batch. `expected`: the edit_version each item had
         when the caller read it; any other current version raises EditConflict and nothing is written."""
-        for change in changes:
-            _check(change)
-        ids = list(dict.fromkeys(ids))
-        if not ids:
-            raise EditError("no items to edit")
+        result = self.apply_many([EditJob(list(ids), changes, who, why, expected)])[0]
+        if isinstance(result, EditError):
+            raise result
+        return result
+
+    def apply_many(self, jobs: list[EditJob]) -> list[EditResult | EditError]:
+        """Several edits, each its own batch (its own result, conflict check and undo), written together in
+        one pair of commits: how the service absorbs many small concurrent edits (group commit). Later jobs
+        see the earlier ones' values; a job that fails (unknown item, stale version) writes nothing and the
+        others go on."""
+        for job in jobs:
+            for change in job.changes:
+                _check(change)
         with self.workspace.lock():
             collection = self._ready()
-            rows = self._rows(collection, ids)
-            self._check_versions(rows, expected)
-            targets = [change.value for change in changes if change.field == "duplicate_of" and change.value]
-            if targets:
-                known = set(collection.by_ids(targets, ["id"])["id"])
-                absent = [t for t in targets if t not in known]
-                if absent:
-                    raise EditError(f"duplicate_of names no item: {absent[0]}")
-                if any(t in ids for t in targets):
-                    raise EditError("an item cannot be a duplicate of itself")
-            plan = {item: self._resolve_all(rows.loc[item].to_dict(), changes) for item in ids}
-            return self._commit(collection, rows, plan, who, why, undoes=None)
+            wanted = list(dict.fromkeys(i for job in jobs for i in job.ids))
+            table, state = self._state(collection, wanted)
+            results: list[EditResult | EditError] = []
+            staged: list[dict[str, Any]] = []
+            for job in jobs:
+                try:
+                    plan = self._plan(collection, state, job)
+                except EditError as e:
+                    results.append(e)
+                    continue
+                result, log_rows = self._stage(state, plan, job.who, job.why, undoes=None)
+                results.append(result)
+                staged.extend(log_rows)
+            self._write(collection, state, staged, table)
+        return results
 
     def undo(self, who: str, batch: str | None = None, edit_ids: list[str] | None = None, why: str = ""
              ) -> EditResult:
@@ -186,19 +209,19 @@ class Curation:
             first: dict[tuple[str, str], dict[str, Any]] = {}
             for edit in sorted(undone, key=lambda e: e["seq"]):  # the earliest edit of a field has its before
                 first.setdefault((edit["item"], edit["field"]), edit)
-            items = list(dict.fromkeys(item for item, _ in first))
-            rows = self._rows(collection, items, missing_ok=True)
+            table, state = self._state(collection, list(dict.fromkeys(item for item, _ in first)))
             plan: dict[str, dict[str, tuple[Any, bool]]] = {}
             for (item, name), edit in first.items():
-                if item not in rows.index:
+                if item not in state:
                     continue  # the item is gone from the collection: nothing to put back
                 before, curated = edit["before"], bool(edit["was_curated"])
                 if name in SOURCE_FIELDS and not curated:
-                    before = _value(name, rows.loc[item][f"source_{name}"])
+                    before = state[item][f"source_{name}"]
                 plan.setdefault(item, {})[name] = (before, curated)
             reason = why or (f"undo of batch {batch}" if batch else f"undo of {', '.join(edit_ids or [])}")
-            return self._commit(collection, rows.loc[list(plan)], plan, who, reason,
-                                undoes=batch or ",".join(edit_ids or []))
+            result, log_rows = self._stage(state, plan, who, reason, undoes=batch or ",".join(edit_ids or []))
+            self._write(collection, state, log_rows, table)
+        return result
 
     def _ready(self) -> Collection:
         collection = self.workspace.collection
@@ -208,25 +231,35 @@ class Curation:
         self._finish_pending(collection)
         return collection
 
-    def _rows(self, collection: Collection, ids: list[str], missing_ok: bool = False) -> pd.DataFrame:
-        """The items' current values (indexed by id); the whole rows are kept in `attrs` for the commit."""
-        table = collection.rows_by_ids(ids)
-        rows = table.select(_ROW).to_pandas().set_index("id")
-        rows.attrs["table"] = table
-        if not missing_ok:
-            absent = [i for i in ids if i not in rows.index]
-            if absent:
-                raise EditError(f"no item {absent[0]} in the collection" +
-                                (f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""))
-        return rows
-
     @staticmethod
-    def _check_versions(rows: pd.DataFrame, expected: dict[str, int] | None) -> None:
-        for item, version in (expected or {}).items():
-            if item in rows.index:
-                current = _version(rows.loc[item]["edit_version"])
-                if current != int(version):
-                    raise EditConflict(item, int(version), current)
+    def _state(collection: Collection, ids: list[str]) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
+        """The items' whole stored rows (for the commit) and their current values as plain Python, by id;
+        the edits of a group update the values as they are staged."""
+        table = collection.rows_by_ids(ids)
+        state = {row["id"]: {name: (_version(row[name]) if name == "edit_version" else _value(name, row[name]))
+                             for name in _ROW} for row in table.select(_ROW).to_pylist()}
+        return table, state
+
+    def _plan(self, collection: Collection, state: dict[str, dict[str, Any]], job: EditJob
+              ) -> dict[str, dict[str, tuple[Any, bool]]]:
+        ids = list(dict.fromkeys(job.ids))
+        if not ids:
+            raise EditError("no items to edit")
+        absent = [i for i in ids if i not in state]
+        if absent:
+            raise EditError(f"no item {absent[0]} in the collection" +
+                            (f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""))
+        for item, version in (job.expected or {}).items():
+            if item in state and state[item]["edit_version"] != int(version):
+                raise EditConflict(item, int(version), state[item]["edit_version"])
+        targets = [c.value for c in job.changes if c.field == "duplicate_of" and c.value]
+        if targets:
+            known = set(collection.by_ids(targets, ["id"])["id"])
+            if any(t not in known for t in targets):
+                raise EditError(f"duplicate_of names no item: {next(t for t in targets if t not in known)}")
+            if any(t in ids for t in targets):
+                raise EditError("an item cannot be a duplicate of itself")
+        return {item: self._resolve_all(state[item], job.changes) for item in ids}
 
     @classmethod
     def _resolve_all(cls, row: dict[str, Any], changes: list[Change]) -> dict[str, tuple[Any, bool]]:
@@ -241,10 +274,10 @@ class Curation:
     def _resolve(row: dict[str, Any], change: Change) -> tuple[Any, bool]:
         """The field's new value and whether it is curated afterwards."""
         if change.op == "revert":
-            return _value(change.field, row[f"source_{change.field}"]), False
+            return row[f"source_{change.field}"], False
         if change.field != "tags":
             return change.value, True
-        current = _value("tags", row["tags"])
+        current = row["tags"]
         tags = [t.strip() for t in change.value]
         if change.op == "add":
             new = current + [t for t in dict.fromkeys(tags) if t not in current]
@@ -254,17 +287,19 @@ class Curation:
             new = list(dict.fromkeys(tags))
         return new, True
 
-    def _commit(self, collection: Collection, rows: pd.DataFrame, plan: dict[str, dict[str, tuple[Any, bool]]],
-                who: str, why: str, undoes: str | None) -> EditResult:
+    @staticmethod
+    def _stage(state: dict[str, dict[str, Any]], plan: dict[str, dict[str, tuple[Any, bool]]], who: str, why: str,
+               undoes: str | None) -> tuple[EditResult, list[dict[str, Any]]]:
+        """One batch: its log rows, its result, and `state` updated to the values it sets."""
         batch = f"b-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
         at = pd.Timestamp.now(tz="UTC")
         seq = time.time_ns()
-        log_rows, written, versions, unchanged = [], [], {}, []
+        log_rows: list[dict[str, Any]] = []
+        versions, unchanged = {}, []
         for item, fields in plan.items():
-            row = rows.loc[item]
-            curated = set(_value("curated", row["curated"]))
-            version = _version(row["edit_version"])
-            new = {name: _value(name, row[name]) for name in ("label", "tags", "excluded", "duplicate_of")}
+            row = state[item]
+            curated = set(row["curated"])
+            new = {name: row[name] for name in ("label", "tags", "excluded", "duplicate_of")}
             edits = []
             for name, (value, now_curated) in fields.items():
                 was = name in curated
@@ -275,42 +310,52 @@ class Curation:
                 (curated.add if now_curated else curated.discard)(name)
             if not edits:
                 unchanged.append(item)
-                versions[item] = version
+                versions[item] = row["edit_version"]
                 continue
-            version += 1
-            versions[item] = version
+            version = versions[item] = row["edit_version"] + 1
             for name, before, after, was in edits:
                 log_rows.append({"edit_id": f"e-{uuid.uuid4().hex[:12]}", "batch": batch, "seq": seq + len(log_rows),
                                  "at": at, "who": who, "why": why, "item": item, "field": name,
                                  "before": json.dumps(before), "after": json.dumps(after), "was_curated": was,
                                  "version": version, "undoes": undoes})
-            written.append({"id": item, **new, "curated": sorted(curated, key=FIELDS.index) or None,
-                            "excluded": new["excluded"] or None, "edit_version": version})
+            state[item] = {**row, **new, "curated": sorted(curated, key=FIELDS.index), "edit_version": version,
+                           "_changed": True}
         if not log_rows:
-            return EditResult(None, [], versions, unchanged)
-        # Two commits, the pending file between them (module doc): a kill at any point loses no half-edit.
-        atomic_write_text(self.pending, json.dumps({"batch": batch, "rows": written}))
+            return EditResult(None, [], versions, unchanged), []
+        return EditResult(batch, [_public(r) for r in log_rows], versions, unchanged), log_rows
+
+    def _write(self, collection: Collection, state: dict[str, dict[str, Any]], log_rows: list[dict[str, Any]],
+               table: pa.Table) -> None:
+        """The staged batches as two commits, the pending file between them (module doc): a kill at any point
+        loses no half-edit."""
+        if not log_rows:
+            return
+        batches = list(dict.fromkeys(r["batch"] for r in log_rows))
+        written = [{"id": item, "label": row["label"], "tags": row["tags"], "curated": row["curated"] or None,
+                    "excluded": row["excluded"] or None, "duplicate_of": row["duplicate_of"],
+                    "edit_version": row["edit_version"]} for item, row in state.items() if row.get("_changed")]
+        atomic_write_text(self.pending, json.dumps({"batches": batches, "rows": written}))
         log = pa.Table.from_pylist(log_rows, schema=LOG_SCHEMA)
         if tables.exists(self.path):
             tables.write(log, self.path, mode="append")
         else:
             tables.write(log, self.path, mode="create").create_scalar_index("item", "BTREE")
-        collection.apply_curation(written, batch, current=rows.attrs.get("table"))
+        collection.apply_curation(written, batches, current=table)
         self.pending.unlink(missing_ok=True)
-        edits = [_public(r) for r in log_rows]
-        return EditResult(batch, edits, versions, unchanged)
 
     def _finish_pending(self, collection: Collection) -> None:
-        """Complete the batch a kill interrupted after its log commit; forget one whose log commit never came."""
+        """Complete the batches a kill interrupted after their log commit; forget those whose log commit never
+        came (one append holds every batch of a group, so one tells for all)."""
         try:
             pending = json.loads(self.pending.read_text())
+            batches = pending.get("batches") or [pending["batch"]]
         except FileNotFoundError:
             return
-        except ValueError:  # torn: the log commit cannot have happened (the file is written first)
+        except (ValueError, KeyError, TypeError):  # torn: the log commit cannot have happened (written first)
             self.pending.unlink(missing_ok=True)
             return
-        if self.log(batch=pending["batch"], limit=1):
-            collection.apply_curation(pending["rows"], pending["batch"])
+        if self.log(batch=batches[0], limit=1):
+            collection.apply_curation(pending["rows"], batches)
         self.pending.unlink(missing_ok=True)
 
     # Reading ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import pandas as pd
 from curata.service.catalog import ColourCache, ItemsView
 from curata.service.errors import ApiError, hide_paths
 from curata.service.settings import Settings
+from curata.service.writer import EditWriter
 from curata.workspace import Workspace
 
 T = TypeVar("T")
@@ -141,6 +142,7 @@ class ServiceState:
         self.items_error: str | None = None  # why the collection file on disk is not the one being served
         self._items_failed_stamp: Any = None
         self.keys = self.settings.keyring()  # None: no authentication
+        self.edits = EditWriter(self.workspace)  # group commit of the write API's edits
         self._compute_limiter: Any = None  # made on first use: it belongs to the event loop
         self._fetch_limiter: Any = None
 

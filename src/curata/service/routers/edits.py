@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query
 
-from curata.curation import Change, Curation, EditConflict, EditError, EditResult, changes_from
+from curata.curation import Change, Curation, EditConflict, EditError, EditJob, EditResult, changes_from
 from curata.service.deps import get_state, require_api_key, require_write
 from curata.service.errors import ApiError
 from curata.service.keys import ApiKey
@@ -99,8 +99,7 @@ def edit_items(body: EditRequest, state: ServiceState = Depends(get_state), who:
     changes = _changes(body.changes)
     ids = _selected(body, state)
     try:
-        result = Curation(state.workspace).apply(ids, changes, who=who.name, why=body.why,
-                                                 expected=_expected(body, ids, if_match))
+        result = state.edits.apply(EditJob(ids, changes, who.name, body.why, _expected(body, ids, if_match)))
     except EditConflict as e:
         raise ApiError(409, "edit_conflict", str(e), e.item) from None
     except EditError as e:
