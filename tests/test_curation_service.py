@@ -165,3 +165,28 @@ def test_concurrent_edits_are_grouped_and_one_stale_write_wins_only_once(client)
     assert sorted(r.status_code for r in raced) == [200] + [409] * 7
     tags = item(client, "demo/yellow-5").json()["tags"]
     assert sum(t.startswith("race=") for t in tags) == 1
+
+
+def test_download_the_curated_collection(client, workspace):
+    import csv
+    import io
+    import zipfile
+
+    client.post("/v1/edits", headers=ED, json={"ids": ["demo/blue-3"], "changes": {"label": "=HYPERLINK(1)"}})
+    got = client.get("/v1/export", params={"format": "csv"}, headers=ED)
+    assert got.status_code == 200, got.text
+    assert "attachment" in got.headers["content-disposition"] and ".csv" in got.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(got.text)))
+    assert len(rows) == int(got.headers["x-curata-items"]) > 0
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["demo/blue-3"]["label"] == "'=HYPERLINK(1)" and by_id["demo/blue-3"]["source_label"] == "blue"
+    assert all(r["excluded"] != "true" for r in rows)
+    source = list(csv.DictReader(io.StringIO(client.get("/v1/export", params={"values": "source"},
+                                                        headers=RITA).text)))
+    assert {r["id"]: r["label"] for r in source}["demo/blue-3"] == "blue"
+    archive = client.get("/v1/export", params={"format": "erc721"}, headers=RITA)
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/zip"
+    names = zipfile.ZipFile(io.BytesIO(archive.content)).namelist()
+    assert len(names) == len(rows) and all(n.endswith(".json") for n in names)
+    assert_error(client.get("/v1/export", params={"format": "xls"}, headers=ED), 422)
+    assert not list((workspace / "cache").glob("export-*"))  # each download's scratch copy is gone

@@ -26,6 +26,7 @@ from curata.service.routers import (
     colours,
     describe,
     edits,
+    export,
     health,
     items,
     models,
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["X-API-Key", "Content-Type", "If-Match", CLIENT_HEADER],
                            allow_credentials=False, max_age=600)
-    for module in (health, session, items, edits, review, models, predict, colours, describe, search, clusters):
+    for module in (health, session, items, edits, review, export, models, predict, colours, describe, search, clusters):
         app.include_router(module.router)
     app.include_router(items.item_router)
 
