@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -192,4 +193,7 @@ def test_download_the_curated_collection(client, workspace):
     names = zipfile.ZipFile(io.BytesIO(archive.content)).namelist()
     assert len(names) == len(rows) and all(n.endswith(".json") for n in names)
     assert_error(client.get("/v1/export", params={"format": "xls"}, headers=ED), 422)
-    assert not list((workspace / "cache").glob("export-*"))  # each download's scratch copy is gone
+    deadline = time.monotonic() + 10  # each download's scratch copy goes once the response is sent
+    while list((workspace / "cache").glob("export-*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not list((workspace / "cache").glob("export-*"))
