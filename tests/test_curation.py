@@ -238,3 +238,23 @@ def test_a_group_of_edits_is_written_together_and_each_is_judged_alone(ws):
     assert ws.collection.history(1)[0]["action"] == "edit"
     undone = cur.undo("ana", batch=results[0].batch)  # each batch of the group undoes alone
     assert row(ws, "s/1")["label"] == "cat" and "hat=red" in row(ws, "s/1")["tags"] and undone.batch
+
+
+def test_compaction_after_many_edits_keeps_every_value_and_log_row(ws):
+    from typer.testing import CliRunner
+
+    from curata import tables
+    from curata.cli import app
+
+    cur = Curation(ws)
+    for n in range(40):  # one small fragment per edit, in the collection and in the log; small ones merged past 32
+        cur.apply([f"s/{n % 8}"], changes_from({"add_tags": [f"n={n}"]}), who="ana")
+    assert len(ws.collection.dataset().get_fragments()) <= 33
+    assert sorted(row(ws, "s/3")["tags"]) == sorted(["size=big", *(f"n={n}" for n in range(3, 40, 8))])
+    done = CliRunner().invoke(app, ["compact", "-w", str(ws.root), "--json"])
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["edits.lance"]["fragments_after"] == 1 and report["collection"]["fragments_after"] == 1
+    assert cur.count() == 40 and len(cur.log(item="s/3", limit=None)) == 5
+    assert row(ws, "s/3")["edit_version"] == 5 and len(ws.items()) == 8
+    assert tables.exists(ws.root / "edits.lance")

@@ -65,8 +65,9 @@ def compact_cmd(workspace: WorkspaceOpt = default_workspace(),
                     help="Also delete collection versions older than this many days (they can no longer be "
                          "rolled back to). Default: keep every version.")] = None,
                 quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
-    """Merge the small fragments many ingests and `features` runs leave into large ones (faster scans and
-    lookups; no row is dropped) and delete data files no version refers to."""
+    """Merge the small fragments many ingests, edits and `features` runs leave into large ones (faster scans
+    and lookups; no row is dropped) and delete data files no version refers to. The edit log and the review
+    decisions are compacted too."""
     from curata.features.store import TABLE, FeatureStore
 
     ws = _existing(workspace)
@@ -74,6 +75,7 @@ def compact_cmd(workspace: WorkspaceOpt = default_workspace(),
     table = ws.collection
     with ws.lock():
         out["collection"] = table.compact(keep_days)
+        out.update(_compact_logs(ws))
     folders = [p.parent for p in sorted((ws.root / "features").glob(f"*/{TABLE}"))
                + sorted((ws.root / "cache").glob(f"*/*/{TABLE}")) if (p.parent / "extractor.json").exists()]
     with rich_reporter(not quiet and not as_json) as reporter:
@@ -89,6 +91,20 @@ def compact_cmd(workspace: WorkspaceOpt = default_workspace(),
     for name, metrics in out.items():
         console.print(f"{escape(name)}: {metrics.get('fragments_before', 0)} -> {metrics.get('fragments_after', 0)} "
                       "fragments")
+
+
+def _compact_logs(ws: Workspace) -> dict[str, dict[str, int]]:
+    """The edit log and the review decisions: append-only tables of one small fragment per write."""
+    from curata import tables
+    from curata.curation import LOG
+    from curata.review import TABLE as REVIEW
+
+    out = {}
+    for name in (LOG, REVIEW):
+        path = ws.root / name
+        if tables.exists(path):
+            out[name] = tables.compact(tables.open_table(path, f"move {name} aside"))
+    return out
 
 
 @app.command("repair")
