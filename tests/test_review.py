@@ -237,3 +237,23 @@ def test_cache_survives_edits_not_a_new_source(ws: Workspace, tmp_path: Path) ->
     st = report.stat()
     os.utime(report, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     assert not build_queue(ws, "labels").cached
+
+
+def test_the_review_command_lists_and_decides(ws: Workspace, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from curata.cli import app
+
+    monkeypatch.setenv("CURATA_EDITOR", "cli-rev")
+    run = CliRunner().invoke
+    counts = run(app, ["review", "-w", str(ws.root), "--json"])
+    assert counts.exit_code == 0, counts.output
+    assert json.loads(counts.output)["labels"]["left"] >= 1
+    listed = json.loads(run(app, ["review", "labels", "-w", str(ws.root), "--json"]).output)
+    first = listed["proposals"][0]
+    done = run(app, ["review", "labels", "--accept", first["id"], "-w", str(ws.root)])
+    assert done.exit_code == 0 and "accepted" in done.output, done.output
+    assert _label(ws, first["item"]) == first["value"]
+    again = run(app, ["review", "labels", "--accept", first["id"], "-w", str(ws.root)])
+    assert again.exit_code == 2 and "no open proposal" in again.output
+    assert run(app, ["review", "nope", "-w", str(ws.root)]).exit_code == 2

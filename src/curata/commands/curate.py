@@ -136,3 +136,67 @@ def undo_cmd(
         emit_json(result.to_dict())
         return
     console.print(f"undone as batch {escape(result.batch or '-')}: {result.to_dict()['changed']} item(s) put back")
+
+
+@app.command("review")
+@handle_errors
+def review_cmd(
+    queue: Annotated[str | None, typer.Argument(help="labels, tags, duplicates, outliers or uncertain; none: "
+                                                "every queue's counts.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Proposals to list, highest score first.")] = 20,
+    accept: Annotated[list[str] | None, typer.Option("--accept", help="Accept this proposal id (repeatable).")
+                      ] = None,
+    reject: Annotated[list[str] | None, typer.Option("--reject", help="Reject this proposal id (repeatable): "
+                                                     "never offered again for that item.")] = None,
+    refresh: Annotated[bool, typer.Option(help="Recompute the proposals from their source.")] = False,
+    workspace: WorkspaceOpt = default_workspace(),
+    as_json: JsonOpt = False,
+) -> None:
+    """The review queues curata builds from its own analyses (suspicious labels from `curata quality`, tag
+    suggestions from the newest tags bundle, near-duplicates, outliers, items to label next): list one, or
+    decide proposals by id. The web page's Review screen does the same with the keyboard."""
+    from curata.curation import EditError, workspace_editor
+    from curata.review import QUEUES, ReviewError, build_queue, decide, queue_counts
+
+    ws = _workspace(workspace)
+    if queue is None:
+        if accept or reject:
+            raise BadInput("name the queue the proposals are in")
+        counts = queue_counts(ws)
+        if as_json:
+            emit_json(counts)
+            return
+        for name, q in counts.items():
+            where = escape(q["source"] or " ".join(q["notes"]))
+            console.print(f"{name:<11} {q['left']:>6} left {q['done']:>6} done  {where}")
+        return
+    if queue not in QUEUES:
+        raise BadInput(f"unknown review queue '{queue}' ({', '.join(QUEUES)})")
+    decided = []
+    try:
+        for decision, ids in (("accept", accept or []), ("reject", reject or [])):
+            for pid in ids:
+                decided.append(decide(ws, pid, decision, workspace_editor(), queue))
+    except (ReviewError, EditError) as e:
+        raise BadInput(str(e)) from None
+    if decided:
+        if as_json:
+            emit_json({"decided": decided})
+            return
+        for d in decided:
+            p = d["proposal"]
+            console.print(f"{d['decision']}ed {escape(p['item'])}: {p['field']} {escape(str(p['value']))}")
+        return
+    q = build_queue(ws, queue, refresh=refresh)
+    if as_json:
+        emit_json(q.to_dict(limit))
+        return
+    for note in q.notes:
+        console.print(f"[yellow]note[/] {escape(note)}")
+    table = Table(title=f"{queue}: {q.left} left, {q.done} done" + (f" (from {q.source})" if q.source else ""))
+    for column in ("proposal", "item", "change", "now", "score"):
+        table.add_column(column, justify="right" if column == "score" else "left")
+    for p in q.proposals[:limit]:
+        table.add_row(p.id, escape(p.item), escape(f"{p.field} → {p.value}"), escape(_show(p.current)),
+                      f"{p.score:.3f}")
+    console.print(table)
