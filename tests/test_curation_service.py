@@ -137,9 +137,12 @@ def test_a_keyless_server_is_read_only_unless_allowed(workspace, tmp_path):
                      "read_only")
     finally:
         srv.stop()
-    srv = Server(workspace, "--lazy", "--allow-writes", log=tmp_path / "rw.log").wait()
+    srv = Server(workspace, "--lazy", "--allow-writes", "--max-bulk-edit", "3", log=tmp_path / "rw.log").wait()
     try:
         assert_error(httpx.post(f"{srv.url}/v1/edits", json=body), 403, "missing_header")  # a simple request
+        too_many = {"where": {"collection": "swatches"}, "changes": {"add_tags": ["x"]}}
+        assert_error(httpx.post(f"{srv.url}/v1/edits", headers={"X-Curata-Client": "t"}, json=too_many), 413,
+                     "too_many_items")
         done = httpx.post(f"{srv.url}/v1/edits", headers={"X-Curata-Client": "t"}, json=body)
         assert done.status_code == 200, done.text
         assert done.json()["edits"][0]["who"] == "anonymous"

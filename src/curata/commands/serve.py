@@ -30,6 +30,8 @@ def serve_cmd(
     allow_writes: Annotated[bool, typer.Option(help="Without any key, let every client edit the collection "
                                                "(off: a keyless server only reads; with keys, the write scope "
                                                "decides).")] = False,
+    max_bulk_edit: Annotated[int, typer.Option(help="Most items one edit request may change (a filter, search "
+                                               "or cluster selecting more is refused).")] = 100_000,
     cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="An origin allowed to call the "
                                                           "API from a browser (repeatable; default none).")] = None,
     allow_urls: Annotated[bool, typer.Option(help="Let clients send image URLs for the server to fetch (off: no "
@@ -76,6 +78,7 @@ def serve_cmd(
     hosts = tuple(allowed_host or ()) or ((*LOOPBACK_NAMES, host) if loopback else ())
     settings = Settings(workspace=workspace.resolve(), api_key_file=api_key_file.resolve() if api_key_file else None,
                         keys_file=keys_file.resolve() if keys_file else None, allow_writes=allow_writes,
+                        max_bulk_edit=max_bulk_edit,
                         cors_origins=tuple(cors_origin or ()), allow_urls=allow_urls,
                         allow_private_urls=allow_private_urls, max_request_bytes=int(max_upload_mb * 1024 * 1024),
                         max_pixels=max_pixels, max_request_pixels=4 * max_pixels, max_images=max_images,
