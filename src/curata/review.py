@@ -146,16 +146,18 @@ def decide(workspace: Workspace, proposal_id: str, decision: str, who: str, queu
     _check_queue(queue)
     if decision not in DECISIONS:
         raise ReviewError(f"unknown decision '{decision}' ({', '.join(DECISIONS)})")
-    current = build_queue(workspace, queue)
-    proposal = next((p for p in current.proposals if p.id == proposal_id), None)
+    # Only the decided proposal is checked (its item read by id), not the whole queue rebuilt.
+    cache, decisions = _raw(workspace, queue, False), _decisions(workspace)
+    proposal = _find_open(workspace, queue, cache, decisions, proposal_id)
+    done = sum(1 for d in decisions.standing if d["queue"] == queue)
+    left = _undecided(queue, cache, decisions)
     if proposal is None:
         raise ReviewError(f"no open proposal {proposal_id} in the {queue} queue: it was decided already or is "
                           "no longer true")
     skipped = _SKIPPED.setdefault(_session_key(workspace, queue), {})
     if decision == "skip":
         skipped[proposal_id] = max(skipped.values(), default=0) + 1
-        return {"decision": "skip", "proposal": proposal.to_dict(), "batch": None, "done": current.done,
-                "left": current.left}
+        return {"decision": "skip", "proposal": proposal.to_dict(), "batch": None, "done": done, "left": left}
     batch = None
     if decision == "accept":
         # `expected`: the version the proposal was checked against, so an edit made since is a conflict.
@@ -164,8 +166,23 @@ def decide(workspace: Workspace, proposal_id: str, decision: str, who: str, queu
         batch = result.batch
     _record(workspace, proposal, decision, who, batch)
     skipped.pop(proposal_id, None)
-    return {"decision": decision, "proposal": proposal.to_dict(), "batch": batch, "done": current.done + 1,
-            "left": current.left - 1}
+    return {"decision": decision, "proposal": proposal.to_dict(), "batch": batch, "done": done + 1,
+            "left": max(0, left - 1)}
+
+
+def _find_open(workspace: Workspace, queue: str, cache: dict[str, Any], decisions: _Decisions, pid: str
+               ) -> Proposal | None:
+    """The open proposal `pid`, checked against its own item only (a duplicates proposal against its group)."""
+    raw = cache["proposals"]
+    if queue != "duplicates":  # the id is a function of the raw proposal
+        raw = [r for r in raw if proposal_id(queue, r["item"], r["field"], r["value"]) == pid]
+    return next((p for p in _open(workspace, queue, {**cache, "proposals": raw}, decisions) if p.id == pid), None)
+
+
+def _undecided(queue: str, cache: dict[str, Any], decisions: _Decisions) -> int:
+    """Raw proposals not decided: the `left` a decision reports (cheap; a proposal whose item changed
+    meanwhile still counts until the queue is read again)."""
+    return sum(1 for r in cache["proposals"] if (r["item"], r["field"], _json(r["value"])) not in decisions.closed)
 
 
 def undo_last(workspace: Workspace, who: str, queue: str) -> dict[str, Any] | None:
