@@ -453,12 +453,22 @@ class Collection:
         except tables.CorruptTable as e:
             raise CollectionError(str(e)) from e.__cause__
 
-    def apply_curation(self, rows: list[dict[str, Any]], batches: list[str], current: pa.Table | None = None
-                       ) -> None:
+    def merge_small_fragments(self, above: int = tables.COMPACT_ABOVE_FRAGMENTS) -> bool:
+        """Merge the small fragments edits leave once there are more than `above` (see `tables.compact_small`);
+        the caller holds the workspace lock. Returns whether it merged."""
+        dataset = self._dataset()
+        if dataset is None or not tables.needs_compaction(dataset, above):
+            return False
+        tables.compact_small(dataset)
+        return True
+
+    def apply_curation(self, rows: list[dict[str, Any]], batches: list[str], current: pa.Table | None = None,
+                       compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS) -> None:
         """Write a curation batch's values (`rows`: id and the `_KEPT` columns) as one commit. Whole rows are
         merged (read by id, O(len(rows))): Lance then writes the changed rows to a new fragment and marks the
         old ones deleted, where a merge of some columns only rewrites those columns of every row of the
         fragments touched. `current`: those rows as the caller read them under the lock (else read here).
+        `compact_above`: merge small fragments past this many (the service's writer merges them when idle).
         Idempotent, so an interrupted batch can simply be applied again."""
         dataset = self._dataset()
         if current is None:
@@ -476,9 +486,7 @@ class Collection:
             raise
         # New rows are found by a scan of their small fragments until those are merged; indexing each
         # edit's fragment would cost more than the edit. Past many fragments, only the small ones merge.
-        dataset = self._dataset()
-        if tables.needs_compaction(dataset):
-            tables.compact_small(dataset)
+        self.merge_small_fragments(compact_above)
         self._log("edit", f"curation batch{'es' if len(batches) > 1 else ''} {', '.join(batches[:3])}"
                   + (f" and {len(batches) - 3} more" if len(batches) > 3 else ""), 0, len(rows), 0, batches=batches)
 

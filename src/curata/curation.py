@@ -164,11 +164,12 @@ class Curation:
             raise result
         return result
 
-    def apply_many(self, jobs: list[EditJob]) -> list[EditResult | EditError]:
+    def apply_many(self, jobs: list[EditJob], compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS
+                   ) -> list[EditResult | EditError]:
         """Several edits, each its own batch (its own result, conflict check and undo), written together in
         one pair of commits: how the service absorbs many small concurrent edits (group commit). Later jobs
         see the earlier ones' values; a job that fails (unknown item, stale version) writes nothing and the
-        others go on."""
+        others go on. `compact_above`: see `Collection.apply_curation`."""
         for job in jobs:
             for change in job.changes:
                 _check(change)
@@ -187,8 +188,13 @@ class Curation:
                 result, log_rows = self._stage(state, plan, job.who, job.why, undoes=None)
                 results.append(result)
                 staged.extend(log_rows)
-            self._write(collection, state, staged, table)
+            self._write(collection, state, staged, table, compact_above)
         return results
+
+    def merge_small_fragments(self) -> bool:
+        """Merge the small fragments edits left (under the lock; a no-op below the usual threshold)."""
+        with self.workspace.lock():
+            return self.workspace.collection.merge_small_fragments()
 
     def undo(self, who: str, batch: str | None = None, edit_ids: list[str] | None = None, why: str = ""
              ) -> EditResult:
@@ -325,7 +331,7 @@ class Curation:
         return EditResult(batch, [_public(r) for r in log_rows], versions, unchanged), log_rows
 
     def _write(self, collection: Collection, state: dict[str, dict[str, Any]], log_rows: list[dict[str, Any]],
-               table: pa.Table) -> None:
+               table: pa.Table, compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS) -> None:
         """The staged batches as two commits, the pending file between them (module doc): a kill at any point
         loses no half-edit."""
         if not log_rows:
@@ -340,7 +346,7 @@ class Curation:
             tables.write(log, self.path, mode="append")
         else:
             tables.write(log, self.path, mode="create").create_scalar_index("item", "BTREE")
-        collection.apply_curation(written, batches, current=table)
+        collection.apply_curation(written, batches, current=table, compact_above=compact_above)
         self.pending.unlink(missing_ok=True)
 
     def _finish_pending(self, collection: Collection) -> None:

@@ -126,8 +126,8 @@ def index_new_rows(dataset: Any) -> None:
     dataset.optimize.optimize_indices(num_indices_to_merge=0)
 
 
-def needs_compaction(dataset: Any) -> bool:
-    return len(dataset.get_fragments()) > COMPACT_ABOVE_FRAGMENTS
+def needs_compaction(dataset: Any, above: int = COMPACT_ABOVE_FRAGMENTS) -> bool:
+    return len(dataset.get_fragments()) > above
 
 
 def _reason(e: BaseException) -> str:

@@ -4,6 +4,7 @@ two commits for all), so many small concurrent edits cost a few commits instead 
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from concurrent.futures import Future
@@ -12,6 +13,8 @@ from curata.curation import Curation, EditJob, EditResult
 from curata.workspace import Workspace
 
 MAX_GROUP = 64  # edits written together at most (their rows are read and merged at once)
+IDLE_LIMIT = 256  # fragments past which a write merges small ones itself (under load there is no idle moment)
+log = logging.getLogger("curata.service")
 
 
 class EditWriter:
@@ -42,7 +45,8 @@ class EditWriter:
                 except queue.Empty:
                     break
             try:
-                results = Curation(self.workspace).apply_many([job for job, _ in group])
+                # Small fragments are merged when no edit waits (below), not inside a write others wait on.
+                results = Curation(self.workspace).apply_many([job for job, _ in group], compact_above=IDLE_LIMIT)
             except BaseException as e:  # a full disk, a damaged table: every waiting request gets the error
                 for _, done in group:
                     done.set_exception(e)
@@ -52,3 +56,8 @@ class EditWriter:
                     done.set_exception(result)
                 else:
                     done.set_result(result)
+            if self._queue.empty():
+                try:
+                    Curation(self.workspace).merge_small_fragments()
+                except Exception:  # upkeep: the next idle moment (or `curata compact`) tries again
+                    log.warning("merging the small fragments of edits failed", exc_info=True)
