@@ -191,10 +191,10 @@ class Curation:
             self._write(collection, state, staged, table, compact_above)
         return results
 
-    def merge_small_fragments(self) -> bool:
-        """Merge the small fragments edits left (under the lock; a no-op below the usual threshold)."""
+    def merge_small_fragments(self, above: int = tables.COMPACT_ABOVE_FRAGMENTS) -> bool:
+        """Merge the small fragments edits left once there are more than `above` (under the lock)."""
         with self.workspace.lock():
-            return self.workspace.collection.merge_small_fragments()
+            return self.workspace.collection.merge_small_fragments(above)
 
     def undo(self, who: str, batch: str | None = None, edit_ids: list[str] | None = None, why: str = ""
              ) -> EditResult:

@@ -13,7 +13,7 @@ from curata.curation import Curation, EditJob, EditResult
 from curata.workspace import Workspace
 
 MAX_GROUP = 64  # edits written together at most (their rows are read and merged at once)
-IDLE_LIMIT = 256  # fragments past which a write merges small ones itself (under load there is no idle moment)
+IDLE_MERGE_ABOVE = 8  # fragments past which an idle writer merges the small ones (a write itself past 32)
 log = logging.getLogger("curata.service")
 
 
@@ -45,8 +45,7 @@ class EditWriter:
                 except queue.Empty:
                     break
             try:
-                # Small fragments are merged when no edit waits (below), not inside a write others wait on.
-                results = Curation(self.workspace).apply_many([job for job, _ in group], compact_above=IDLE_LIMIT)
+                results = Curation(self.workspace).apply_many([job for job, _ in group])
             except BaseException as e:  # a full disk, a damaged table: every waiting request gets the error
                 for _, done in group:
                     done.set_exception(e)
@@ -56,8 +55,8 @@ class EditWriter:
                     done.set_exception(result)
                 else:
                     done.set_result(result)
-            if self._queue.empty():
+            if self._queue.empty():  # merge small fragments while no edit waits, so writes rarely have to
                 try:
-                    Curation(self.workspace).merge_small_fragments()
+                    Curation(self.workspace).merge_small_fragments(IDLE_MERGE_ABOVE)
                 except Exception:  # upkeep: the next idle moment (or `curata compact`) tries again
                     log.warning("merging the small fragments of edits failed", exc_info=True)
