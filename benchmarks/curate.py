@@ -325,7 +325,7 @@ def part2(args: argparse.Namespace) -> dict:
 
     from curata.curation import Curation
     from curata.workspace import Workspace
-    from scale_store import N_LABELS
+    from scale_store import N_LABELS, stop_server
 
     n = 10_000 if args.quick else 100_000
     read_s, write_s, after_s, reviews = (5, 10, 3, 40) if args.quick else (10, 20, 5, 100)
@@ -390,13 +390,7 @@ def part2(args: argparse.Namespace) -> dict:
         out["edits_after"] = Curation(ws).count()
         return out
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+        stop_server(proc)
 
 
 def _rss(pid: int) -> float | None:

@@ -447,13 +447,18 @@ def measure_serve(ws: Path, timeout: float, log: Path) -> dict:
                       hwm_mb=_status(proc.pid).get("VmHWM"))
         return result
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, 15)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+        stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """End a server started in its own session (its workers too): TERM, then KILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
 
 
 # Driver --------------------------------------------------------------------------------------------------

@@ -258,3 +258,11 @@ def test_compaction_after_many_edits_keeps_every_value_and_log_row(ws):
     assert cur.count() == 40 and len(cur.log(item="s/3", limit=None)) == 5
     assert row(ws, "s/3")["edit_version"] == 5 and len(ws.items()) == 8
     assert tables.exists(ws.root / "edits.lance")
+
+
+def test_one_bad_job_in_a_group_fails_alone(ws):
+    from curata.curation import EditJob
+
+    results = Curation(ws).apply_many([EditJob([], changes_from({"label": "x"}), "a"),
+                                       EditJob(["s/2"], changes_from({"label": "elk"}), "b")])
+    assert isinstance(results[0], EditError) and results[1].batch and row(ws, "s/2")["label"] == "elk"

@@ -106,10 +106,13 @@ def test_malformed_edits_get_the_one_error_shape(client):
                                                             "changes": {"label": "x"}}), 422)
     assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["demo/red-2"], "changes": {}}), 422, "bad_edit")
     assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["demo/red-2"], "changes": {"tags": "a"}}), 422)
-    assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["nope"], "changes": {"label": "x"}}), 422,
-                 "bad_edit")
+    assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["nope"], "changes": {"label": "x"}}), 404,
+                 "unknown_item")
     assert_error(client.post("/v1/edits", headers={**ED, "If-Match": "garbage"},
-                             json={"ids": ["demo/red-2"], "changes": {"label": "x"}}), 422, "bad_edit", "If-Match")
+                             json={"ids": ["demo/red-2"], "changes": {"label": "x"}}), 422)
+    assert_error(client.post("/v1/edits", headers=ED, json={"ids": ["demo/red-2"], "changes": {"label": "  "}}), 422)
+    assert_error(client.post("/v1/edits", headers=ED, json={"where": {}, "changes": {"label": "x"}}), 422)
+    assert_error(client.post("/v1/edits/undo", headers=ED, json={"batch": "b", "edit_ids": ["e"]}), 422)
     assert_error(client.post("/v1/edits", headers=ED, content=b"{not json", ), 422)
 
 

@@ -4,6 +4,7 @@ error has the one JSON shape."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,11 @@ def server(tmp_path_factory):
     key_file = tmp_path_factory.mktemp("schema-key") / "key"
     key_file.write_text(KEY)
     log = tmp_path_factory.mktemp("schema-log") / "server.log"
-    srv = Server(service_workspace(tmp_path_factory), "--api-key-file", str(key_file), "--max-auth-failures",
-                 "1000000", log=log).wait(headers={"X-API-Key": KEY})
+    # A copy: the key may write, and the fuzzer's edits must not reach the workspace other modules share.
+    copy = tmp_path_factory.mktemp("schema-ws") / "ws"
+    shutil.copytree(service_workspace(tmp_path_factory), copy)
+    srv = Server(copy, "--api-key-file", str(key_file), "--max-auth-failures", "1000000",
+                 log=log).wait(headers={"X-API-Key": KEY})
     try:
         yield srv
     finally:
@@ -69,7 +73,7 @@ def api_schema(server):
 def test_the_schema_lists_every_resource():
     paths = {path for _, path in OPERATIONS}
     for prefix in ("/v1/health", "/v1/ready", "/v1/items", "/v1/models", "/v1/predict", "/v1/colours",
-                   "/v1/describe", "/v1/search", "/v1/clusters"):
+                   "/v1/describe", "/v1/search", "/v1/clusters", "/v1/edits", "/v1/review", "/v1/export"):
         assert any(p.startswith(prefix) for p in paths), prefix
 
 

@@ -36,6 +36,27 @@ def browser():
         chromium.close()
 
 
+def serve_page(html: bytes):
+    """A page on another port of the same host (another origin, the same site): a web server on loopback that
+    answers every GET with `html`. Stop it with `.shutdown()`."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def shot(page, tmp_path: Path, name: str, full_page: bool = False) -> Path:
     path = tmp_path / name
     page.screenshot(path=str(path), full_page=full_page)
@@ -117,9 +138,6 @@ def test_browse_filter_search_open_and_classify(server, browser, tmp_path):
 def test_a_keyed_server_a_session_and_another_sites_page(tmp_path_factory, browser, tmp_path):
     """The key goes in once and becomes an HttpOnly cookie; a page on another port of the same host (the
     same *site*, so SameSite=Strict does not stop the cookie) can neither show thumbnails nor act."""
-    import http.server
-    import threading
-
     import httpx
     from playwright.sync_api import expect
 
@@ -134,18 +152,7 @@ def test_a_keyed_server_a_session_and_another_sites_page(tmp_path_factory, brows
               f'<form id="f" method="post" target="sink" action="{srv.url}/v1/models/colour/reload"></form>'
               '<script>document.getElementById("f").submit()</script>').encode()
 
-    class Attacker(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html")
-            self.end_headers()
-            self.wfile.write(attack)
-
-        def log_message(self, *args):
-            pass
-
-    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
-    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    evil = serve_page(attack)
     key = {"X-API-Key": "s3cret"}
     try:
         before = httpx.get(f"{srv.url}/v1/models/colour", headers=key).json()["loaded_at"]

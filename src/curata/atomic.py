@@ -39,7 +39,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
-        _sync_dir(path.parent)
+        sync_dir(path.parent)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         name_file(e, path)
@@ -65,7 +65,7 @@ def replace_folder(directory: Path) -> Iterator[Path]:
             directory.rename(old)
             tmp.rename(directory)
             shutil.rmtree(old, ignore_errors=True)
-        _sync_dir(directory.parent)
+        sync_dir(directory.parent)
     except BaseException as e:
         name_file(e, directory)
         raise
@@ -75,7 +75,7 @@ def replace_folder(directory: Path) -> Iterator[Path]:
             staging.rmdir()
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_dir(directory: Path) -> None:
     """fsync a folder, so a rename inside it survives a power cut (a no-op where folders cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -100,7 +100,7 @@ def _sync_tree(root: Path) -> None:
     for folder, _, files in os.walk(root):
         for name in files:
             sync_file(Path(folder, name))
-        _sync_dir(Path(folder))
+        sync_dir(Path(folder))
 
 
 def _exchange(a: Path, b: Path) -> bool:

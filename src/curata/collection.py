@@ -444,7 +444,7 @@ class Collection:
     def rows_by_ids(self, ids: list[str]) -> pa.Table:
         """Whole stored rows (every column, the digest and curation included) of these ids, through the index."""
         dataset = self._dataset()
-        if dataset is None:
+        if dataset is None or not ids:
             return TABLE_SCHEMA.empty_table()
         try:
             return pa.concat_tables([tables.read(dataset, self.path, FIX, columns=TABLE_SCHEMA.names,

@@ -7,11 +7,12 @@
       edits-pending.json    only between the two commits of an edit (see `Curation.apply`)
 
 An edit is one batch: every item it changes gets one log row per field (who, when, why, before, after) and
-its `edit_version` (its ETag) goes up by one. A batch is written in two commits, the log first and then the
-collection, with what the collection must become kept in `edits-pending.json` meanwhile; the next writer
-finishes a batch whose log commit landed (the collection update is idempotent) and drops one whose log
-commit did not, so a kill never leaves an edit half applied. Undo is itself an edit that puts the `before`
-values back (a field the edit was the first to curate goes back to following the source).
+its `edit_version` (its ETag) goes up by one. A write (one batch, or a group of them from `apply_many`) is
+two commits, the log first and then the collection, with what the collection must become kept in
+`edits-pending.json` meanwhile; the next writer finishes a write whose log commit landed (the collection
+update is idempotent) and drops one whose log commit did not, so a kill never leaves an edit half applied.
+Undo is itself an edit that puts the `before` values back (a field the edit was the first to curate goes
+back to following the source).
 """
 
 from __future__ import annotations
@@ -345,7 +346,9 @@ class Curation:
         if tables.exists(self.path):
             tables.write(log, self.path, mode="append")
         else:
-            tables.write(log, self.path, mode="create").create_scalar_index("item", "BTREE")
+            created = tables.write(log, self.path, mode="create")
+            for column in ("item", "batch"):  # an item's history, a batch to undo: probes, not scans
+                created.create_scalar_index(column, "BTREE")
         collection.apply_curation(written, batches, current=table, compact_above=compact_above)
         self.pending.unlink(missing_ok=True)
 

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from curata import tables
-from curata.atomic import sync_file
+from curata.atomic import sync_dir, sync_file
 from curata.collection import ACTIVE, COLUMNS, CURATION_COLUMNS, FIX, TABLE_SCHEMA
 from curata.ingest.nft import trait_value
 from curata.progress import SILENT, Reporter
@@ -327,7 +327,7 @@ def _publish_file(path: Path, overwrite: bool, write: Callable[[Path], None]) ->
             os.replace(staged, path)
         else:
             _link_new(staged, path)
-        _sync_dir(path.parent)
+        sync_dir(path.parent)
     finally:
         staged.unlink(missing_ok=True)
 
@@ -367,25 +367,11 @@ def _publish_folder(path: Path, overwrite: bool, write: Callable[[Path], None]) 
                 os.rename(old, path)
                 old = None
             raise _appeared(path) from e
-        _sync_dir(path.parent)
+        sync_dir(path.parent)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
         if old is not None:
             _remove(old)
-
-
-def _sync_dir(directory: Path) -> None:
-    """fsync a folder so the rename in it survives a power cut (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _clean_stale(path: Path) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 # Requests -------------------------------------------------------------------------------------------
 
@@ -40,13 +40,13 @@ class DescribeItemsRequest(BaseModel):
 
 
 class EditWhere(BaseModel):
-    """Items matching the list's filters (as `GET /v1/items`)."""
+    """Items matching the list's filters (as `GET /v1/items`; at least one)."""
 
-    model_config = ConfigDict(extra="forbid")
-    label: str | None = Field(None, min_length=1, max_length=512)
-    collection: str | None = Field(None, min_length=1, max_length=512)
-    tag: str | None = Field(None, min_length=1, max_length=512)
-    q: str | None = Field(None, min_length=1, max_length=512)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    label: str = Field(None, min_length=1, max_length=512)
+    collection: str = Field(None, min_length=1, max_length=512)
+    tag: str = Field(None, min_length=1, max_length=512)
+    q: str = Field(None, min_length=1, max_length=512)
 
 
 class EditSearch(BaseModel):
@@ -66,60 +66,78 @@ class EditCluster(BaseModel):
     run: str | None = Field(None, min_length=1, max_length=120)
 
 
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+
+
 class EditChanges(BaseModel):
-    """What to change; name at least one field. `revert` puts label / tags back to the source's values."""
+    """What to change (at least one field). Absent leaves a field alone; `label: null` sets no label and
+    `duplicate_of: null` clears a duplicate mark (JSON merge-patch style); `revert` puts label / tags back
+    to the source's values."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    label: str | None = Field(None, min_length=1, max_length=512, pattern=r"\S")
+    tags: list[Tag] = Field(None, max_length=500, description="The whole tag list.")
+    add_tags: list[Tag] = Field(None, max_length=500)
+    remove_tags: list[Tag] = Field(None, max_length=500)
+    excluded: bool = Field(None, description="Leave the item out of every stage (true), or bring it back.")
+    duplicate_of: str | None = Field(None, min_length=1, max_length=1024, description="The kept item; null: "
+                                     "not a duplicate.")
+    revert: list[Literal["label", "tags"]] = Field(None, min_length=1, max_length=2)
+
+    def given(self) -> dict[str, Any]:
+        """The fields the request named, nulls included (a null label is an edit, an absent one is not)."""
+        return {name: getattr(self, name) for name in self.model_fields_set}
+
+
+class EditBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    label: str | None = Field(None, min_length=1, max_length=512)
-    clear_label: bool = Field(False, description="Set no label (a null `label` leaves the label alone).")
-    tags: list[str] | None = Field(None, max_length=500)
-    add_tags: list[str] | None = Field(None, max_length=500)
-    remove_tags: list[str] | None = Field(None, max_length=500)
-    excluded: bool | None = None
-    duplicate_of: str | None = Field(None, min_length=1, max_length=1024)
-    keep: bool = Field(False, description="Clear a duplicate-of mark (the item is kept).")
-    revert: list[str] | None = Field(None, max_length=2)
-
-
-class EditRequest(BaseModel):
-    """An edit of one or many items: exactly one of `ids`, `where`, `search`, `cluster` selects them."""
-
-    model_config = ConfigDict(extra="forbid")
-    ids: list[str] | None = Field(None, min_length=1)
-    where: EditWhere | None = None
-    search: EditSearch | None = None
-    cluster: EditCluster | None = None
     changes: EditChanges
     why: str = Field("", max_length=500, description="Recorded in the edit log (e.g. the review queue).")
     versions: dict[str, int] | None = Field(None, description="item id -> the version the caller read; a stale "
-                                            "one gets 409 and nothing is written (or the If-Match header for "
-                                            "one item).")
+                                            "one gets 409 and nothing is written. The If-Match header instead "
+                                            "applies one version to every selected item.")
 
-    @model_validator(mode="after")
-    def _one_selection(self) -> EditRequest:
-        given = [k for k in ("ids", "where", "search", "cluster") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("select the items with exactly one of ids, where, search or cluster")
-        return self
+
+class EditByIds(EditBase):
+    ids: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = Field(..., min_length=1)
+
+
+class EditByFilter(EditBase):
+    where: EditWhere
+
+
+class EditBySearch(EditBase):
+    search: EditSearch
+
+
+class EditByCluster(EditBase):
+    cluster: EditCluster
+
+
+# An edit selects its items with exactly one of ids, where, search or cluster.
+EditRequest = EditByIds | EditByFilter | EditBySearch | EditByCluster
 
 
 class ReviewDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
     proposal_id: str = Field(..., min_length=1, max_length=64)
-    decision: str = Field(..., pattern="^(accept|reject|skip)$")
+    decision: Literal["accept", "reject", "skip"]
 
 
-class UndoRequest(BaseModel):
+class UndoBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    batch: str | None = Field(None, min_length=1, max_length=80)
-    edit_ids: list[str] | None = Field(None, min_length=1, max_length=10_000)
+    batch: str = Field(..., min_length=1, max_length=80)
     why: str = Field("", max_length=500)
 
-    @model_validator(mode="after")
-    def _one(self) -> UndoRequest:
-        if (self.batch is None) == (self.edit_ids is None):
-            raise ValueError("give exactly one of batch or edit_ids")
-        return self
+
+class UndoEdits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    edit_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=80)]] = Field(
+        ..., min_length=1, max_length=10_000)
+    why: str = Field("", max_length=500)
+
+
+UndoRequest = UndoBatch | UndoEdits
 
 
 # Errors and status ------------------------------------------------------------------------------------

@@ -5,8 +5,6 @@ written."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Depends, Header, Query
 
 from curata.curation import Change, Curation, EditConflict, EditError, EditJob, EditResult, changes_from
@@ -14,24 +12,26 @@ from curata.service.deps import get_state, require_api_key, require_write
 from curata.service.errors import ApiError
 from curata.service.keys import ApiKey
 from curata.service.routers.items import item_filters
-from curata.service.schemas import EditChanges, EditLog, EditRequest, EditResponse, UndoRequest
+from curata.service.schemas import (
+    EditByFilter,
+    EditByIds,
+    EditBySearch,
+    EditChanges,
+    EditLog,
+    EditRequest,
+    EditResponse,
+    UndoBatch,
+    UndoEdits,
+    UndoRequest,
+)
 from curata.service.state import ServiceState
 
 router = APIRouter(prefix="/v1/edits", tags=["curation"], dependencies=[Depends(require_api_key)])
 
 
 def _changes(body: EditChanges) -> list[Change]:
-    raw: dict[str, Any] = body.model_dump(exclude_none=True, exclude={"clear_label", "keep"})
-    if body.clear_label:
-        if "label" in raw:
-            raise ApiError(422, "bad_edit", "give label or clear_label, not both", "changes.clear_label")
-        raw["label"] = None
-    if body.keep:
-        if "duplicate_of" in raw:
-            raise ApiError(422, "bad_edit", "give duplicate_of or keep, not both", "changes.keep")
-        raw["duplicate_of"] = None
     try:
-        return changes_from(raw)
+        return changes_from(body.given())
     except EditError as e:
         raise ApiError(422, "bad_edit", str(e), "changes") from None
 
@@ -39,25 +39,24 @@ def _changes(body: EditChanges) -> list[Change]:
 def _selected(body: EditRequest, state: ServiceState) -> list[str]:
     """The ids the request selects, at most `max_bulk_edit` of them."""
     limit = state.settings.max_bulk_edit
-    if body.ids is not None:
+    if isinstance(body, EditByIds):
         ids = list(dict.fromkeys(body.ids))
-    elif body.where is not None:
+    elif isinstance(body, EditByFilter):
         where = item_filters(**body.where.model_dump())
         if where is None:
             raise ApiError(422, "bad_edit", "a filter edit needs at least one filter (label, collection, tag, q)",
                            "where")
         view = state.items()
         if view.dataset is None:
-            return []
+            raise ApiError(404, "nothing_selected", "the collection is empty", None)
         ids = view.dataset.to_table(columns=["id"], filter=where, limit=limit + 1)["id"].to_pylist()
-    elif body.search is not None:
+    elif isinstance(body, EditBySearch):
         searcher = state.searcher(body.search.model)
         try:
             ids = [str(hit["id"]) for hit in searcher.by_text(body.search.text, k=body.search.k)]
         except (KeyError, ValueError) as e:
             raise ApiError(422, "bad_search", str(e).strip("'\"") or "the search cannot be run", "search") from None
     else:
-        assert body.cluster is not None
         run = body.cluster.run or state.latest_run()
         if run is None:
             raise ApiError(409, "no_cluster_run", "a cluster edit needs a cluster run; run `curata cluster` first",
@@ -74,15 +73,11 @@ def _selected(body: EditRequest, state: ServiceState) -> list[str]:
 
 
 def _expected(body: EditRequest, ids: list[str], if_match: str | None) -> dict[str, int] | None:
+    """The versions the caller read: `versions`, and If-Match's one version for every selected item."""
     expected = dict(body.versions or {})
     if if_match is not None:
-        if len(ids) != 1:
-            raise ApiError(422, "bad_edit", "If-Match applies to an edit of one item; send `versions` for more",
-                           "If-Match")
         tag = if_match.strip().removeprefix("W/").strip('"')
-        if not tag.startswith("v") or not tag[1:].isdigit():
-            raise ApiError(422, "bad_edit", 'If-Match must be an item\'s ETag, e.g. "v3"', "If-Match")
-        expected[ids[0]] = int(tag[1:])
+        expected.update({item: int(tag[1:]) for item in ids if item not in expected})
     return expected or None
 
 
@@ -92,28 +87,38 @@ def _response(result: EditResult) -> EditResponse:
                         edits=data["edits"], versions=data["versions"])
 
 
+def _edit_error(e: EditError) -> ApiError:
+    if isinstance(e, EditConflict):
+        return ApiError(409, "edit_conflict", str(e), e.item)
+    if "no item" in str(e) or "names no item" in str(e):
+        return ApiError(404, "unknown_item", str(e), None)
+    return ApiError(422, "bad_edit", str(e), None)
+
+
 @router.post("", response_model=EditResponse, summary="Edit items: label, tags, excluded, duplicate-of")
 def edit_items(body: EditRequest, state: ServiceState = Depends(get_state), who: ApiKey = Depends(require_write),
-               if_match: str | None = Header(None, description='The item\'s ETag ("v<version>") for an edit of '
-                                             "one item: a stale one gets 409.")) -> EditResponse:
+               if_match: str = Header(None, pattern=r'^(W/)?"v[0-9]{1,9}"$', description="The ETag "
+                                             '("v<version>") the caller read: every selected item must still '
+                                             "have that version, else 409 and nothing is written.")
+               ) -> EditResponse:
     changes = _changes(body.changes)
     ids = _selected(body, state)
     try:
         result = state.edits.apply(EditJob(ids, changes, who.name, body.why, _expected(body, ids, if_match)))
-    except EditConflict as e:
-        raise ApiError(409, "edit_conflict", str(e), e.item) from None
     except EditError as e:
-        raise ApiError(422, "bad_edit", str(e), None) from None
+        raise _edit_error(e) from None
     return _response(result)
 
 
 @router.post("/undo", response_model=EditResponse, summary="Undo an edit batch, or some edits, as a new batch")
 def undo_edits(body: UndoRequest, state: ServiceState = Depends(get_state),
                who: ApiKey = Depends(require_write)) -> EditResponse:
+    batch = body.batch if isinstance(body, UndoBatch) else None
+    edit_ids = body.edit_ids if isinstance(body, UndoEdits) else None
     try:
-        result = Curation(state.workspace).undo(who.name, batch=body.batch, edit_ids=body.edit_ids, why=body.why)
+        result = Curation(state.workspace).undo(who.name, batch=batch, edit_ids=edit_ids, why=body.why)
     except EditError as e:
-        raise ApiError(404, "unknown_edit", str(e), "batch" if body.batch else "edit_ids") from None
+        raise ApiError(404, "unknown_edit", str(e), "batch" if batch else "edit_ids") from None
     return _response(result)
 
 

@@ -128,7 +128,7 @@ function showCuration(item, message = "") {
   const tagInput = el("input", { id: "edit-tag", placeholder: "add a tag", "aria-label": "tag", autocomplete: "off" });
   const save = () => {
     const text = label.value.trim();
-    if (text !== (item.label || "")) editItem(item, text ? { label: text } : { clear_label: true });
+    if (text !== (item.label || "")) editItem(item, { label: text || null }); // null: no label
   };
   const addTag = () => tagInput.value.trim() && editItem(item, { add_tags: [tagInput.value.trim()] });
   label.addEventListener("keydown", (event) => event.key === "Enter" && save());
