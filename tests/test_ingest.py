@@ -172,3 +172,23 @@ def test_nft_metadata_folder(tmp_path):
     assert zero["text"] == "Peasant #0. A test token."
     assert list(items.loc["peasants/1", "tags"]) == ["hat=crown"]
     assert items.loc["peasants/9", "image"].endswith("9.png")
+
+
+def test_a_table_of_several_collections_with_traits_and_no_label(tmp_path):
+    for name in ("a", "b", "c"):
+        write_image(tmp_path / f"{name}.png")
+    pd.DataFrame({"image": ["a.png", "b.png", "c.png"], "collection": ["punks", "punks", "apes"],
+                  "traits": ["hat=red;eyes=blue", "hat=cap", ""], "rarity": ["1", "2", "3"]}
+                 ).to_csv(tmp_path / "t.csv", index=False)
+    ws = Workspace(tmp_path / "ws")
+    report = ingest(tmp_path / "t.csv", ws)
+    items = ws.items().set_index("id")
+    assert report.collections == {"punks": 2, "apes": 1}
+    assert list(items["collection"]) == ["punks", "punks", "apes"]
+    assert list(items.iloc[0]["tags"]) == ["hat=red", "eyes=blue"]
+    notes = report.entries[0].notes
+    assert any("no label column found; kept in meta: rarity (name one with --label-col)" in n for n in notes), notes
+    # Named columns win over the guesses; --collection names the collection of every row.
+    ws2 = Workspace(tmp_path / "ws2")
+    ingest(tmp_path / "t.csv", ws2, IngestOptions(collection="all", columns=ColumnMap(label="rarity")))
+    assert set(ws2.items()["collection"]) == {"all"} and set(ws2.items()["label"]) == {"1", "2", "3"}

@@ -85,6 +85,14 @@ def test_best_f1_threshold():
     t, f1 = best_f1_threshold(np.array([0.5, 0.5, 0.1]), np.array([1, 0, 0]))
     assert t == pytest.approx(0.3) and f1 == pytest.approx(2 / 3)
     assert best_f1_threshold(np.array([0.2, 0.4]), np.array([0, 0])) == (0.5, 0.0)
+    # Every positive tied at 0 with the negatives (ridge clips to [0, 1]): predicting the label for every
+    # item would "win" with F1 0.006; it is predicted for none instead.
+    scores, y = np.zeros(1003), np.r_[np.zeros(1000), np.ones(3)]
+    t, f1 = best_f1_threshold(scores, y)
+    assert f1 == 0.0 and not (scores >= t).any()
+    # A label on most items may still be predicted for all when the scores cannot separate them.
+    t, f1 = best_f1_threshold(np.zeros(10), np.r_[np.ones(7), np.zeros(3)])
+    assert (np.zeros(10) >= t).all() and f1 == pytest.approx(14 / 17)
 
 
 # Leakage: record every row each model sees, identified by its feature vector. ------------------------
@@ -270,3 +278,28 @@ def test_mlp_bundle_round_trip_and_determinism(data, tmp_path):
     assert np.array_equal(MLPTagger().fit(z, y).predict_proba(z), network.predict_proba(z))
     assert not np.array_equal(MLPTagger(seed=1).fit(z, y).predict_proba(z), network.predict_proba(z))
     assert (task.predict(x) == y).mean() > 0.95
+
+
+def test_rare_tags_are_reported_and_a_target_nobody_has_is_named(tmp_path):
+    from conftest import write_image
+    from curata.collection import Item, items_to_frame
+    from curata.features.engine import compute, make_extractor
+    from curata.tasks.data import TaskDataError
+    from curata.tasks.runner import TrainOptions, prepare
+    from curata.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    items = []
+    for i in range(12):
+        path = write_image(tmp_path / f"{i}.png", color=(20 * i, 100, 200 - 10 * i))
+        tags = ["kind=a" if i % 2 else "kind=b"] + (["rare=x"] if i < 2 else []) + (["once=y"] if i == 5 else [])
+        items.append(Item(id=f"s/{i}", source="s", collection="c", image=str(path), image_sha256=f"h{i}", tags=tags))
+    ws.add_items(items_to_frame(items))
+    compute(make_extractor("color_stats"), ws)
+    _, _, _, labels, _, protocol = prepare(ws, TrainOptions(task="tags", target="tags", features=["color_stats"],
+                                                          folds=2))
+    assert labels == ["kind=a", "kind=b"]
+    assert protocol["rare_tags"] == {"dropped": 2, "min_count": 5, "items_with_them": 3,
+                                     "examples": ["rare=x", "once=y"]}
+    with pytest.raises(TaskDataError, match="no item has a label"):
+        prepare(ws, TrainOptions(task="colour", target="label", features=["color_stats"], folds=2))

@@ -101,8 +101,13 @@ def ingest_cmd(
     image_col: Annotated[str | None, typer.Option(help="Table column with image paths (relative to the "
                                                        "table) or URLs. Default: image/path/file/url.")] = None,
     text_col: Annotated[str | None, typer.Option(help="Table column with the item text.")] = None,
-    label_col: Annotated[str | None, typer.Option(help="Table column with the single label.")] = None,
-    tags_col: Annotated[str | None, typer.Option(help="Table column with multi-label tags.")] = None,
+    label_col: Annotated[str | None, typer.Option(help="Table column with the single label. Default: label/"
+                                                      "category/class.")] = None,
+    tags_col: Annotated[str | None, typer.Option(help="Table column with multi-label tags. Default: tags/"
+                                                     "traits/keywords.")] = None,
+    collection_col: Annotated[str | None, typer.Option(help="Table column naming each row's collection (a table "
+                                                           "of several collections). Default: collection.")
+                              ] = None,
     tags_sep: Annotated[str, typer.Option(help="Separator inside the tags column.")] = ";",
     captions_col: Annotated[str | None, typer.Option(help="Table column with several captions.")] = None,
     captions_sep: Annotated[str, typer.Option(help="Separator inside the captions column.")] = "|",
@@ -145,7 +150,8 @@ def ingest_cmd(
     if ipfs_gateway:
         policy = DownloadPolicy(concurrency=concurrency, ipfs_gateways=tuple(ipfs_gateway))
     columns = ColumnMap(image=image_col, text=text_col, label=label_col, tags=tags_col, tags_sep=tags_sep,
-                        captions=captions_col, captions_sep=captions_sep, id=id_col, split=split_col)
+                        captions=captions_col, captions_sep=captions_sep, id=id_col, split=split_col,
+                        collection=collection_col)
     ws = Workspace(workspace)
     reports = []
     with rich_reporter(not quiet and not as_json) as reporter:
@@ -258,6 +264,9 @@ def _print_results(result: Any) -> None:
                   f"{protocol['items_used']} items, {escape(protocol['split'])}, seed {protocol['seed']}")
     for reason, count in result.skipped.items():
         console.print(f"  [yellow]skipped[/] {count} items: {escape(reason)}")
+    if rare := protocol.get("rare_tags"):
+        console.print(f"  [yellow]left out[/] {rare['dropped']} tags seen on fewer than {rare['min_count']} items "
+                      f"(e.g. {escape(', '.join(rare['examples'][:5]))}): too rare to learn or to score")
     if result.training_data.get("mode") == "sample":
         d = result.training_data
         console.print(f"  [yellow]sampled[/] {d['rows_used']} of {d['rows_total']} items (stratified, seeded) to fit "

@@ -27,6 +27,8 @@ GUESSES = {
     "id": ("id", "item_id", "uniq_id"),
     "split": ("split",),
     "captions": ("captions",),
+    "tags": ("tags", "traits", "keywords"),
+    "collection": ("collection", "collection_name"),
 }
 
 
@@ -41,6 +43,7 @@ class ColumnMap:
     captions_sep: str = "|"
     id: str | None = None
     split: str | None = None
+    collection: str | None = None  # the column naming each row's collection (a table of several)
 
 
 def _decode(raw: bytes, notes: list[str]) -> str:
@@ -145,7 +148,15 @@ def read_table(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
     split_col = _pick(names, columns.split, "split")
     tags_col = _pick(names, columns.tags, "tags")
     captions_col = _pick(names, columns.captions, "captions")
-    mapped = {c for c in (image_col, text_col, label_col, id_col, split_col, tags_col, captions_col) if c}
+    collection_col = _pick(names, columns.collection, "collection")
+    mapped = {c for c in (image_col, text_col, label_col, id_col, split_col, tags_col, captions_col, collection_col)
+              if c}
+    unmapped = [c for c in names if c not in mapped]
+    missing = [f"--{role}-col" for role, col in (("label", label_col), ("tags", tags_col)) if col is None]
+    if missing and unmapped:  # say once what stayed in meta, so 0 labels or 0 tags is never a silent surprise
+        file_notes.append(f"no {' or '.join(m[2:-4] for m in missing)} column found; kept in meta: "
+                          f"{', '.join(unmapped[:8])}{' ...' if len(unmapped) > 8 else ''} "
+                          f"(name one with {' / '.join(missing)})")
     base = path.parent.resolve()
     # Data rows start on line 2 of a CSV (after the header); JSONL rows are numbered by line.
     first_line = 2 if path.suffix.lower() in (".csv", ".tsv", ".tab") else 1
@@ -167,6 +178,7 @@ def read_table(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:
         record.text = clean_text(row.get(text_col)) if text_col else ""
         record.label = clean_text(row.get(label_col)) or None if label_col else None
         record.split = clean_text(row.get(split_col)) or None if split_col else None
+        record.collection = clean_text(row.get(collection_col)) or None if collection_col else None
         if tags_col:
             record.tags = split_tags(row.get(tags_col), columns.tags_sep)
         if captions_col:

@@ -58,6 +58,15 @@ def multilabel_target(items: pd.DataFrame, spec: str = "tags", min_count: int = 
     return _tag_matrix(lists, vocabulary), vocabulary
 
 
+def rare_tags(items: pd.DataFrame, spec: str, min_count: int) -> dict[str, int]:
+    """The tags of `spec` seen on fewer than `min_count` items (what `multilabel_target` drops), with counts."""
+    kind, _, key = spec.partition(":")
+    if kind != "tags":
+        return {}
+    counts = pd.Series([t for tags in _tag_lists(items, key) for t in tags], dtype=object).value_counts()
+    return {str(t): int(n) for t, n in counts[counts < min_count].items()}
+
+
 def multilabel_rows(items: pd.DataFrame, spec: str, vocabulary: list[str]) -> np.ndarray:
     """The 0/1 matrix of `multilabel_target` over a given vocabulary (tags outside it are ignored)."""
     kind, _, key = spec.partition(":")

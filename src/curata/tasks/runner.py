@@ -34,6 +34,7 @@ from curata.tasks.data import (
     load_features,
     multilabel_rows,
     multilabel_target,
+    rare_tags,
     rarest_label,
     single_target,
     source_items,
@@ -116,8 +117,10 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
             raise TaskDataError(f"no items from source or collection '{options.source}'")
     target = options.target or cls.default_target
     skipped: dict[str, int] = {}
+    rare: dict[str, int] = {}
     if cls.multilabel:
         y_all, labels = multilabel_target(items, target, min_count=options.min_tag_count)
+        rare = rare_tags(items, target, options.min_tag_count)
         has = y_all.any(axis=1)
         if (~has).sum():
             skipped["no matching tag"] = int((~has).sum())
@@ -127,6 +130,10 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
         known = values.notna().to_numpy()
         if (~known).sum():
             skipped[f"no {target}"] = int((~known).sum())
+        if not known.any():
+            hint = ("ingest with --label-col naming the column that holds it" if target == "label"
+                    else "check the target name (`curata info` lists what the items have)")
+            raise TaskDataError(f"no item has a {target} to learn from ({len(items)} items, none with one): {hint}")
         items, y = items[known], values[known].astype(str).to_numpy()
         if options.min_per_class:
             counts = pd.Series(y).value_counts()
@@ -148,6 +155,9 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
         "training_data": {"mode": "all" if pick is None else "sample", "rows_used": len(items),
                           "rows_total": rows_total, "budget_bytes": memory_budget()},
         "skipped": skipped, "folds": options.folds, "seed": options.seed,
+        **({"rare_tags": {"dropped": len(rare), "min_count": options.min_tag_count,
+                          "items_with_them": int(sum(rare.values())),
+                          "examples": sorted(rare, key=lambda t: (-rare[t], t))[:10]}} if rare else {}),
         "split": "split column (train vs rest)" if options.use_split else f"{options.folds}-fold "
                  + ("grouped by " + options.group if options.group else "stratified" if not cls.multilabel
                     else "shuffled"),

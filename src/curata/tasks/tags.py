@@ -259,7 +259,10 @@ def best_f1_threshold(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """The cut-off t (predict `score >= t`) with the best F1 of `y` given `scores`, and that F1.
 
     t lies halfway between the lowest score kept and the next lower one, so it does not sit exactly on
-    a training score. Without any positive there is nothing to tune: (0.5, 0.0).
+    a training score. Without any positive there is nothing to tune: (0.5, 0.0). A cut that keeps every
+    item (the scores cannot tell the positives from the rest, e.g. all of them tied at 0) is refused for a
+    label on fewer than half the items: the label would be predicted for everything, so no item gets it
+    (t just above the highest score, F1 0.0).
     """
     scores = np.asarray(scores, np.float64).ravel()
     y = np.asarray(y).ravel().astype(bool)
@@ -272,8 +275,11 @@ def best_f1_threshold(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     # Only cuts between distinct scores are possible: tied scores are kept or dropped together.
     f1[:-1][s[1:] == s[:-1]] = -1
     i = int(np.argmax(f1))
-    threshold = s[i] if i + 1 == len(s) else (s[i] + s[i + 1]) / 2
-    return float(threshold), float(f1[i])
+    if i + 1 == len(s):
+        if 2 * total < len(s):
+            return float(np.nextafter(s[0], np.inf)), 0.0
+        return float(s[i]), float(f1[i])
+    return float((s[i] + s[i + 1]) / 2), float(f1[i])
 
 
 def tune_thresholds(scores: np.ndarray, y: np.ndarray, min_positives: int = 5,
