@@ -202,7 +202,7 @@ def test_ingest_json_reports_every_file(cli):
     # Not the hidden folder (it was ingested as an item); .jfif is a JPEG (it was "not an image file type").
     assert set(entries) == {"a.png", "b.jpg", "c.webp", "d.jfif", "broken.jpg", "pages.tif"}
     assert entries["a.png"] == {"ref": "a.png", "id": "art/a.png", "status": "ok", "code": "ok", "reason": "",
-                                "notes": ["empty text"]}
+                                "notes": []}  # an image-only folder: no "empty text" on every item
     assert entries["broken.jpg"]["status"] == "error" and "truncated" in entries["broken.jpg"]["reason"]
     # Regression: a damaged later page raised TypeError out of the loader and aborted the whole run.
     assert entries["pages.tif"]["code"] == "corrupt"
@@ -356,3 +356,27 @@ def test_an_unexpected_decoder_exception_rejects_one_file_not_the_run(tmp_path, 
     codes = {e.ref: (e.code, e.reason) for e in report.entries}
     assert codes["good.png"] == ("ok", "")
     assert codes["weird.png"] == ("corrupt", "cannot decode image: RuntimeError: decoder exploded")
+
+
+def test_an_image_only_collection_gets_image_defaults(tmp_path):
+    """No item has a text: `features` skips the text extractors and says so, `cluster` clusters the images, and
+    ingest does not note "empty text" on every item."""
+    from typer.testing import CliRunner
+
+    from conftest import write_image
+    from curata.cli import app
+
+    src = tmp_path / "imgs"
+    for i, colour in enumerate([(200, 20, 20), (20, 200, 20), (20, 20, 200)] * 4):
+        write_image(src / f"{i}.png", color=colour)
+    ws = tmp_path / "ws"
+    run = CliRunner().invoke
+    done = run(app, ["ingest", str(src), "-w", str(ws), "--json"])
+    assert done.exit_code == 0, done.output
+    assert not any(e["notes"] for e in json.loads(done.output)["entries"])
+    done = run(app, ["features", "-w", str(ws)])
+    assert done.exit_code == 0, done.output
+    assert "no item has a text: minilm, tfidf not computed" in " ".join(done.output.split())
+    done = run(app, ["cluster", "-w", str(ws), "-k", "3", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output[done.output.index("{"):])["features"] == ["effnet_lite0"]

@@ -24,6 +24,7 @@ from curata.clibase import (
     app,
     console,
     emit_json,
+    err,
     handle_errors,
     print_notes,
 )
@@ -169,14 +170,16 @@ def ingest_cmd(
 
 
 DEFAULT_EXTRACTORS = "color_stats,color_hist,palette,effnet_lite0,minilm,tfidf"
+TEXT_EXTRACTORS = ("minilm", "tfidf")  # left out of the defaults when no item has a text
 
 
 @app.command("features")
 @handle_errors
 def features_cmd(
     workspace: WorkspaceOpt = default_workspace(),
-    extractors: Annotated[str, typer.Option("--extractors", "-e", help="Comma-separated extractor names "
-                                            "(see --list).")] = DEFAULT_EXTRACTORS,
+    extractors: Annotated[str | None, typer.Option("--extractors", "-e", help="Comma-separated extractor names "
+                                                   f"(see --list). Default: {DEFAULT_EXTRACTORS} (without the "
+                                                   "text ones when no item has a text).")] = None,
     batch_size: Annotated[int, typer.Option(help="Items per model batch (memory is bounded by it).")] = 32,
     refit: Annotated[bool, typer.Option(help="Refit collection-dependent extractors (tf-idf, visual words, "
                                               "Word2Vec) and recompute them.")] = False,
@@ -206,7 +209,12 @@ def features_cmd(
     ws = Workspace(workspace)
     if not ws.exists:
         raise BadInput(f"no collection in workspace {ws.root} (run `curata ingest` or `curata demo` first)")
-    names = [n.strip() for n in extractors.split(",") if n.strip()]
+    skipped_text = []
+    if extractors is None:
+        extractors = DEFAULT_EXTRACTORS
+        if not ws.has_text():
+            skipped_text = list(TEXT_EXTRACTORS)
+    names = [n.strip() for n in extractors.split(",") if n.strip() and n.strip() not in skipped_text]
     built = [make_extractor(n) for n in names]  # fail on a typo before any work
     if batch_size < 1:
         raise BadInput("--batch-size must be at least 1")
@@ -236,7 +244,9 @@ def features_cmd(
                       f"[red]{r.errors}[/]" if r.errors else "0", f"{r.seconds:.1f}",
                       f"{r.per_second:.0f}" if r.computed else "-")
     console.print(table)
-    print_notes([note for r in runs for note in r.notes])
+    print_notes([note for r in runs for note in r.notes]
+                + ([f"no item has a text: {', '.join(skipped_text)} not computed (name them with -e to force)"]
+                   if skipped_text else []))
 
 
 TaskArg = Annotated[str, typer.Argument(help="Task: colour, tags, collection (alias algorithm) or category.")]
@@ -441,8 +451,9 @@ def predict_cmd(
 @handle_errors
 def cluster_cmd(
     workspace: WorkspaceOpt = default_workspace(),
-    features: Annotated[str, typer.Option("--features", "-f", help="Comma-separated features fused side by side "
-                                          "(each L2-normalised).")] = "minilm",
+    features: Annotated[str | None, typer.Option("--features", "-f", help="Comma-separated features fused side by "
+                                                 "side (each L2-normalised). Default: minilm, or effnet_lite0 "
+                                                 "when no item has a text.")] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="kmeans, gmm, agglomerative, spectral, hdbscan; "
                                         "or lda / nmf topic models of the text.")] = "kmeans",
     k: Annotated[int | None, typer.Option("-k", help="Number of clusters (default: chosen by silhouette, or BIC "
@@ -465,8 +476,14 @@ def cluster_cmd(
     label when there is one) and draw a 2-D map (PNG and an interactive HTML page with thumbnails)."""
     from curata.cluster import cluster_workspace
 
+    ws = Workspace(workspace)
+    if features is None:
+        features = "minilm" if not ws.exists or ws.has_text() else "effnet_lite0"
+        if features == "effnet_lite0" and not (as_json or quiet):
+            err.print("no item has a text: clustering the images (effnet_lite0); -f chooses other features",
+                      soft_wrap=True)
     with rich_reporter(not quiet and not as_json) as reporter:
-        summary = cluster_workspace(Workspace(workspace), [f.strip() for f in features.split(",") if f.strip()],
+        summary = cluster_workspace(ws, [f.strip() for f in features.split(",") if f.strip()],
                                     method, k, k_range=(k_min, k_max), reduction=reduce, n_components=components,
                                     normalisation=normalise,
                                     target=target, name=name, seed=seed, reporter=reporter)

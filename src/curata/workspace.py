@@ -76,6 +76,10 @@ class Workspace:
         order; `where`: a filter applied in the scan)."""
         return self.collection.read(columns, where, active_only=not include_excluded)
 
+    def has_text(self) -> bool:
+        """Whether any active item has a text (image-only collections default to image features)."""
+        return len(self.collection.read(["id"], "text IS NOT NULL AND text != ''", limit=1, active_only=True)) > 0
+
     def upsert_items(self, frame: pd.DataFrame, what: str = "ingest") -> Upsert:
         """`add_items`, with the whole outcome (the commit, how many items kept a curator's edit)."""
         self.create()

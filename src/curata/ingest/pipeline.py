@@ -232,6 +232,12 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
             text=record.text, captions=record.captions, label=record.label, tags=record.tags,
             attributes=record.attributes, split=record.split, meta=record.meta,
         ))
+    if items and not any(item.text for item in items):
+        # An image-only source: "empty text" on every item says nothing the source does not (kept where only
+        # some items lack a text, which is worth a look).
+        for entry in report.entries:
+            if "empty text" in entry.notes:
+                entry.notes = [n for n in entry.notes if n != "empty text"]
     report.collections = dict(Counter(item.collection for item in items).most_common())
     upsert = workspace.upsert_items(items_to_frame(items), f"ingest {source_name}")
     report.added, report.updated, report.unchanged = upsert.added, upsert.updated, upsert.unchanged

@@ -117,10 +117,10 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
             raise TaskDataError(f"no items from source or collection '{options.source}'")
     target = options.target or cls.default_target
     skipped: dict[str, int] = {}
-    rare: dict[str, int] = {}
+    too_rare: dict[str, int] = {}  # tags left out of the vocabulary, with their counts
     if cls.multilabel:
         y_all, labels = multilabel_target(items, target, min_count=options.min_tag_count)
-        rare = rare_tags(items, target, options.min_tag_count)
+        too_rare = rare_tags(items, target, options.min_tag_count)
         has = y_all.any(axis=1)
         if (~has).sum():
             skipped["no matching tag"] = int((~has).sum())
@@ -155,9 +155,9 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
         "training_data": {"mode": "all" if pick is None else "sample", "rows_used": len(items),
                           "rows_total": rows_total, "budget_bytes": memory_budget()},
         "skipped": skipped, "folds": options.folds, "seed": options.seed,
-        **({"rare_tags": {"dropped": len(rare), "min_count": options.min_tag_count,
-                          "items_with_them": int(sum(rare.values())),
-                          "examples": sorted(rare, key=lambda t: (-rare[t], t))[:10]}} if rare else {}),
+        **({"rare_tags": {"dropped": len(too_rare), "min_count": options.min_tag_count,
+                          "items_with_them": int(sum(too_rare.values())),
+                          "examples": sorted(too_rare, key=lambda t: (-too_rare[t], t))[:10]}} if too_rare else {}),
         "split": "split column (train vs rest)" if options.use_split else f"{options.folds}-fold "
                  + ("grouped by " + options.group if options.group else "stratified" if not cls.multilabel
                     else "shuffled"),
