@@ -102,7 +102,7 @@ def decide_with_keys(page, key: str, times: int, done_before: int) -> None:
 
     for n in range(times):
         page.keyboard.press(key)
-        expect(page.locator("#review-progress")).to_contain_text(f"{done_before + n + 1} done")
+        expect(page.locator("#review-progress")).to_contain_text(f"{done_before + n + 1} done", timeout=30_000)
 
 
 def test_curating_with_the_keyboard_and_the_edit_log(server, browser, workspace, tmp_path):
@@ -114,14 +114,14 @@ def test_curating_with_the_keyboard_and_the_edit_log(server, browser, workspace,
     context, page = signed_in(browser, server, EDITOR)
     page.click("#mode-review")
     expect(page.locator("#review-queues .chip[data-queue='labels']")).to_have_class("chip active")
-    expect(page.locator("#review-card")).to_be_visible()
+    expect(page.locator("#review-card")).to_be_visible(timeout=60_000)  # the first read builds the queue
     left = int(page.locator("#review-progress").inner_text().split("·")[1].split()[0])
     assert left >= 20, page.locator("#review-progress").inner_text()
     expect(page.locator("#review-proposal")).to_contain_text("label →")
     shot(page, tmp_path, "curate-review-labels.png")
     decide_with_keys(page, "a", 20, 0)
     page.click("#review-queues .chip[data-queue='tags']")
-    expect(page.locator("#review-proposal")).to_contain_text("add tag")
+    expect(page.locator("#review-proposal")).to_contain_text("add tag", timeout=60_000)
     shot(page, tmp_path, "curate-review-tags.png")
     decide_with_keys(page, "a", 20, 0)
 
@@ -224,7 +224,7 @@ def test_a_read_only_key_cannot_write_and_nor_can_another_sites_page(server, bro
         assert got.status_code == 403 and got.json()["error"]["code"] == "forbidden", (path, got.text)
     context, page = signed_in(browser, server, READER)
     page.click("#mode-review")
-    expect(page.locator("#review-card")).to_be_visible()
+    expect(page.locator("#review-card")).to_be_visible(timeout=60_000)
     page.keyboard.press("a")
     expect(page.locator("#status")).to_contain_text("may only read")
 

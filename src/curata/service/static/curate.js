@@ -199,16 +199,20 @@ function setMode(mode) {
 }
 
 async function loadQueues() {
-  setStatus("loading the queues…");
+  // The tabs and the first queue at once; the counts of every queue (which may build them all) when ready.
+  const tabs = Object.keys(QUEUE_NAMES).map((name) => el("button", {
+    type: "button", role: "tab", class: "chip", "data-queue": name, onclick: () => openQueue(name),
+  }, QUEUE_NAMES[name]));
+  $("review-queues").replaceChildren(...tabs);
+  openQueue(review.queue || "labels");
   try {
     const all = (await api("/v1/review")).queues;
-    $("review-queues").replaceChildren(...Object.entries(all).map(([name, q]) => el("button", {
-      type: "button", role: "tab", class: "chip" + (name === review.queue ? " active" : ""), "data-queue": name,
-      title: q.notes.join(" ") || q.source, onclick: () => openQueue(name),
-    }, `${QUEUE_NAMES[name] || name} · ${q.left}`)));
-    setStatus("");
-    const first = review.queue || Object.keys(all).find((n) => all[n].left > 0) || "labels";
-    openQueue(first);
+    for (const tab of tabs) {
+      const q = all[tab.dataset.queue];
+      if (!q) continue;
+      tab.textContent = `${QUEUE_NAMES[tab.dataset.queue]} · ${q.left}`;
+      tab.title = q.notes.join(" ") || q.source;
+    }
   } catch (e) {
     setStatus(e.message, true);
   }
