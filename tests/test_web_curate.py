@@ -97,6 +97,13 @@ def signed_in(browser, server, key: str):
     return context, page
 
 
+def review_image_shown(page) -> None:
+    """The review card's picture is the current proposal's, loaded and visible."""
+    page.wait_for_function("() => { const i = document.getElementById('review-img'); return i.complete && "
+                           "i.naturalWidth > 0 && i.style.visibility !== 'hidden' && "
+                           "decodeURIComponent(i.src).includes(i.alt); }", timeout=30_000)
+
+
 def decide_with_keys(page, key: str, times: int, done_before: int) -> None:
     from playwright.sync_api import expect
 
@@ -118,10 +125,12 @@ def test_curating_with_the_keyboard_and_the_edit_log(server, browser, workspace,
     left = int(page.locator("#review-progress").inner_text().split("·")[1].split()[0])
     assert left >= 20, page.locator("#review-progress").inner_text()
     expect(page.locator("#review-proposal")).to_contain_text("label →")
+    review_image_shown(page)
     shot(page, tmp_path, "curate-review-labels.png")
     decide_with_keys(page, "a", 20, 0)
     page.click("#review-queues .chip[data-queue='tags']")
     expect(page.locator("#review-proposal")).to_contain_text("add tag", timeout=60_000)
+    review_image_shown(page)
     shot(page, tmp_path, "curate-review-tags.png")
     decide_with_keys(page, "a", 20, 0)
 

@@ -249,8 +249,15 @@ function showProposal() {
     $("review-notes").textContent = $("review-notes").textContent || "nothing left to review in this queue";
     return;
   }
-  $("review-img").src = `/v1/item/thumbnail?${itemQuery(p.item)}&size=768`;
-  $("review-img").alt = p.item;
+  const img = $("review-img");
+  const src = `/v1/item/thumbnail?${itemQuery(p.item)}&size=768`;
+  if (img.getAttribute("src") !== src) {
+    // A browser shows the previous image until the next one has loaded: hidden meanwhile, so a proposal is
+    // never seen beside another item's picture.
+    img.style.visibility = "hidden";
+    img.src = src;
+  }
+  img.alt = p.item;
   $("review-item").textContent = `${review.index + 1} of ${review.proposals.length} · ${p.item}`;
   $("review-proposal").textContent = describeProposal(p);
   $("review-current").textContent = `now: ${show(p.current)}`;
@@ -322,6 +329,7 @@ function startCuration() {
   $("review-next").addEventListener("click", () => decide("skip"));
   $("review-prev").addEventListener("click", () => onKey({ key: "k", preventDefault() {} }));
   $("review-undo").addEventListener("click", undoDecision);
+  $("review-img").addEventListener("load", () => { $("review-img").style.visibility = "visible"; });
   document.addEventListener("keydown", onKey);
 }
 
