@@ -209,3 +209,20 @@ def test_timm_missing_checkpoint(tmp_path: Path) -> None:
 @pytest.mark.skip(reason="positive path needs open_clip/timm and a real local checkpoint; neither ships here")
 def test_open_clip_and_timm_positive_path() -> None:  # pragma: no cover
     pass
+
+
+def test_a_plugin_without_its_model_is_one_line_and_exit_2(tmp_path):
+    """`curata features -e hf_vision` with no checkpoint: what to give, in one line, never a traceback."""
+    from typer.testing import CliRunner
+
+    from conftest import write_image
+    from curata.cli import app
+    from curata.collection import Item, items_to_frame
+    from curata.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    ws.add_items(items_to_frame([Item(id="s/1", source="s", collection="c", image=str(write_image(tmp_path / "a.png")),
+                                      image_sha256="h1")]))
+    done = CliRunner().invoke(app, ["features", "-w", str(ws.root), "-e", "hf_vision"])
+    assert done.exit_code == 2, done.output
+    assert "Traceback" not in done.output and "no model path given" in done.output

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from curata.features.base import PluginUnavailable
 from curata.imageio import ImageError
 from curata.ingest.records import SourceError
 
@@ -81,7 +82,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except (BadInput, SourceError, ImageError, FileNotFoundError, ValueError) as e:
+        except (BadInput, SourceError, ImageError, PluginUnavailable, FileNotFoundError, ValueError) as e:
             # escape(): paths and reasons may hold [brackets] that Rich would read as markup.
             # soft_wrap: one line whatever the terminal width, for scripts that read stderr.
             err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)

@@ -18,6 +18,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 
+class PluginUnavailable(RuntimeError):
+    """An optional model cannot be used: package not installed, or no usable local checkpoint (a user's
+    set-up to fix, reported in one line)."""
+
 class ItemError(ValueError):
     """An input an extractor cannot turn into a vector (the reason is shown to the user)."""
 

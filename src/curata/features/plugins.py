@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from curata.features.base import Extractor, register
+from curata.features.base import Extractor, PluginUnavailable, register
 from curata.features.efficientnet import as_rgb
 from curata.imageio import resize_to
 from curata.paths import default_threads
@@ -31,10 +31,6 @@ from curata.vectors import l2_rows
 
 # Large enough for 224-448 px backbones; the loader then draft-decodes only JPEGs > 1024 px.
 _PLUGIN_MAX_SIDE = 512
-
-
-class PluginUnavailable(RuntimeError):
-    """An optional model cannot be used: package not installed, or no usable local checkpoint."""
 
 
 @contextlib.contextmanager
