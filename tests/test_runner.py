@@ -112,3 +112,16 @@ def test_a_joint_space_bundle_is_not_a_classifier(tmp_path):
     (folder / "card.json").write_text("{not json")
     with pytest.raises(BundleError, match="not a valid model card"):
         load_card(folder)
+
+
+def test_a_model_or_run_name_that_is_not_a_file_name_is_refused(tmp_path):
+    from curata.cluster import cluster_workspace
+    from curata.tasks.data import TaskDataError
+    from curata.tasks.runner import TrainOptions, prepare
+    from curata.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(TaskDataError, match=r"'my model/v2' is not a plain file name.*'my-model-v2'"):
+        prepare(ws, TrainOptions(task="colour", name="my model/v2"))
+    with pytest.raises(ValueError, match=r"run name '\.\./x' is not a plain file name"):
+        cluster_workspace(ws, ["color_stats"], "kmeans", 2, name="../x")

@@ -140,6 +140,9 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
     topic-models the items' texts with k topics (k required). `target`: "auto" scores against the
     label column when it has 2+ values, a spec ("label", "tag:<trait>", "meta:<field>") always, None never.
     """
+    if name and safe_name(name) != name:
+        raise ValueError(f"run name {name!r} is not a plain file name: use letters, digits, '_', '.', '+' and '-' "
+                         f"(e.g. {safe_name(name)!r})")
     if map_method not in (*MAP_METHODS, "none"):
         raise ClusterInputError(f"unknown map method '{map_method}': use one of {', '.join(MAP_METHODS)} or none")
     started = time.perf_counter()
@@ -205,7 +208,7 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
     done(1)
     names = _names(workspace, items, labels, streamed=map_rows is not None, seed=seed)
     done(1)
-    run = safe_name(name) if name else run_name(features, method, k, reduction)
+    run = name or run_name(features, method, k, reduction)
     folder = workspace.dir("clusters")
     xy = None
     if map_method != "none":

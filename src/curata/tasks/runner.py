@@ -102,6 +102,10 @@ def _slug(text: str) -> str:
 def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str, np.ndarray], np.ndarray,
                                                                   list[str], pd.DataFrame, dict[str, Any]]:
     """Items, target and features for a task; everything dropped is counted with its reason."""
+    if options.name is not None and _slug(options.name) != options.name:
+        # A bundle's name is a folder name: say so rather than save it under another name without a word.
+        raise TaskDataError(f"model name {options.name!r} is not a plain file name: use letters, digits, '_', "
+                            f"'.' and '-' (e.g. {_slug(options.name)!r})")
     cls = task_class(options.task)
     features = options.features or list(cls.default_features)
     # Tasks whose models read feature blocks by name are told which ones to use.
