@@ -156,3 +156,34 @@ def test_bad_inputs_fail_clearly():
         task.predict({"clip": x["effnet_lite0"]})
     with pytest.raises(ValueError, match="at least 2 items per class"):
         CollectionTask().fit(x, np.array(["flow"] * (len(y) - 1) + ["cellular"]))
+
+
+def test_a_varied_collection_gets_looser_bounds_than_a_tight_one():
+    """One global pair of thresholds rejected much of a varied collection; each class now has its own."""
+    c = centres(3, seed=5, scale=8.0)
+    rng = np.random.default_rng(6)
+    spread = {"tight": 0.5, "medium": 1.0, "varied": 3.0}
+    def draw(n: int, seed: int) -> tuple[dict, np.ndarray]:
+        r = np.random.default_rng(seed)
+        x = np.vstack([c[k] + r.normal(0, s, (n, DIM)) for k, s in enumerate(spread.values())])
+        return {"effnet_lite0": x}, np.repeat(list(spread), n)
+    x, y = draw(80, 7)
+    task = CollectionTask(model="logreg").fit(x, y)
+    model = task.estimator_
+    assert set(model.class_thresholds_) == set(spread)
+    assert model.class_thresholds_["varied"][1] > model.class_thresholds_["tight"][1]  # the distance bound
+    test_x, test_y = draw(60, 8)
+    pred = task.predict(test_x)
+    varied = test_y == "varied"
+    rejected = (pred[varied] == UNKNOWN).mean()
+    per_class, model.class_thresholds_ = model.class_thresholds_, {}  # the one global pair, as before
+    assert rejected <= 0.1 and rejected < (task.predict(test_x)[varied] == UNKNOWN).mean()
+    model.class_thresholds_ = per_class
+    far_x = {"effnet_lite0": c[0] + rng.normal(0, 0.5, (30, DIM)) + 12.0}  # near no class
+    assert (task.predict(far_x) == UNKNOWN).mean() >= 0.9
+    # What `predict --json` shows for each answer.
+    from curata.tasks.runner import _open_set_row
+
+    row = _open_set_row(model.open_details(test_x), 0)
+    assert set(row) == {"accepted", "best_class", "probability", "probability_threshold", "novelty_distance",
+                        "distance_threshold"} and row["best_class"] == "tight"

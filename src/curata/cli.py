@@ -393,10 +393,13 @@ def predict_cmd(
     output: Annotated[Path | None, typer.Option(help="With --engine ray: a new folder to write the predictions "
                                                 "to as Parquet parts (id, image, prediction, tags, scores, "
                                                 "error) instead of printing them.")] = None,
+    top: Annotated[int, typer.Option(help="Scores of this many classes per item (0: every class).")] = 3,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Predict with a trained bundle, for image files or for every workspace item."""
+    """Predict with a trained bundle, for image files or for every workspace item. An open-set model's rows
+    (with --json) also say whether the answer was accepted, and its probability and novelty distance against
+    the thresholds of the class it chose."""
     from curata.tasks.runner import predict_images, predict_workspace
 
     if engine not in ("local", "ray"):
@@ -429,9 +432,9 @@ def predict_cmd(
             return
         rows = result.rows
     elif images:
-        rows = predict_images(bundle_dir, list(images), [text or ""] * len(images))
+        rows = predict_images(bundle_dir, list(images), [text or ""] * len(images), top=top)
     else:
-        rows = predict_workspace(bundle_dir, ws)
+        rows = predict_workspace(bundle_dir, ws, top=top)
     if as_json:
         emit_json(rows)
         return

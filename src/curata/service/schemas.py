@@ -206,6 +206,9 @@ class Prediction(BaseModel):
     prediction: str | None = None
     tags: list[str] | None = None
     scores: dict[str, float] = Field(default_factory=dict)
+    open_set: dict[str, Any] | None = Field(None, description="An open-set model's decision: accepted, the best "
+                                            "class, its probability and novelty distance, and that class's "
+                                            "thresholds.")
 
 
 class PredictResponse(BaseModel):

@@ -35,6 +35,7 @@ from curata.tasks.base import Blocks, Task, concat_blocks
 from curata.tasks.colour import MLP, BlockClassifier, Calibrated, check_labels, default_logreg, require_blocks
 
 UNKNOWN = "unknown"
+MIN_CLASS_VALIDATION = 5  # correct validation answers a class needs for thresholds of its own
 
 
 def _validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +61,12 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
        within it, then `threshold_` on the best class probability so that `target_recall` of them
        pass both tests — i.e. at most 1 - `target_recall` of correct answers are turned into unknown;
     3. refits `base` on all the training data (the thresholds are kept).
-    `predict` gives `unknown_label` where the best probability is below `threshold_` or the distance is
-    above `distance_threshold_`. `predict_proba` gives the known classes' probabilities (columns
+    The same pair is also set per predicted class (`class_thresholds_`) for every class with at least
+    MIN_CLASS_VALIDATION correct validation answers, so a varied collection is not judged by a uniform
+    one's bounds; other classes use the global pair.
+    `predict` gives `unknown_label` where the best probability is below the predicted class's threshold
+    or the distance is above its distance threshold (`open_details` says which, per item).
+    `predict_proba` gives the known classes' probabilities (columns
     `classes_`, which never include the unknown label).
 
     Distance: the mean Euclidean distance to the `n_neighbors` nearest training items, on the blocks
@@ -110,6 +115,7 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"'{self.unknown_label}' is a training label; choose another unknown_label")
         reference = self._reference(x)
         self.threshold_, self.distance_threshold_ = 0.0, np.inf
+        self.class_thresholds_: dict[str, tuple[float, float]] = {}
         fit_part, val_part = _validation_split(y, self.val_fraction, self.seed)
         self.n_validation_, self.validation_accuracy_ = len(val_part), None
         if len(val_part):
@@ -118,33 +124,60 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
             correct = model.classes_[proba.argmax(axis=1)] == y[val_part]
             if correct.any():
                 best = proba.max(axis=1)[correct]
-                keep = np.ones(len(best), bool)
-                if self.novelty:
-                    dist = self._distance(self._index(reference[fit_part]), reference[val_part])[correct]
-                    self.distance_threshold_ = float(np.quantile(dist, np.sqrt(self.target_recall), method="higher"))
-                    keep = dist <= self.distance_threshold_
-                # The probability threshold keeps ceil(target_recall * correct) items among those kept so far.
-                n_keep = min(int(np.ceil(self.target_recall * len(best) - 1e-9)), int(keep.sum()))
-                self.threshold_ = float(np.sort(best[keep])[::-1][n_keep - 1]) if n_keep > 0 else 0.0
+                dist = (self._distance(self._index(reference[fit_part]), reference[val_part])[correct]
+                        if self.novelty else None)
+                self.threshold_, self.distance_threshold_ = self._thresholds(best, dist)
+                # Per class where validation has enough of it: a varied collection gets looser bounds than a
+                # uniform one (one global pair rejected a third to a half of some collections).
+                predicted = model.classes_[proba.argmax(axis=1)][correct]
+                for c in np.unique(predicted):
+                    mine = predicted == c
+                    if mine.sum() >= MIN_CLASS_VALIDATION:
+                        self.class_thresholds_[str(c)] = self._thresholds(best[mine],
+                                                                          None if dist is None else dist[mine])
             self.validation_accuracy_ = float(correct.mean())
         self.model_ = clone(self.base).fit(x, y)
         self.classes_ = self.model_.classes_
         self.index_ = self._index(reference) if self.novelty else None
         return self
 
+    def _thresholds(self, best: np.ndarray, dist: np.ndarray | None) -> tuple[float, float]:
+        """(probability threshold, distance threshold) keeping `target_recall` of these correct answers: the
+        distance bound keeps sqrt(target_recall) of them, then the probability bound keeps
+        ceil(target_recall * n) among those."""
+        keep, distance = np.ones(len(best), bool), np.inf
+        if dist is not None:
+            distance = float(np.quantile(dist, np.sqrt(self.target_recall), method="higher"))
+            keep = dist <= distance
+        n_keep = min(int(np.ceil(self.target_recall * len(best) - 1e-9)), int(keep.sum()))
+        return (float(np.sort(best[keep])[::-1][n_keep - 1]) if n_keep > 0 else 0.0), distance
+
     def predict_proba(self, x: Blocks) -> np.ndarray:
         return self.model_.predict_proba(x)
 
-    def predict_open(self, x: Blocks) -> tuple[np.ndarray, np.ndarray]:
-        """(labels with `unknown_label` for rejected items, best known-class probability)."""
+    def open_details(self, x: Blocks) -> dict[str, np.ndarray]:
+        """Per item: the known-class prediction, its probability, the novelty distance (NaN without novelty),
+        the thresholds of the predicted class, and whether it is accepted."""
         proba = self.predict_proba(x)
         best = proba.max(axis=1)
-        labels = self.classes_[proba.argmax(axis=1)].astype(object)
-        reject = best < self.threshold_
-        if self.index_ is not None and np.isfinite(self.distance_threshold_):
-            reject |= self._distance(self.index_, self._reference(x)) > self.distance_threshold_
-        labels[reject] = self.unknown_label
-        return labels, best
+        predicted = self.classes_[proba.argmax(axis=1)]
+        per_class = getattr(self, "class_thresholds_", {})  # bundles from before per-class thresholds: global
+        bounds = np.array([per_class.get(str(c), (self.threshold_, self.distance_threshold_)) for c in predicted],
+                          np.float64).reshape(len(predicted), 2)
+        distance = np.full(len(best), np.nan)
+        accepted = best >= bounds[:, 0]
+        if self.index_ is not None and np.isfinite(bounds[:, 1]).any():
+            distance = self._distance(self.index_, self._reference(x))
+            accepted &= distance <= bounds[:, 1]
+        return {"predicted": predicted, "probability": best, "distance": distance,
+                "probability_threshold": bounds[:, 0], "distance_threshold": bounds[:, 1], "accepted": accepted}
+
+    def predict_open(self, x: Blocks) -> tuple[np.ndarray, np.ndarray]:
+        """(labels with `unknown_label` for rejected items, best known-class probability)."""
+        details = self.open_details(x)
+        labels = details["predicted"].astype(object)
+        labels[~details["accepted"]] = self.unknown_label
+        return labels, details["probability"]
 
     def predict(self, x: Blocks) -> np.ndarray:
         return self.predict_open(x)[0]

@@ -429,12 +429,16 @@ def extract_blocks(extractors: dict[str, Any], images: list[np.ndarray], texts: 
 
 
 def predict_blocks(task: Task, card: Card, blocks: dict[str, np.ndarray], top: int = 3) -> list[dict[str, Any]]:
-    """Predictions with their top scores, one dict per row."""
+    """Predictions with their top scores (`top` <= 0: every class), one dict per row; an open-set model adds
+    `open_set` (accepted, the best known class's probability and novelty distance against the thresholds of
+    that class)."""
     pred = task.predict(blocks)
     try:
         proba = task.predict_proba(blocks)
     except (AttributeError, NotImplementedError):
         proba = None
+    details = getattr(getattr(task, "estimator_", None), "open_details", None)
+    open_set = details(blocks) if callable(details) else None
     classes = [str(c) for c in (task.classes_ if getattr(task, "classes_", None) is not None else card.labels)]
     rows = []
     for i in range(len(pred)):
@@ -446,13 +450,27 @@ def predict_blocks(task: Task, card: Card, blocks: dict[str, np.ndarray], top: i
         else:
             row = {"prediction": str(pred[i])}
             if proba is not None:
-                order = np.argsort(-proba[i])[:top]
+                order = np.argsort(-proba[i])[:top] if top > 0 else np.argsort(-proba[i])
                 row["scores"] = {classes[j]: round(float(proba[i][j]), 4) for j in order}
+            if open_set is not None:
+                row["open_set"] = _open_set_row(open_set, i)
         rows.append(row)
     return rows
 
 
-def predict_images(bundle_dir: Path, paths: list[Path], texts: list[str] | None = None) -> list[dict[str, Any]]:
+def _open_set_row(details: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    def num(value: float) -> float | None:
+        return round(float(value), 4) if np.isfinite(value) else None
+
+    return {"accepted": bool(details["accepted"][i]), "best_class": str(details["predicted"][i]),
+            "probability": num(details["probability"][i]),
+            "probability_threshold": num(details["probability_threshold"][i]),
+            "novelty_distance": num(details["distance"][i]),
+            "distance_threshold": num(details["distance_threshold"][i])}
+
+
+def predict_images(bundle_dir: Path, paths: list[Path], texts: list[str] | None = None, top: int = 3
+                   ) -> list[dict[str, Any]]:
     """Predict for image files; an image that cannot be loaded gets an error entry, the rest go on."""
     task, card = load_bundle(bundle_dir)
     rows: list[dict[str, Any]] = [{"image": str(p)} for p in paths]
@@ -466,12 +484,12 @@ def predict_images(bundle_dir: Path, paths: list[Path], texts: list[str] | None 
     if good:
         given = texts or [""] * len(paths)
         blocks = featurise(card, bundle_dir, images, [given[i] for i in good])
-        for i, result in zip(good, predict_blocks(task, card, blocks), strict=True):
+        for i, result in zip(good, predict_blocks(task, card, blocks, top), strict=True):
             rows[i].update(result)
     return rows
 
 
-def predict_workspace(bundle_dir: Path, workspace: Workspace) -> list[dict[str, Any]]:
+def predict_workspace(bundle_dir: Path, workspace: Workspace, top: int = 3) -> list[dict[str, Any]]:
     """Predict for every item of a workspace from its cached features."""
     task, card = load_bundle(bundle_dir)
     check_features(card)
@@ -483,6 +501,6 @@ def predict_workspace(bundle_dir: Path, workspace: Workspace) -> list[dict[str, 
         ids = items["id"].iloc[start:start + len(keep)]
         failed.extend({"id": i, "error": "features missing or failed"} for i in ids[~keep])
         if keep.any():
-            rows.extend({"id": i, **result} for i, result in zip(ids[keep], predict_blocks(task, card, blocks),
+            rows.extend({"id": i, **result} for i, result in zip(ids[keep], predict_blocks(task, card, blocks, top),
                                                                   strict=True))
     return failed + rows
