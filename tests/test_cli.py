@@ -24,8 +24,8 @@ from PIL import Image
 
 from conftest import jpeg_bytes, write_image
 from curata import __version__
-from curata.cli import DEFAULT_EXTRACTORS
 from curata.collection import Item, items_to_frame
+from curata.commands.features import DEFAULT_EXTRACTORS
 from curata.ingest import pipeline
 from curata.workspace import Workspace
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from conftest import write_image
-from curata.cli import print_ingest_report
+from curata.commands.ingest import print_ingest_report
 from curata.ingest.nft import token_collection
 from curata.ingest.pipeline import IngestOptions, detect_format, ingest
 from curata.workspace import Workspace

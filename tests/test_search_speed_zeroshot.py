@@ -188,9 +188,9 @@ def test_zeroshot_fallback_failure_is_one_clear_error(tmp_path, monkeypatch) -> 
 
 
 def test_the_cli_imports_neither_ingest_nor_collectors_until_they_run() -> None:
-    from curata.cli import INGEST_FORMATS
     from curata.collect.fxhash import DEFAULT_ENDPOINT
     from curata.commands.collect import DEFAULT_ENDPOINT as CLI_ENDPOINT
+    from curata.commands.ingest import INGEST_FORMATS
     from curata.ingest.pipeline import FORMATS
 
     assert INGEST_FORMATS == FORMATS and CLI_ENDPOINT == DEFAULT_ENDPOINT  # spelled out there, checked here

@@ -1,7 +1,7 @@
 """What every `curata` command shares: the Typer app, common options, error handling, JSON output.
 
-Commands live in `curata.cli` (the core ones) and in `curata.commands.*` (one module per feature
-area); both register on `app` here, so adding a command never means editing a shared file.
+Commands live in `curata.commands.*` (one module per feature area) and register on `app` here, so
+adding a command never means editing a shared file; `curata.cli` only assembles the app.
 """
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ WorkspaceOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+# The scale-out options `features` and `predict` share.
+EngineOpt = Annotated[str, typer.Option(help="local (threads in this process) or ray (Ray Data actors on a local "
+                                        "Ray runtime, or on the cluster at --ray-address).")]
+RayAddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to run on with --engine ray (e.g. auto, "
+                                                   "ray://head:10001). Default: start a local runtime.")]
+RayCpusOpt = Annotated[int | None, typer.Option(help="CPUs of the local Ray runtime (default: all cores this "
+                                                "process may use).")]
+RayActorsOpt = Annotated[int | None, typer.Option(help="Model replicas with --engine ray (default: one per CPU).")]
 
 
 class BadInput(Exception):

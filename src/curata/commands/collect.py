@@ -25,6 +25,7 @@ from curata.clibase import (
     emit_json,
     handle_errors,
 )
+from curata.commands.ingest import print_ingest_report
 from curata.progress import rich_reporter
 from curata.workspace import Workspace, default_workspace
 
@@ -78,8 +79,6 @@ def _options(max_items: int | None, concurrency: int, downloads: int, retries: i
 
 
 def _show(report: CollectReport, as_json: bool, strict: bool) -> None:
-    from curata.cli import print_ingest_report  # here, not at import: cli imports this package
-
     if as_json:
         emit_json(report.to_dict())
     else:

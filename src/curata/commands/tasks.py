@@ -1,0 +1,227 @@
+"""`curata train`, `evaluate`, `predict`: the supervised tasks (thin wrappers over `curata.tasks.runner`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from curata.clibase import (
+    BadInput,
+    EngineOpt,
+    JsonOpt,
+    QuietOpt,
+    RayActorsOpt,
+    RayAddressOpt,
+    RayCpusOpt,
+    WorkspaceOpt,
+    app,
+    console,
+    emit_json,
+    handle_errors,
+)
+from curata.progress import rich_reporter
+from curata.workspace import Workspace, default_workspace
+
+TaskArg = Annotated[str, typer.Argument(help="Task: colour, tags, collection (alias algorithm) or category.")]
+FeaturesOpt = Annotated[str | None, typer.Option("--features", help="Comma-separated feature names (default: "
+                                                 "the task's). They must have been computed (`curata features`).")]
+TargetOpt = Annotated[str | None, typer.Option(help="What to predict: label, tag:<trait>, meta:<field>, or for the "
+                                               "tags task tags / tags:<trait>. Default: the task's.")]
+
+
+def _train_options(task: str, features: str | None, target: str | None, model: str | None, compare: bool,
+                   folds: int, seed: int, use_split: bool, group: str | None, min_per_class: int | None,
+                   source: str | None, name: str | None) -> Any:
+    from curata.tasks.runner import TrainOptions
+
+    if folds < 2 and not use_split:
+        raise BadInput("--folds must be at least 2")
+    return TrainOptions(task=task, features=[f.strip() for f in features.split(",")] if features else None,
+                        target=target, model=model, compare=compare, folds=folds, seed=seed, use_split=use_split,
+                        group=group, min_per_class=min_per_class, source=source, name=name)
+
+
+def _print_results(result: Any) -> None:
+    protocol = result.protocol
+    console.print(f"[bold]{escape(protocol['task'])}[/] → {escape(protocol['target'])}: "
+                  f"{protocol['items_used']} items, {escape(protocol['split'])}, seed {protocol['seed']}")
+    for reason, count in result.skipped.items():
+        console.print(f"  [yellow]skipped[/] {count} items: {escape(reason)}")
+    if rare := protocol.get("rare_tags"):
+        console.print(f"  [yellow]left out[/] {rare['dropped']} tags seen on fewer than {rare['min_count']} items "
+                      f"(e.g. {escape(', '.join(rare['examples'][:5]))}): too rare to learn or to score")
+    if result.training_data.get("mode") == "sample":
+        d = result.training_data
+        console.print(f"  [yellow]sampled[/] {d['rows_used']} of {d['rows_total']} items (stratified, seeded) to fit "
+                      f"the memory budget of {d['budget_bytes'] / 2**30:.2f} GiB; raise CURATA_MEMORY_BUDGET to train "
+                      "on all")
+    rows = result.table()
+    metrics = [k for k in rows[0] if k not in ("model", "fit_seconds") and not k.endswith("_std")]
+    table = Table(title="cross-validation (mean ± std over folds)")
+    table.add_column("model")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    table.add_column("fit s", justify="right")
+    for row in rows:
+        table.add_row(escape(row["model"]), *[f"{row[m]:.3f} ± {row[m + '_std']:.3f}" for m in metrics],
+                      f"{row['fit_seconds']:.1f}")
+    console.print(table)
+    if result.bundle:
+        console.print(f"bundle: {escape(str(result.bundle))}")
+    console.print(f"report: {escape(str(result.report['html']))}")
+
+
+@app.command("train")
+@handle_errors
+def train_cmd(
+    task: TaskArg,
+    workspace: WorkspaceOpt = default_workspace(),
+    features: FeaturesOpt = None,
+    target: TargetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Candidate model to train (default: the task's).")] = None,
+    compare: Annotated[bool, typer.Option(help="Cross-validate every candidate and keep the best.")] = False,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the fold split and the models.")] = 0,
+    use_split: Annotated[bool, typer.Option("--use-split", help="Evaluate on the items' split column "
+                                            "(train vs the rest) instead of k-fold.")] = False,
+    group: Annotated[str | None, typer.Option(help="Target spec whose value groups items, so a group never "
+                                              "straddles train and test (e.g. meta:family).")] = None,
+    min_per_class: Annotated[int | None, typer.Option(help="Drop classes with fewer items (reported).")] = None,
+    source: Annotated[str | None, typer.Option(help="Only items of this source or collection.")] = None,
+    name: Annotated[str | None, typer.Option(help="Bundle name (default: <task>-<target>).")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Cross-validate a task, fit it on every labelled item and save the bundle in models/ with its card and
+    an HTML report in reports/."""
+    from curata.tasks.runner import run
+
+    options = _train_options(task, features, target, model, compare, folds, seed, use_split, group, min_per_class,
+                             source, name)
+    with rich_reporter(not quiet and not as_json) as reporter:
+        result = run(Workspace(workspace), options, save=True, reporter=reporter)
+    if as_json:
+        emit_json({"name": result.name, "bundle": result.bundle, "report": result.report,
+                   "protocol": result.protocol, "table": result.table()})
+    else:
+        _print_results(result)
+        from curata.tasks.runner import curation_line
+
+        if line := curation_line(result.curation):
+            console.print(escape(line))
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    task: TaskArg,
+    workspace: WorkspaceOpt = default_workspace(),
+    features: FeaturesOpt = None,
+    target: TargetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Evaluate only this candidate (default: all).")] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the fold split and the models.")] = 0,
+    use_split: Annotated[bool, typer.Option("--use-split", help="Use the items' split column.")] = False,
+    group: Annotated[str | None, typer.Option(help="Target spec whose value groups items.")] = None,
+    min_per_class: Annotated[int | None, typer.Option(help="Drop classes with fewer items.")] = None,
+    source: Annotated[str | None, typer.Option(help="Only items of this source or collection.")] = None,
+    name: Annotated[str | None, typer.Option(help="Report name (default: <task>-<target>).")] = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compare the task's candidate models under one cross-validation protocol; writes report.json and a
+    self-contained report.html (confusion matrix, per-class scores, feature importance, 2-D map)."""
+    from curata.tasks.runner import run
+
+    options = _train_options(task, features, target, model, model is None, folds, seed, use_split, group,
+                             min_per_class, source, name)
+    with rich_reporter(not quiet and not as_json) as reporter:
+        result = run(Workspace(workspace), options, save=False, reporter=reporter)
+    if as_json:
+        emit_json({"name": result.name, "report": result.report, "protocol": result.protocol,
+                   "table": result.table()})
+    else:
+        _print_results(result)
+
+
+@app.command("predict")
+@handle_errors
+def predict_cmd(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (models/<name>) or a bundle name in the "
+                                           "workspace.")],
+    images: Annotated[list[Path] | None, typer.Argument(help="Image files to predict. With --engine ray also "
+                                                        "folders of images, a Parquet file (or folder of "
+                                                        "Parquet shards) with an image column, or a text "
+                                                        "file listing one image path per line.")] = None,
+    workspace: WorkspaceOpt = default_workspace(),
+    text: Annotated[str | None, typer.Option(help="Text for every image, for bundles with text features.")] = None,
+    all_items: Annotated[bool, typer.Option("--all", help="Predict every item of the workspace (cached "
+                                            "features; with --engine ray, computed from the items' images "
+                                            "and texts).")] = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_cpus: RayCpusOpt = None,
+    ray_actors: RayActorsOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model batch with --engine ray.")] = 32,
+    output: Annotated[Path | None, typer.Option(help="With --engine ray: a new folder to write the predictions "
+                                                "to as Parquet parts (id, image, prediction, tags, scores, "
+                                                "error) instead of printing them.")] = None,
+    top: Annotated[int, typer.Option(help="Scores of this many classes per item (0: every class).")] = 3,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Predict with a trained bundle, for image files or for every workspace item. An open-set model's rows
+    (with --json) also say whether the answer was accepted, and its probability and novelty distance against
+    the thresholds of the class it chose."""
+    from curata.tasks.runner import predict_images, predict_workspace
+
+    if engine not in ("local", "ray"):
+        raise BadInput(f"unknown --engine '{engine}'; choose local or ray")
+    if output is not None and engine != "ray":
+        raise BadInput("--output needs --engine ray")
+    ws = Workspace(workspace)
+    bundle_dir = bundle if bundle.is_dir() else ws.root / "models" / str(bundle)
+    if not bundle_dir.is_dir():
+        raise BadInput(f"no bundle at {bundle} (nor {bundle_dir})")
+    if not images and not all_items:
+        raise BadInput("give image files, or --all to predict every workspace item")
+    if engine == "ray":
+        from curata.scale import predict_ray
+
+        if batch_size < 1:
+            raise BadInput("--batch-size must be at least 1")
+        if not images and not ws.exists:
+            raise BadInput(f"no collection in workspace {ws.root}")
+        source = (images[0] if len(images) == 1 else list(images)) if images else ws
+        with rich_reporter(not quiet and not as_json) as reporter:
+            result = predict_ray(bundle_dir, source, texts=text, output=output, batch_size=batch_size,
+                                 address=ray_address, num_cpus=ray_cpus, actors=ray_actors, reporter=reporter)
+        if output is not None:
+            if as_json:
+                emit_json(result.to_dict())
+            else:
+                console.print(f"{result.items} items, {result.predicted} predicted, {result.errors} errors in "
+                              f"{result.seconds:.1f} s; predictions in {escape(str(output))}")
+            return
+        rows = result.rows
+    elif images:
+        rows = predict_images(bundle_dir, list(images), [text or ""] * len(images), top=top)
+    else:
+        rows = predict_workspace(bundle_dir, ws, top=top)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table(title=f"predictions of {escape(bundle_dir.name)}")
+    table.add_column("item")
+    table.add_column("prediction")
+    table.add_column("scores")
+    for row in rows:
+        what = row.get("prediction") or ", ".join(row.get("tags", [])) or ""
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in row.get("scores", {}).items())
+        table.add_row(escape(str(row.get("id") or row.get("image"))),
+                      f"[red]{escape(row['error'])}[/]" if "error" in row else escape(what), escape(scores))
+    console.print(table)
