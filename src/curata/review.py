@@ -46,6 +46,7 @@ from curata import tables
 from curata.atomic import atomic_write_text
 from curata.collection import plain_value
 from curata.curation import Curation, changes_from
+from curata.tasks.bundle import newest_card
 from curata.workspace import Workspace
 
 QUEUES = ("labels", "tags", "duplicates", "outliers", "uncertain")
@@ -433,14 +434,16 @@ def _locate(workspace: Workspace, queue: str) -> tuple[dict[str, Any] | None, st
         return ({**base, **_file_key(workspace, path), "collection": _content_version(workspace)},
                 f"near-duplicates {path.stem.removeprefix('duplicates-')} of {_mtime(path)}", [])
     if queue == "tags":
-        bundle = _newest_bundle(workspace, lambda card: card.get("task") == "tags")
+        bundle = newest_card(workspace.root / "models", lambda card: card.get("task") == "tags")
         if bundle is None:
             return None, "", ["no tags bundle yet: run `curata train tags`"]
     else:  # uncertain
-        bundle = _newest_bundle(workspace, lambda card: card.get("target") == "label" and card.get("task") != "tags")
+        bundle = newest_card(workspace.root / "models",
+                             lambda card: card.get("target") == "label" and card.get("task") != "tags")
         if bundle is None:
             return None, "", ["no bundle predicting label yet: run `curata train <task> --target label`"]
-    name, digest, card = bundle
+    folder, card, digest = bundle
+    name = folder.name
     return ({**base, "bundle": name, "card": digest, "collection": _content_version(workspace)},
             f"{card.get('task')} bundle {name} ({card.get('model')}, created {card.get('created')})", [])
 
@@ -452,25 +455,6 @@ def _file_key(workspace: Workspace, path: Path) -> dict[str, Any]:
 
 def _mtime(path: Path) -> str:
     return datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _newest_bundle(workspace: Workspace, match: Any) -> tuple[str, str, dict[str, Any]] | None:
-    """(name, card digest, card) of the most recently created matching bundle in models/ (ties: by name),
-    read with json alone: the model loads only when the queue is (re)built."""
-    found = []
-    for card_path in (workspace.root / "models").glob("*/card.json"):
-        try:
-            data = card_path.read_bytes()
-            card = json.loads(data)
-        except (OSError, ValueError):
-            continue
-        if isinstance(card, dict) and card.get("kind") != "joint_space" and match(card):
-            digest = hashlib.sha256(data).hexdigest()[:16]
-            found.append((str(card.get("created", "")), card_path.parent.name, digest, card))
-    if not found:
-        return None
-    _, name, digest, card = max(found, key=lambda f: (f[0], f[1]))
-    return name, digest, card
 
 
 def _content_version(workspace: Workspace) -> int:

@@ -381,21 +381,11 @@ def _open_lexical(workspace: Workspace, directory: Path) -> tuple[LexicalIndex |
 
 def _newest_bundle_card(workspace: Workspace, task: str) -> tuple[str, str] | None:
     """(name, created) of the bundle `curata.describe.describer.find_bundle` picks for `task` (the newest by
-    its card), read with json alone: importing the describe package pulls in torch and scikit-learn
-    (~3 s), which opening a searcher must not pay."""
-    models = workspace.root / "models"
-    found = []
-    for card_path in models.glob("*/card.json") if models.is_dir() else []:
-        try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(card, dict) and card.get("kind") != "joint_space" and card.get("task") == task:
-            found.append((str(card.get("created", "")), card_path.parent.name))
-    if not found:
-        return None
-    created, name = max(found)
-    return name, created
+    its card), without importing the describe package (torch and scikit-learn: ~3 s a searcher must not pay)."""
+    from curata.tasks.bundle import newest_card
+
+    newest = newest_card(workspace.root / "models", lambda card: card.get("task") == task)
+    return None if newest is None else (newest[0].name, str(newest[1].get("created", "")))
 
 
 def demo_search(workspace: Workspace, queries: list[str], *, k: int = 5, epochs: int = 15, name: str = "demo-joint",

@@ -14,9 +14,11 @@ predicting garbage.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -101,6 +103,26 @@ def read_card_json(directory: Path, what: str = "a model bundle") -> Any:
     except ValueError as e:
         raise BundleError(f"{path} is not a valid model card: {e}; it is truncated or corrupt: retrain the model "
                           "(`curata train` or `curata joint train`)") from e
+
+
+def newest_card(models: Path, match: Callable[[dict[str, Any]], bool]) -> tuple[Path, dict[str, Any], str] | None:
+    """(folder, card, card digest) of the most recently created classifier bundle in `models` whose card
+    `match`es (ties: the greater folder name), read with json alone: the search and review paths ask which
+    bundle is newest without loading a model or importing the describe package."""
+    found = []
+    for card_path in models.glob("*/card.json") if models.is_dir() else []:
+        try:
+            data = card_path.read_bytes()
+            card = json.loads(data)
+        except (OSError, ValueError):
+            continue
+        if isinstance(card, dict) and card.get("kind") != "joint_space" and match(card):
+            found.append((str(card.get("created", "")), card_path.parent.name, card_path.parent, card,
+                          hashlib.sha256(data).hexdigest()[:16]))
+    if not found:
+        return None
+    _, _, folder, card, digest = max(found, key=lambda f: (f[0], f[1]))
+    return folder, card, digest
 
 
 def load_card(directory: Path) -> Card:
