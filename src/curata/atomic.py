@@ -119,15 +119,21 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
+def writer_gone(pid: str | int) -> bool:
+    """Whether the process that staged a file (its pid is in the file's name) no longer exists, so what it
+    left can be deleted. Another user's live process (PermissionError) counts as alive."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return False
+
+
 def _clean_stale(staging: Path) -> None:
     """Delete what writers killed mid-write left behind (their process is gone); live writers' folders stay."""
     for entry in staging.iterdir():
         found = _STAGED.search(entry.name)
-        if found is None:
-            continue
-        try:
-            os.kill(int(found.group(1)), 0)
-        except ProcessLookupError:
+        if found is not None and writer_gone(found.group(1)):
             shutil.rmtree(entry, ignore_errors=True)
-        except (OSError, OverflowError):  # PermissionError: another user's live process
-            continue

@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from curata import tables
-from curata.atomic import sync_dir, sync_file
+from curata.atomic import sync_dir, sync_file, writer_gone
 from curata.collection import ACTIVE, COLUMNS, CURATION_COLUMNS, FIX, TABLE_SCHEMA
 from curata.ingest.nft import trait_value
 from curata.progress import SILENT, Reporter
@@ -380,14 +380,8 @@ def _clean_stale(path: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in path.parent.iterdir():
             found = staged.fullmatch(entry.name)
-            if found is None:
-                continue
-            try:
-                os.kill(int(found.group(1)), 0)
-            except ProcessLookupError:
+            if found is not None and writer_gone(found.group(1)):
                 _remove(entry)
-            except (OSError, OverflowError):  # another user's live process
-                continue
 
 
 def _remove(entry: Path) -> None:
