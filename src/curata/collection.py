@@ -337,8 +337,7 @@ class Collection:
             self._create(table)
             self._log("create", what, len(frame), 0, 0)
             return Upsert(len(frame), 0, 0, self.version)
-        self.upgrade()  # a table written before curation gets its columns first (rows must match its schema)
-        dataset = self._dataset()
+        dataset = self.upgrade(dataset)  # a table written before curation: its columns first (rows must match)
         stored = self._stored_hashes(dataset, frame["id"].tolist())
         known = stored.reindex(frame["id"]).to_numpy()
         new_hash = table["row_hash"].to_numpy()
@@ -378,19 +377,21 @@ class Collection:
         self._log("replace", what, len(table), 0, 0)
         return self.version
 
-    def upgrade(self) -> None:
+    def upgrade(self, dataset: Any | None = None) -> Any | None:
         """Add the curation columns to a table written before them (the caller holds the workspace lock): the
         source's values copied from label and tags, the rest null. Only the new columns' files are written,
-        and each column is one commit, so a kill leaves a readable table that the next writer completes."""
-        dataset = self._dataset()
+        and each column is one commit, so a kill leaves a readable table that the next writer completes.
+        Returns the current dataset (`dataset`, the caller's open one, when nothing had to change)."""
+        dataset = dataset if dataset is not None else self._dataset()
         if dataset is None or _has_curation(dataset):
-            return
+            return dataset
         copies = {name: name.removeprefix("source_") for name in ("source_label", "source_tags")
                   if name not in dataset.schema.names}
         if copies:
             dataset.add_columns(copies)
             dataset = self._dataset()
         dataset.add_columns([f for f in CURATION if f.name not in dataset.schema.names])
+        return self._dataset()
 
     def _curation_of(self, dataset: Any, ids: list[str]) -> pd.DataFrame:
         """The curated values of those of `ids` a curator touched (an index probe, then the few rows)."""

@@ -142,6 +142,10 @@ class ItemsView:
         frame = pd.concat(parts, ignore_index=True).set_index("id", drop=False)
         return frame.reindex([i for i in ids if i in frame.index]).reset_index(drop=True)
 
+    def ids(self, where: str, limit: int | None = None) -> list[str]:
+        """The ids of the items matching the SQL filter `where` (at most `limit`), in table order."""
+        return self._scan(columns=["id"], filter=where, limit=limit)["id"].to_pylist()
+
     def page(self, where: str | None, offset: int, limit: int, ids: pa.Array | None = None
              ) -> tuple[int, pd.DataFrame]:
         """Items matching the SQL filter `where` (and, when given, whose id is in `ids`), in table order:

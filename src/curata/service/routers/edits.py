@@ -46,10 +46,7 @@ def _selected(body: EditRequest, state: ServiceState) -> list[str]:
         if where is None:
             raise ApiError(422, "bad_edit", "a filter edit needs at least one filter (label, collection, tag, q)",
                            "where")
-        view = state.items()
-        if view.dataset is None:
-            raise ApiError(404, "nothing_selected", "the collection is empty", None)
-        ids = view.dataset.to_table(columns=["id"], filter=where, limit=limit + 1)["id"].to_pylist()
+        ids = state.items().ids(where, limit + 1)
     elif isinstance(body, EditBySearch):
         searcher = state.searcher(body.search.model)
         try:
