@@ -152,3 +152,21 @@ def make_tiny_clip(path: Path) -> Path:
         path
     )
     return path
+
+
+# The browser tests (test_web*.py) drive Debian's chromium through Playwright; never a downloaded browser.
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENS = Path("/tmp/curata-screens")  # a copy for people to look at; the originals stay in tmp_path
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for one test module (skipped there, with the reason, when it is not installed)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        yield chromium
+        chromium.close()

@@ -9,12 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import CHROMIUM, SCREENS
 from test_service_support import COLOURS, PER_COLOUR, draw, running_server
-
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENS = Path("/tmp/curata-screens")  # a copy for people to look at; the originals stay in tmp_path
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="no browser: /usr/bin/chromium is not installed "
@@ -24,16 +20,6 @@ pytestmark = [pytest.mark.slow,
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     yield from running_server(tmp_path_factory, "web-log")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 def serve_page(html: bytes):

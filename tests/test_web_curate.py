@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import CHROMIUM
 from test_service_support import Server, draw
-from test_web import ARGS, CHROMIUM, serve_page, shot
+from test_web import serve_page, shot
 
 EDITOR, EDITOR_2, READER = "editor-key-0123456789", "second-editor-key-0123", "reader-key-0123456789"
 COLOURS = {"red": (210, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 210), "yellow": (235, 210, 30)}
@@ -72,16 +73,6 @@ def server(workspace, tmp_path_factory):
                  ).wait(headers={"X-API-Key": EDITOR})
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        yield chromium
-        chromium.close()
 
 
 def signed_in(browser, server, key: str):
