@@ -49,8 +49,14 @@ class CVResult:
 
 
 def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.ndarray, folds: Sequence[Fold],
-                   *, labels: Sequence[str] | None = None, reporter: Reporter = SILENT) -> CVResult:
-    """Evaluate `make_model()` on `folds`. `y` is 1-D (labels) or a 2-D 0/1 matrix (multi-label)."""
+                   *, labels: Sequence[str] | None = None, reporter: Reporter = SILENT,
+                   train_y: np.ndarray | None = None, train_rows: np.ndarray | None = None) -> CVResult:
+    """Evaluate `make_model()` on `folds`. `y` is 1-D (labels) or a 2-D 0/1 matrix (multi-label).
+
+    `train_y`: the targets the models learn from when they are not the `y` they are scored against (a model
+    trained on the source's labels, scored on the curated ones); `train_rows`: a mask of the rows that may
+    be trained on (never a limit on what is tested)."""
+    fit_y = y if train_y is None else train_y
     multilabel = np.ndim(y) == 2
     if labels is None:
         labels = [str(i) for i in range(y.shape[1])] if multilabel else sorted({str(v) for v in y})
@@ -63,9 +69,11 @@ def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.
     fit_seconds = 0.0
     advance = reporter.task(f"cross-validating {name}", len(folds))
     for train, test in folds:
+        if train_rows is not None:
+            train = train[train_rows[train]]
         model = make_model()
         started = time.perf_counter()
-        model.fit(take(x, train), y[train])
+        model.fit(take(x, train), fit_y[train])
         fit_seconds += time.perf_counter() - started
         pred = np.asarray(model.predict(take(x, test)))
         scores = _scores(model, take(x, test), labels, multilabel)

@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 
 from curata.budget import memory_budget, rows_within_budget
-from curata.evaluate.cv import CVResult, comparison_table, take
-from curata.evaluate.metrics import classification_metrics, multilabel_metrics, summarise
+from curata.evaluate.cv import CVResult, comparison_table, cross_validate
 from curata.evaluate.splits import make_folds
 from curata.features.engine import make_extractor
 from curata.features.store import store_dirname
@@ -321,35 +320,13 @@ def _mean_metrics(result: CVResult) -> dict[str, float]:
 def _cross_validate_on_source(name: str, make_model: Any, blocks: dict[str, np.ndarray], y_source: np.ndarray,
                               has_source: np.ndarray, y_truth: np.ndarray, folds: list[Any], labels: list[str],
                               reporter: Reporter) -> CVResult:
-    """`cross_validate` with the training folds' targets taken from the source (rows without a source value
-    left out of training) and every test fold scored against the curated values."""
-    multilabel = np.ndim(y_truth) == 2
-    fold_metrics: list[dict[str, Any]] = []
-    fit_seconds = 0.0
-    advance = reporter.task(f"cross-validating {name} on the source's values", len(folds))
+    """The chosen model cross-validated on the same folds, trained on the source's values (rows without one
+    left out of training) and scored against the curated ones."""
     with single_threaded_blas(), warnings.catch_warnings():
         # Trained on the source's values, a model may predict a class the curated truth of a fold lacks.
         warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
-        for train, test in folds:
-            train = train[has_source[train]]
-            model = make_model()
-            started = time.perf_counter()
-            model.fit(take(blocks, train), y_source[train] if multilabel else y_source[train].astype(str))
-            fit_seconds += time.perf_counter() - started
-            x_test = take(blocks, test)
-            pred = np.asarray(model.predict(x_test))
-            if multilabel:
-                try:
-                    scores = np.asarray(model.predict_proba(x_test))
-                except (AttributeError, NotImplementedError):
-                    scores = pred
-                fold_metrics.append(multilabel_metrics(y_truth[test], pred, scores, labels))
-            else:
-                fold_metrics.append(classification_metrics(y_truth[test].astype(str), pred.astype(str), labels))
-            advance(1)
-    scalars = [{k: v for k, v in m.items() if isinstance(v, int | float)} for m in fold_metrics]
-    return CVResult(name, multilabel, list(labels), scalars, summarise(fold_metrics), {}, np.array([]), None,
-                    fit_seconds)
+        return cross_validate(f"{name} (source values)", make_model, blocks, y_truth, folds, labels=labels,
+                              reporter=reporter, train_y=y_source, train_rows=has_source)
 
 
 def curation_line(curation: dict[str, Any] | None) -> str | None:
