@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 def write_image(path: Path, size=(32, 24), color=(200, 30, 30), mode="RGB", fmt=None, **save) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(abs(hash(path.name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))  # stable across runs (hash() is salted)
     arr = np.clip(np.array(color, np.int16) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
     im = Image.fromarray(arr.astype(np.uint8), "RGB")
     if mode != "RGB":

@@ -14,9 +14,10 @@ from tests.test_search import COLOURS, _draw, ingest_synthetic
 
 from curata.features.concat import ConcatExtractor, join_blocks
 from curata.features.engine import compute, load_matrix, make_extractor
+from curata.features.pixels import looks_like_pixel_art
 from curata.features.store import FeatureStore
 from curata.imageio import load_image
-from curata.search.joint import PIXEL_ART_FEATURES, JointOptions, looks_like_pixel_art, train_joint
+from curata.search.joint import PIXEL_ART_FEATURES, JointOptions, train_joint
 from curata.workspace import Workspace
 
 SPEC = "effnet_lite0+pixels_onehot"

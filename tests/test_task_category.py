@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 from curata.evaluate.cv import cross_validate
 from curata.evaluate.splits import make_folds
 from curata.tasks.category import MODALITY, CategoryTask, LateFusionClassifier
-from curata.tasks.colour import BlockClassifier, MissingBlockError, default_logreg
+from curata.tasks.estimators import BlockClassifier, MissingBlockError, default_logreg
 
 CLASSES = np.array(["baby", "kitchen", "watches", "decor"])
 

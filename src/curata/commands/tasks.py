@@ -26,29 +26,74 @@ from curata.clibase import (
 from curata.progress import rich_reporter
 from curata.workspace import Workspace, default_workspace
 
-TaskArg = Annotated[str, typer.Argument(help="Task: colour, tags, collection (alias algorithm) or category.")]
+TaskArg = Annotated[str, typer.Argument(help="Task: classify (any single label, closed-set), colour, tags, "
+                                        "collection (alias algorithm) or category.")]
 FeaturesOpt = Annotated[str | None, typer.Option("--features", help="Comma-separated feature names (default: "
-                                                 "the task's). They must have been computed (`curata features`).")]
+                                                 "the task's; classify and collection choose among the computed "
+                                                 "ones: an image block, pixels on pixel art, plus a text block for "
+                                                 "classify). They must have been computed (`curata features`).")]
 TargetOpt = Annotated[str | None, typer.Option(help="What to predict: label, tag:<trait>, meta:<field>, or for the "
                                                "tags task tags / tags:<trait>. Default: the task's.")]
+UseSplitOpt = Annotated[bool, typer.Option("--use-split", help="Held-out protocol from the items' split column: "
+                                           "models compared on 'val' (fitted on 'train'; without val rows, 20% of "
+                                           "train is held out), the chosen one fitted on train+val and scored once "
+                                           "on 'test'.")]
+HoldoutOpt = Annotated[float | None, typer.Option("--holdout", help="Held-out protocol on a seeded stratified split: "
+                                                  "this fraction of the items for val and as much for test "
+                                                  "(e.g. 0.2).")]
+OpenSetOpt = Annotated[bool, typer.Option("--open-set", help="classify / collection: answer 'unknown' for items "
+                                          "unlike every training class; coverage and accuracy on the answered "
+                                          "items are reported beside accuracy.")]
+FoldsOpt = Annotated[int, typer.Option(help="Cross-validation folds (k-fold protocol).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the folds or split, and of the models.")]
+GroupOpt = Annotated[str | None, typer.Option(help="Target spec whose value groups items, so a group never "
+                                              "straddles train and test in k-fold (e.g. meta:family).")]
+MinPerClassOpt = Annotated[int | None, typer.Option(help="Drop classes with fewer items (reported).")]
+SourceOpt = Annotated[str | None, typer.Option(help="Only items of this source or collection.")]
 
 
 def _train_options(task: str, features: str | None, target: str | None, model: str | None, compare: bool,
-                   folds: int, seed: int, use_split: bool, group: str | None, min_per_class: int | None,
-                   source: str | None, name: str | None) -> Any:
+                   folds: int, seed: int, use_split: bool, holdout: float | None, group: str | None,
+                   min_per_class: int | None, source: str | None, name: str | None, open_set: bool,
+                   final_fit: str = "train+val") -> Any:
     from curata.tasks.runner import TrainOptions
 
-    if folds < 2 and not use_split:
+    if use_split and holdout is not None:
+        raise BadInput("--use-split and --holdout are two ways to hold out a test part: give one")
+    if holdout is not None and not 0 < holdout < 0.5:
+        raise BadInput(f"--holdout must be between 0 and 0.5 (the val share, and as much for test), got {holdout}")
+    held_out = use_split or holdout is not None
+    if folds < 2 and not held_out:
         raise BadInput("--folds must be at least 2")
+    if group and held_out:
+        raise BadInput("--group applies to k-fold cross-validation, not to --use-split / --holdout")
+    if final_fit not in ("train+val", "all"):
+        raise BadInput(f"--final-fit must be train+val or all, got {final_fit!r}")
     return TrainOptions(task=task, features=[f.strip() for f in features.split(",")] if features else None,
                         target=target, model=model, compare=compare, folds=folds, seed=seed, use_split=use_split,
-                        group=group, min_per_class=min_per_class, source=source, name=name)
+                        holdout=holdout, final_fit=final_fit, open_set=open_set, group=group,
+                        min_per_class=min_per_class, source=source, name=name)
+
+
+def _scores_table(title: str, rows: list[dict[str, Any]], spread: bool) -> Table:
+    metrics = [k for k in rows[0] if k not in ("model", "fit_seconds") and not k.endswith("_std")]
+    table = Table(title=title)
+    table.add_column("model")
+    for m in metrics:
+        table.add_column(m.replace("_", " "), justify="right")
+    table.add_column("fit s", justify="right")
+    for row in rows:
+        table.add_row(escape(row["model"]), *[f"{row[m]:.3f}" + (f" ± {row[m + '_std']:.3f}" if spread else "")
+                                              for m in metrics], f"{row['fit_seconds']:.1f}")
+    return table
 
 
 def _print_results(result: Any) -> None:
     protocol = result.protocol
     console.print(f"[bold]{escape(protocol['task'])}[/] → {escape(protocol['target'])}: "
-                  f"{protocol['items_used']} items, {escape(protocol['split'])}, seed {protocol['seed']}")
+                  f"{protocol['items_used']} items, features {escape(', '.join(protocol['features']))}, "
+                  f"{escape(protocol['split'])}, seed {protocol['seed']}"
+                  + (", open-set" if protocol.get("open_set") else ""))
     for reason, count in result.skipped.items():
         console.print(f"  [yellow]skipped[/] {count} items: {escape(reason)}")
     if rare := protocol.get("rare_tags"):
@@ -59,17 +104,21 @@ def _print_results(result: Any) -> None:
         console.print(f"  [yellow]sampled[/] {d['rows_used']} of {d['rows_total']} items (stratified, seeded) to fit "
                       f"the memory budget of {d['budget_bytes'] / 2**30:.2f} GiB; raise CURATA_MEMORY_BUDGET to train "
                       "on all")
-    rows = result.table()
-    metrics = [k for k in rows[0] if k not in ("model", "fit_seconds") and not k.endswith("_std")]
-    table = Table(title="cross-validation (mean ± std over folds)")
-    table.add_column("model")
-    for m in metrics:
-        table.add_column(m, justify="right")
-    table.add_column("fit s", justify="right")
-    for row in rows:
-        table.add_row(escape(row["model"]), *[f"{row[m]:.3f} ± {row[m + '_std']:.3f}" for m in metrics],
-                      f"{row['fit_seconds']:.1f}")
-    console.print(table)
+    if scored := protocol.get("scored"):
+        sizes = protocol["split_sizes"]
+        console.print(f"  split: {sizes['train']} train, {sizes['val']} val ({escape(protocol['val_from'])}), "
+                      f"{sizes['test']} test" + (f"; {protocol['split_left_out']} items with no split value left out"
+                                                 if protocol.get("split_left_out") else ""))
+        console.print(_scores_table(f"validation: models fitted on train, scored on {sizes['val']} val items",
+                                    protocol["validation"], spread=False))
+        console.print(_scores_table(f"held-out test: {scored['model']} fitted on train+val, scored once on "
+                                    f"{scored['items']} test items", result.table(), spread=False))
+        if protocol.get("final_fit") == "all":
+            console.print("  the saved model is refitted on every item, test included (--final-fit all): the test "
+                          "score above is of the model before that refit")
+    else:
+        console.print(_scores_table(f"cross-validation: mean ± std over {protocol['folds']} folds",
+                                    result.table(), spread=True))
     if result.bundle:
         console.print(f"bundle: {escape(str(result.bundle))}")
     console.print(f"report: {escape(str(result.report['html']))}")
@@ -82,26 +131,31 @@ def train_cmd(
     workspace: WorkspaceOpt = default_workspace(),
     features: FeaturesOpt = None,
     target: TargetOpt = None,
-    model: Annotated[str | None, typer.Option(help="Candidate model to train (default: the task's).")] = None,
-    compare: Annotated[bool, typer.Option(help="Cross-validate every candidate and keep the best.")] = False,
-    folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the fold split and the models.")] = 0,
-    use_split: Annotated[bool, typer.Option("--use-split", help="Evaluate on the items' split column "
-                                            "(train vs the rest) instead of k-fold.")] = False,
-    group: Annotated[str | None, typer.Option(help="Target spec whose value groups items, so a group never "
-                                              "straddles train and test (e.g. meta:family).")] = None,
-    min_per_class: Annotated[int | None, typer.Option(help="Drop classes with fewer items (reported).")] = None,
-    source: Annotated[str | None, typer.Option(help="Only items of this source or collection.")] = None,
+    model: Annotated[str | None, typer.Option(help="Candidate model to train (default: the task's; classify's "
+                                              "'auto' picks one by validation inside each fit).")] = None,
+    compare: Annotated[bool, typer.Option(help="Evaluate every candidate and keep the best (on val with a "
+                                          "held-out split).")] = False,
+    folds: FoldsOpt = 5,
+    seed: SeedOpt = 0,
+    use_split: UseSplitOpt = False,
+    holdout: HoldoutOpt = None,
+    final_fit: Annotated[str, typer.Option("--final-fit", help="Held-out protocol: fit the saved model on "
+                                           "train+val (test stays unseen, its score is the saved model's) or "
+                                           "on all items.")] = "train+val",
+    open_set: OpenSetOpt = False,
+    group: GroupOpt = None,
+    min_per_class: MinPerClassOpt = None,
+    source: SourceOpt = None,
     name: Annotated[str | None, typer.Option(help="Bundle name (default: <task>-<target>).")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Cross-validate a task, fit it on every labelled item and save the bundle in models/ with its card and
-    an HTML report in reports/."""
+    """Evaluate a task (k-fold, or a held-out test with --use-split / --holdout), fit the chosen model and save
+    the bundle in models/ with its card and an HTML report in reports/."""
     from curata.tasks.runner import run
 
-    options = _train_options(task, features, target, model, compare, folds, seed, use_split, group, min_per_class,
-                             source, name)
+    options = _train_options(task, features, target, model, compare, folds, seed, use_split, holdout, group,
+                             min_per_class, source, name, open_set, final_fit)
     with rich_reporter(not quiet and not as_json) as reporter:
         result = run(Workspace(workspace), options, save=True, reporter=reporter)
     if as_json:
@@ -123,22 +177,25 @@ def evaluate_cmd(
     features: FeaturesOpt = None,
     target: TargetOpt = None,
     model: Annotated[str | None, typer.Option(help="Evaluate only this candidate (default: all).")] = None,
-    folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the fold split and the models.")] = 0,
-    use_split: Annotated[bool, typer.Option("--use-split", help="Use the items' split column.")] = False,
-    group: Annotated[str | None, typer.Option(help="Target spec whose value groups items.")] = None,
-    min_per_class: Annotated[int | None, typer.Option(help="Drop classes with fewer items.")] = None,
-    source: Annotated[str | None, typer.Option(help="Only items of this source or collection.")] = None,
+    folds: FoldsOpt = 5,
+    seed: SeedOpt = 0,
+    use_split: UseSplitOpt = False,
+    holdout: HoldoutOpt = None,
+    open_set: OpenSetOpt = False,
+    group: GroupOpt = None,
+    min_per_class: MinPerClassOpt = None,
+    source: SourceOpt = None,
     name: Annotated[str | None, typer.Option(help="Report name (default: <task>-<target>).")] = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compare the task's candidate models under one cross-validation protocol; writes report.json and a
-    self-contained report.html (confusion matrix, per-class scores, feature importance, 2-D map)."""
+    """Compare the task's candidate models under one protocol (k-fold, or chosen on val and scored once on a
+    held-out test); writes report.json and a self-contained report.html (confusion matrix, per-class scores,
+    feature importance, 2-D map)."""
     from curata.tasks.runner import run
 
-    options = _train_options(task, features, target, model, model is None, folds, seed, use_split, group,
-                             min_per_class, source, name)
+    options = _train_options(task, features, target, model, model is None, folds, seed, use_split, holdout, group,
+                             min_per_class, source, name, open_set)
     with rich_reporter(not quiet and not as_json) as reporter:
         result = run(Workspace(workspace), options, save=False, reporter=reporter)
     if as_json:

@@ -67,11 +67,13 @@ def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.
     tested = np.zeros(n, bool)
     fold_metrics: list[dict[str, Any]] = []
     fit_seconds = 0.0
+    abstain = None
     advance = reporter.task(f"cross-validating {name}", len(folds))
     for train, test in folds:
         if train_rows is not None:
             train = train[train_rows[train]]
         model = make_model()
+        abstain = getattr(model, "unknown_label", None)  # an open-set model's "unknown" answer
         started = time.perf_counter()
         model.fit(take(x, train), fit_y[train])
         fit_seconds += time.perf_counter() - started
@@ -84,12 +86,12 @@ def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.
         if multilabel:
             fold_metrics.append(multilabel_metrics(y[test], pred, scores if scores is not None else pred, labels))
         else:
-            fold_metrics.append(classification_metrics(y[test].astype(str), pred.astype(str), labels))
+            fold_metrics.append(classification_metrics(y[test].astype(str), pred.astype(str), labels, abstain))
         advance(1)
     if multilabel:
         overall = multilabel_metrics(y[tested], oof_pred[tested], oof_scores[tested], labels)
     else:
-        overall = classification_metrics(y[tested].astype(str), oof_pred[tested].astype(str), labels)
+        overall = classification_metrics(y[tested].astype(str), oof_pred[tested].astype(str), labels, abstain)
     return CVResult(name, multilabel, labels, [_scalars(f) for f in fold_metrics], summarise(fold_metrics),
                     overall, oof_pred, oof_scores, fit_seconds)
 
@@ -123,7 +125,7 @@ def comparison_table(results: Sequence[CVResult], metrics: Sequence[str] | None 
     rows = []
     for r in results:
         keys = metrics or (("micro_f1", "macro_f1", "mean_average_precision") if r.multilabel
-                           else ("accuracy", "balanced_accuracy", "macro_f1"))
+                           else ("accuracy", "balanced_accuracy", "macro_f1", "coverage", "accepted_accuracy"))
         row: dict[str, Any] = {"model": r.name}
         for k in keys:
             if k in r.summary:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,19 +17,35 @@ from sklearn.metrics import (
 )
 
 
-def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any]) -> dict[str, Any]:
-    """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix."""
+def classification_metrics(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[Any],
+                           abstain: str | None = None) -> dict[str, Any]:
+    """Accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix.
+
+    `abstain`: the answer of a model that may decline (open-set "unknown"). It counts as an error in every
+    score above, gets its own column in the confusion matrix (`labels` then ends with it), and adds
+    `coverage` (share of items answered) and `accepted_accuracy` (accuracy on those)."""
     labels = list(labels)
+    shown = labels + ([abstain] if abstain is not None and abstain not in labels else [])
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
+    with warnings.catch_warnings():
+        # An abstention is never a true class: balanced accuracy says so, and it is expected here.
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
+        balanced = float(balanced_accuracy_score(y_true, y_pred))
+    out: dict[str, Any] = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": balanced,
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "per_class": {str(c): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                                "support": int(s[i])} for i, c in enumerate(labels)},
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "labels": [str(c) for c in labels],
+        "confusion": confusion_matrix(y_true, y_pred, labels=shown).tolist(),
+        "labels": [str(c) for c in shown],
     }
+    if abstain is not None:
+        truth, pred = np.asarray(y_true), np.asarray(y_pred)
+        answered = pred != abstain
+        out["coverage"] = float(answered.mean()) if len(pred) else 0.0
+        out["accepted_accuracy"] = float((pred[answered] == truth[answered]).mean()) if answered.any() else 0.0
+    return out
 
 
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, scores: np.ndarray,

@@ -376,6 +376,15 @@ def _feature_store(workspace: Workspace, extractor: Extractor) -> FeatureStore:
     return FeatureStore.for_extractor(workspace.root / "features", extractor, fit_id)
 
 
+def stored_count(workspace: Workspace, name: str) -> int:
+    """How many vectors the workspace holds for extractor `name` (0 when never computed or fitted): a cheap
+    count of its store, for choosing default features among those computed."""
+    try:
+        return _feature_store(workspace, make_extractor(name)).count()
+    except ValueError:  # a fitted extractor never fitted here, or a plug-in that cannot open
+        return 0
+
+
 def _join_rows(loaded: list[tuple[np.ndarray, list[str | None]]]) -> tuple[np.ndarray, list[str | None]]:
     """A concatenation's rows from its blocks' rows: joined per block, zero where any block failed."""
     from curata.features.concat import join_blocks

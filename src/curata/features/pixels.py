@@ -20,13 +20,16 @@ channel values. It multiplies the width by levels^3, so it is off by default.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 
 from curata.features.base import Extractor, ItemError, register
 from curata.features.color import as_rgb_image, sample_pixels
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Resample = Literal["auto", "nearest", "area"]
 
@@ -50,6 +53,22 @@ def is_pixel_art(image: np.ndarray, size: int) -> bool:
     px = sample_pixels(image, _COLOUR_SAMPLE).reshape(-1, 3).astype(np.uint32)
     packed = (px[:, 0] << 16) | (px[:, 1] << 8) | px[:, 2]
     return len(np.unique(packed)) <= PIXEL_ART_MAX_COLOURS
+
+
+def looks_like_pixel_art(items: pd.DataFrame, sample: int = 24, seed: int = 0) -> bool:
+    """Whether most of a seeded sample of the items' images is pixel art, by the test the `pixels`
+    extractors resize with (`is_pixel_art`: at most 256 distinct colours, or no larger than the 24 x 24
+    grid). Reads `sample` images, whatever the collection's size."""
+    from curata.imageio import load_image
+
+    votes = []
+    for path in items["image"].dropna().sample(min(sample, int(items["image"].notna().sum())),
+                                               random_state=seed).tolist():
+        try:
+            votes.append(is_pixel_art(load_image(path), 24))
+        except Exception:  # an unreadable file votes for nothing
+            continue
+    return bool(votes) and float(np.mean(votes)) > 0.5
 
 
 def resize_pixels(image: np.ndarray, size: int, resample: Resample = "auto") -> np.ndarray:

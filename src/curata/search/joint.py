@@ -542,22 +542,6 @@ def random_batches(rows: np.ndarray, batch_size: int, rng: np.random.Generator) 
     return [order[a:a + batch_size] for a in range(0, len(order), batch_size)]
 
 
-def looks_like_pixel_art(items: pd.DataFrame, sample: int = 24, seed: int = 0) -> bool:
-    """Whether most of a seeded sample of the items' images is pixel art, by the test the `pixels`
-    extractors resize with (`curata.features.pixels.is_pixel_art`: at most 256 distinct colours, or
-    no larger than the 24 x 24 grid)."""
-    from curata.features.pixels import is_pixel_art
-    from curata.imageio import load_image
-
-    votes = []
-    for path in items["image"].sample(min(sample, len(items)), random_state=seed).tolist():
-        try:
-            votes.append(is_pixel_art(load_image(path), 24))
-        except Exception:  # an unreadable file votes for nothing
-            continue
-    return bool(votes) and float(np.mean(votes)) > 0.5
-
-
 def demo_drawings(n: int, size: int = 96, seed: int = 0) -> tuple[list[np.ndarray], list[ItemCaptions]]:
     """`n` drawings of the built-in generator (curata.demo), rendered in memory with their NFT1000
     captions (the traits they were drawn with), cycling through the algorithms. Deterministic per seed."""
@@ -733,6 +717,8 @@ def _select(workspace: Workspace, items: pd.DataFrame, options: JointOptions, se
     pixel_art = None
     features = [options.image_features]
     if "features" in searched:
+        from curata.features.pixels import looks_like_pixel_art
+
         pixel_art = looks_like_pixel_art(items, seed=options.seed)
         if pixel_art:  # EfficientNet, the pixels themselves, and both (per-block normalised, concatenated)
             features = list(dict.fromkeys([options.image_features, *PIXEL_ART_FEATURES]))

@@ -53,6 +53,12 @@ class Task(ABC):
     default_features: ClassVar[tuple[str, ...]]
     default_target: ClassVar[str]
 
+    @classmethod
+    def features_for(cls, workspace: Any, items: Any) -> list[str]:
+        """The feature blocks to use when none are named (the runner asks before loading anything); tasks that
+        choose among what the workspace has computed override it."""
+        return list(cls.default_features)
+
     @abstractmethod
     def candidates(self) -> dict[str, Callable[[], Any]]:
         """Models to compare, name -> factory of an unfitted estimator taking Blocks. The first is the

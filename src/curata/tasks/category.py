@@ -25,7 +25,7 @@ from sklearn.svm import LinearSVC
 
 from curata.evaluate.cv import take
 from curata.tasks.base import Blocks, Task
-from curata.tasks.colour import (
+from curata.tasks.estimators import (
     MLP,
     BlockClassifier,
     Calibrated,

@@ -1,12 +1,9 @@
-"""Which collection (or generative algorithm) an item comes from — with an "unknown" answer.
+"""Which collection (or generative algorithm) an item comes from: a preset of `classify`.
 
-`CollectionTask` classifies image embeddings into known collections. Real catalogues hold items of
-collections the model never saw, so its models are open-set (`OpenSetClassifier`): an item is
-"unknown" when the calibrated probability of its best class is too low (it sits between known
-collections) or when it lies farther from every training item than known items do (it looks like
-nothing seen: linear models and MLPs stay confident far from their data, so the probability alone
-misses a genuinely new collection). Both thresholds are set on a validation part of the training
-data only, so the shared cross-validation never leaks the test fold into them.
+`CollectionTask` is `curata.tasks.classify.ClassifyTask` with the candidates measured on collections
+(calibrated logistic regression and MLP on image embeddings; `pixels` on pixel art) and the demo's
+target. Like `classify` it is closed-set by default; `open_set=True` (`--open-set`) wraps its models in
+`curata.tasks.openset.OpenSetClassifier`, which answers "unknown" for items of collections it never saw.
 
 Group-aware evaluation: near-duplicate tokens (the same base art with a changed trait, one artwork
 minted in several editions) make k-fold optimistic when copies land on both sides of a split. Pass
@@ -19,234 +16,48 @@ it was not trained on).
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
-from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.neighbors import NearestNeighbors
+import pandas as pd
 
-from curata.evaluate.cv import CVResult, take
-from curata.evaluate.splits import Fold
-from curata.progress import SILENT, Reporter
-from curata.tasks.base import Blocks, Task, concat_blocks
-from curata.tasks.colour import MLP, BlockClassifier, Calibrated, check_labels, default_logreg, require_blocks
+from curata.tasks.classify import ClassifyTask
+from curata.tasks.estimators import MLP, BlockClassifier, Calibrated, default_logreg
+from curata.tasks.openset import UNKNOWN, OpenSetClassifier
 
-UNKNOWN = "unknown"
-MIN_CLASS_VALIDATION = 5  # correct validation answers a class needs for thresholds of its own
+# Bundles saved before `curata.tasks.openset` existed pickled the open-set model under this module.
+__all__ = ["UNKNOWN", "CollectionTask", "OpenSetClassifier"]
 
 
-def _validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified (fit, validation) indices. A class keeps at least 2 items for fitting (the calibrated
-    models need two per class); classes with fewer than 3 items are not validated at all."""
-    rng = np.random.default_rng(seed)
-    fit_part, val_part = [], []
-    for c in np.unique(y):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        n_val = min(max(1, round(fraction * len(idx))), len(idx) - 2) if len(idx) >= 3 else 0
-        val_part.append(idx[:n_val])
-        fit_part.append(idx[n_val:])
-    return np.sort(np.concatenate(fit_part)), np.sort(np.concatenate(val_part))
-
-
-class OpenSetClassifier(ClassifierMixin, BaseEstimator):
-    """A Blocks classifier that answers `unknown` for items unlike its training classes.
-
-    `fit` (all on the training data it is given):
-    1. holds out a stratified `val_fraction` of the items, fits a clone of `base` on the rest;
-    2. on the validation part, among the *correctly* classified items, sets `distance_threshold_`
-       (distance to the nearest training items, see below) so that sqrt(`target_recall`) of them stay
-       within it, then `threshold_` on the best class probability so that `target_recall` of them
-       pass both tests — i.e. at most 1 - `target_recall` of correct answers are turned into unknown;
-    3. refits `base` on all the training data (the thresholds are kept).
-    The same pair is also set per predicted class (`class_thresholds_`) for every class with at least
-    MIN_CLASS_VALIDATION correct validation answers, so a varied collection is not judged by a uniform
-    one's bounds; other classes use the global pair.
-    `predict` gives `unknown_label` where the best probability is below the predicted class's threshold
-    or the distance is above its distance threshold (`open_details` says which, per item).
-    `predict_proba` gives the known classes' probabilities (columns
-    `classes_`, which never include the unknown label).
-
-    Distance: the mean Euclidean distance to the `n_neighbors` nearest training items, on the blocks
-    L2-normalised per row (cosine geometry for embeddings); at most `max_reference` training items
-    (a fixed random subset) are kept for it, which bounds the bundle size (5000 x 1280 float32: 26 MB).
-    On the demo collection, leaving one algorithm out, this distance separates the unseen algorithm
-    from known ones far better than the best probability (ROC AUC 0.83 vs 0.72; standardised
-    features instead of L2: 0.63). Validation distances are measured to 80% of the training items and
-    later ones to all of them, so the threshold errs on the lenient side.
-    `novelty=False` keeps the probability test only.
-    With too few items to validate (no class of 3+ items), both thresholds stay off (0 and inf).
-    """
-
-    def __init__(self, base: Any = None, target_recall: float = 0.95, val_fraction: float = 0.2,
-                 novelty: bool = True, n_neighbors: int = 5, max_reference: int = 5000,
-                 unknown_label: str = UNKNOWN, seed: int = 0):
-        self.base = base
-        self.target_recall = target_recall
-        self.val_fraction = val_fraction
-        self.novelty = novelty
-        self.n_neighbors = n_neighbors
-        self.max_reference = max_reference
-        self.unknown_label = unknown_label
-        self.seed = seed
-
-    def _reference(self, x: Blocks) -> np.ndarray:
-        return concat_blocks(require_blocks(x, self.base.blocks, "the open-set model"), normalise=True)
-
-    def _index(self, reference: np.ndarray) -> NearestNeighbors:
-        if len(reference) > self.max_reference:
-            keep = np.random.default_rng(self.seed).choice(len(reference), self.max_reference, replace=False)
-            reference = reference[np.sort(keep)]
-        return NearestNeighbors(n_neighbors=min(self.n_neighbors, len(reference))).fit(reference)
-
-    @staticmethod
-    def _distance(index: NearestNeighbors, points: np.ndarray) -> np.ndarray:
-        return index.kneighbors(points)[0].mean(axis=1)
-
-    def fit(self, x: Blocks, y: np.ndarray) -> OpenSetClassifier:
-        if not 0 < self.target_recall <= 1:
-            raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
-        if self.base is None or not hasattr(self.base, "blocks"):
-            raise ValueError("OpenSetClassifier needs a base BlockClassifier (base=...)")
-        y = check_labels(y, min_per_class=2, who="the open-set model")
-        if np.any(y.astype(str) == str(self.unknown_label)):
-            raise ValueError(f"'{self.unknown_label}' is a training label; choose another unknown_label")
-        reference = self._reference(x)
-        self.threshold_, self.distance_threshold_ = 0.0, np.inf
-        self.class_thresholds_: dict[str, tuple[float, float]] = {}
-        fit_part, val_part = _validation_split(y, self.val_fraction, self.seed)
-        self.n_validation_, self.validation_accuracy_ = len(val_part), None
-        if len(val_part):
-            model = clone(self.base).fit(take(x, fit_part), y[fit_part])
-            proba = model.predict_proba(take(x, val_part))
-            correct = model.classes_[proba.argmax(axis=1)] == y[val_part]
-            if correct.any():
-                best = proba.max(axis=1)[correct]
-                dist = (self._distance(self._index(reference[fit_part]), reference[val_part])[correct]
-                        if self.novelty else None)
-                self.threshold_, self.distance_threshold_ = self._thresholds(best, dist)
-                # Per class where validation has enough of it: a varied collection gets looser bounds than a
-                # uniform one (one global pair rejected a third to a half of some collections).
-                predicted = model.classes_[proba.argmax(axis=1)][correct]
-                for c in np.unique(predicted):
-                    mine = predicted == c
-                    if mine.sum() >= MIN_CLASS_VALIDATION:
-                        self.class_thresholds_[str(c)] = self._thresholds(best[mine],
-                                                                          None if dist is None else dist[mine])
-            self.validation_accuracy_ = float(correct.mean())
-        self.model_ = clone(self.base).fit(x, y)
-        self.classes_ = self.model_.classes_
-        self.index_ = self._index(reference) if self.novelty else None
-        return self
-
-    def _thresholds(self, best: np.ndarray, dist: np.ndarray | None) -> tuple[float, float]:
-        """(probability threshold, distance threshold) keeping `target_recall` of these correct answers: the
-        distance bound keeps sqrt(target_recall) of them, then the probability bound keeps
-        ceil(target_recall * n) among those."""
-        keep, distance = np.ones(len(best), bool), np.inf
-        if dist is not None:
-            distance = float(np.quantile(dist, np.sqrt(self.target_recall), method="higher"))
-            keep = dist <= distance
-        n_keep = min(int(np.ceil(self.target_recall * len(best) - 1e-9)), int(keep.sum()))
-        return (float(np.sort(best[keep])[::-1][n_keep - 1]) if n_keep > 0 else 0.0), distance
-
-    def predict_proba(self, x: Blocks) -> np.ndarray:
-        return self.model_.predict_proba(x)
-
-    def open_details(self, x: Blocks) -> dict[str, np.ndarray]:
-        """Per item: the known-class prediction, its probability, the novelty distance (NaN without novelty),
-        the thresholds of the predicted class, and whether it is accepted."""
-        proba = self.predict_proba(x)
-        best = proba.max(axis=1)
-        predicted = self.classes_[proba.argmax(axis=1)]
-        per_class = getattr(self, "class_thresholds_", {})  # bundles from before per-class thresholds: global
-        bounds = np.array([per_class.get(str(c), (self.threshold_, self.distance_threshold_)) for c in predicted],
-                          np.float64).reshape(len(predicted), 2)
-        distance = np.full(len(best), np.nan)
-        accepted = best >= bounds[:, 0]
-        if self.index_ is not None and np.isfinite(bounds[:, 1]).any():
-            distance = self._distance(self.index_, self._reference(x))
-            accepted &= distance <= bounds[:, 1]
-        return {"predicted": predicted, "probability": best, "distance": distance,
-                "probability_threshold": bounds[:, 0], "distance_threshold": bounds[:, 1], "accepted": accepted}
-
-    def predict_open(self, x: Blocks) -> tuple[np.ndarray, np.ndarray]:
-        """(labels with `unknown_label` for rejected items, best known-class probability)."""
-        details = self.open_details(x)
-        labels = details["predicted"].astype(object)
-        labels[~details["accepted"]] = self.unknown_label
-        return labels, details["probability"]
-
-    def predict(self, x: Blocks) -> np.ndarray:
-        return self.predict_open(x)[0]
-
-    def novelty_distance(self, x: Blocks) -> np.ndarray:
-        """Mean distance of each item to its nearest training items (what `distance_threshold_` bounds)."""
-        if self.index_ is None:
-            raise ValueError("this model was fitted with novelty=False")
-        return self._distance(self.index_, self._reference(x))
-
-
-class CollectionTask(Task):
-    """Detect an item's collection (demo: its generative algorithm) from image embeddings, open-set.
+class CollectionTask(ClassifyTask):
+    """Detect an item's collection (demo: its generative algorithm) from image features; closed-set unless
+    `open_set`.
 
     Candidates: "logreg" (standardised features + logistic regression, calibrated probabilities) and
-    "mlp" (one hidden layer, calibrated the same way), both wrapped in `OpenSetClassifier` unless
-    `open_set=False`. Targets: `label` for the demo (the algorithm); NFT collections use the
-    `collection` column. For group-aware evaluation see the module docstring.
+    "mlp" (one hidden layer, calibrated the same way). Targets: `label` for the demo (the algorithm); NFT
+    collections use the `collection` column. For group-aware evaluation see the module docstring.
     """
 
     task = "collection"
     default_features = ("effnet_lite0",)
     default_target = "label"
+    auto_candidates: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, model: str | None = None, features: Sequence[str] | None = None, open_set: bool = True,
-                 target_recall: float = 0.95, seed: int = 0):
-        self.model = model
-        self.features = tuple(features or self.default_features)
-        self.open_set = open_set
-        self.target_recall = target_recall
-        self.seed = seed
+    @classmethod
+    def features_for(cls, workspace: Any, items: pd.DataFrame) -> list[str]:
+        from curata.tasks.data import choose_features
 
-    def _wrap(self, model: Any) -> Callable[[], Any]:
-        base = BlockClassifier(blocks=self.features, model=Calibrated(model, seed=self.seed))
-        if not self.open_set:
-            return partial(clone, base)
-        return partial(OpenSetClassifier, base=base, target_recall=self.target_recall, seed=self.seed)
+        return choose_features(workspace, items, text=False)
 
-    def candidates(self) -> dict[str, Callable[[], Any]]:
+    def base_models(self) -> dict[str, Any]:
+        def calibrated(model: Any) -> BlockClassifier:
+            return BlockClassifier(blocks=self.features, model=Calibrated(model, seed=self.seed))
+
         return {
             # C=0.1 on standardised embeddings: strong L2 for ~500-1000 items x 1280 dims. On the demo's
             # algorithms C from 0.003 to 1 is within a point; calibrated and open-set, 0.1 did best.
-            "logreg": self._wrap(default_logreg(c=0.1, seed=self.seed)),
-            "mlp": self._wrap(MLP(hidden=(256,), alpha=1e-3, seed=self.seed)),
+            "logreg": calibrated(default_logreg(c=0.1, seed=self.seed)),
+            "mlp": calibrated(MLP(hidden=(256,), alpha=1e-3, seed=self.seed)),
         }
 
-    def predict_open(self, x: Blocks) -> tuple[np.ndarray, np.ndarray]:
-        """(labels, with "unknown" for rejected items; best known-class probability) of the fitted model."""
-        if not hasattr(self.estimator_, "predict_open"):
-            proba = self.predict_proba(x)
-            return self.estimator_.classes_[proba.argmax(axis=1)].astype(object), proba.max(axis=1)
-        return self.estimator_.predict_open(x)
-
-    def evaluate(self, x: Blocks, y: np.ndarray, folds: Sequence[Fold], *, labels: Sequence[str] | None = None,
-                 models: Sequence[str] | None = None, reporter: Reporter = SILENT) -> list[CVResult]:
-        """As `Task.evaluate` (an unknown answer counts as an error); each result's `extra` adds
-        `unknown_rate` (share of test items rejected) and `accepted_accuracy` (accuracy on the rest)."""
-        with warnings.catch_warnings():
-            # balanced accuracy notes that "unknown" is never a true label: expected in open-set answers.
-            warnings.filterwarnings("ignore", "y_pred contains classes not in y_true", UserWarning)
-            results = super().evaluate(x, y, folds, labels=labels, models=models, reporter=reporter)
-        tested = np.zeros(len(y), bool)
-        for _, test in folds:
-            tested[test] = True
-        truth = np.asarray(y)[tested].astype(str)
-        for result in results:
-            pred = result.oof_pred[tested].astype(str)
-            accepted = pred != UNKNOWN
-            result.extra["unknown_rate"] = float(1 - accepted.mean())
-            result.extra["accepted_accuracy"] = float((pred[accepted] == truth[accepted]).mean()) if accepted.any() \
-                else 0.0
-        return results
+    def candidates(self) -> dict[str, Any]:
+        return {name: self._wrap(model) for name, model in self.base_models().items()}

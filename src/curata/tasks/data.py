@@ -168,6 +168,39 @@ def load_features(workspace: Workspace, names: list[str], items: pd.DataFrame) -
     return FeatureSet({k: v[keep] for k, v in blocks.items()}, keys, skipped), keep
 
 
+IMAGE_CHOICES = ("effnet_lite0", "effnet_lite2", "pixels", "color_stats")  # preferred first
+TEXT_CHOICES = ("minilm", "tfidf")
+
+
+def choose_features(workspace: Workspace, items: pd.DataFrame, *, text: bool = True) -> list[str]:
+    """The feature blocks a task uses when none are named, among those the workspace has computed: one image
+    block (`pixels` first on pixel art, where it measured better than EfficientNet: 0.9987 vs 0.9915 closed-set
+    accuracy over 27 pixel-art NFT collections), plus, when `text` and the items have text, one text block.
+    Nothing computed is an error naming the command that computes the default."""
+    from curata.features.engine import stored_count
+    from curata.features.pixels import looks_like_pixel_art
+
+    chosen = []
+    has_images = bool(items["image"].notna().any()) if "image" in items else False
+    if has_images:
+        order = list(IMAGE_CHOICES)
+        if stored_count(workspace, "pixels") and looks_like_pixel_art(items):
+            order.insert(0, "pixels")
+        image = next((n for n in dict.fromkeys(order) if stored_count(workspace, n)), None)
+        if image:
+            chosen.append(image)
+    has_text = "text" in items and bool(items["text"].fillna("").str.strip().ne("").any())
+    if text and has_text:
+        words = next((n for n in TEXT_CHOICES if stored_count(workspace, n)), None)
+        if words:
+            chosen.append(words)
+    if not chosen:
+        wanted = "effnet_lite0" if has_images else "minilm"
+        raise TaskDataError(f"no features computed for this workspace; run `curata features -e {wanted}` (or "
+                            "name them with --features)")
+    return chosen
+
+
 def feature_dim(names: list[str]) -> int:
     """Total width of the named feature blocks side by side."""
     return sum(make_extractor(name).dim for name in names)

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from curata.budget import memory_budget, rows_within_budget
-from curata.evaluate.cv import CVResult, comparison_table, cross_validate
-from curata.evaluate.splits import make_folds
+from curata.evaluate.cv import CVResult, comparison_table, cross_validate, take
+from curata.evaluate.splits import held_out, make_folds
 from curata.features.engine import make_extractor
 from curata.features.store import store_dirname
 from curata.imageio import load_image
@@ -43,6 +43,7 @@ from curata.tasks.data import (
 from curata.workspace import Workspace
 
 TASKS = {
+    "classify": ("curata.tasks.classify", "ClassifyTask"),
     "colour": ("curata.tasks.colour", "ColourTask"),
     "tags": ("curata.tasks.tags", "TagTask"),
     "collection": ("curata.tasks.collection", "CollectionTask"),
@@ -68,7 +69,13 @@ class TrainOptions:
     compare: bool = False  # cross-validate every candidate, not only the chosen model
     folds: int = 5
     seed: int = 0
-    use_split: bool = False  # evaluate on the items' split column (train vs the rest) instead of k-fold
+    # Held-out protocol instead of k-fold: candidates are compared on val, the chosen one is scored on test
+    # once. `use_split`: from the items' split column; `holdout`: a seeded stratified split, this fraction
+    # of the items for val and as much for test.
+    use_split: bool = False
+    holdout: float | None = None
+    final_fit: str = "train+val"  # held-out protocol: what the saved model is fitted on ("train+val" or "all")
+    open_set: bool = False  # classify / collection: answer "unknown" for items unlike the training classes
     group: str | None = None  # target spec whose value groups items (near-duplicate families)
     min_per_class: int | None = None  # drop classes with fewer items (said in the report)
     min_tag_count: int = 5
@@ -89,6 +96,9 @@ class TrainResult:
     # How many target values a curator set, and the chosen model trained on the source's values vs the curated
     # ones on the same folds (see `curation_summary`); None for a target only the source sets (meta:<field>).
     curation: dict[str, Any] | None = None
+    # Held-out protocol: every candidate's scores on val (where the model was chosen); `results` is then the
+    # chosen model's single score on test.
+    validation: list[CVResult] = field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
         return comparison_table(self.results)
@@ -106,11 +116,6 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
         raise TaskDataError(f"model name {options.name!r} is not a plain file name: use letters, digits, '_', "
                             f"'.' and '-' (e.g. {_slug(options.name)!r})")
     cls = task_class(options.task)
-    features = options.features or list(cls.default_features)
-    # Tasks whose models read feature blocks by name are told which ones to use.
-    task = cls(features=features) if "features" in inspect.signature(cls).parameters else cls()
-    if options.model:
-        task.model = options.model
     items = workspace.items()
     if items.empty:
         raise TaskDataError(f"workspace {workspace.root} has no items; run `curata ingest` first")
@@ -118,6 +123,8 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
         items = items[(items["source"] == options.source) | (items["collection"] == options.source)]
         if items.empty:
             raise TaskDataError(f"no items from source or collection '{options.source}'")
+    features = options.features or cls.features_for(workspace, items)
+    task = _build_task(cls, features, options)
     target = options.target or cls.default_target
     skipped: dict[str, int] = {}
     too_rare: dict[str, int] = {}  # tags left out of the vocabulary, with their counts
@@ -161,11 +168,35 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
         **({"rare_tags": {"dropped": len(too_rare), "min_count": options.min_tag_count,
                           "items_with_them": int(sum(too_rare.values())),
                           "examples": sorted(too_rare, key=lambda t: (-too_rare[t], t))[:10]}} if too_rare else {}),
-        "split": "split column (train vs rest)" if options.use_split else f"{options.folds}-fold "
-                 + ("grouped by " + options.group if options.group else "stratified" if not cls.multilabel
-                    else "shuffled"),
+        "split": _protocol_name(options, cls.multilabel), "open_set": bool(getattr(task, "open_set", False)),
     }
     return task, feature_set.blocks, y, labels, items, protocol
+
+
+def _build_task(cls: type[Task], features: list[str], options: TrainOptions) -> Task:
+    """The task, told which feature blocks its models read (when they read blocks by name) and whether to
+    answer open-set."""
+    params = inspect.signature(cls).parameters
+    kwargs: dict[str, Any] = {}
+    if "features" in params:
+        kwargs["features"] = features
+    if options.open_set:
+        if "open_set" not in params:
+            raise TaskDataError(f"--open-set applies to classify and collection, not {cls.task}")
+        kwargs["open_set"] = True
+    task = cls(**kwargs)
+    if options.model:
+        task.model = options.model
+    return task
+
+
+def _protocol_name(options: TrainOptions, multilabel: bool) -> str:
+    if options.use_split:
+        return "held-out test (split column)"
+    if options.holdout:
+        return f"held-out test (seeded split, {options.holdout:.0%} val, {options.holdout:.0%} test)"
+    return f"{options.folds}-fold " + ("grouped by " + options.group if options.group
+                                       else "stratified" if not multilabel else "shuffled")
 
 
 TRAIN_SHARE = 0.5
@@ -186,48 +217,101 @@ def training_sample(y: np.ndarray, row_bytes: int, seed: int, folds: int) -> np.
 
 
 def _folds(options: TrainOptions, y: np.ndarray, items: pd.DataFrame, multilabel: bool):
-    split = items["split"].fillna("").to_numpy() if options.use_split else None
     groups = single_target(items, options.group).fillna("?").to_numpy() if options.group else None
     return make_folds(None if multilabel else y, n_splits=options.folds, seed=options.seed, groups=groups,
-                      split=split, n_items=len(y))
+                      n_items=len(y))
 
 
 def run(workspace: Workspace, options: TrainOptions, *, save: bool = True, reporter: Reporter = SILENT) -> TrainResult:
-    """Cross-validate (the chosen model, or all candidates with `compare`), then fit on all labelled items,
-    save the bundle (when `save`) and write the report."""
+    """Evaluate (the chosen model, or all candidates with `compare`) by k-fold cross-validation or on a held-out
+    split, then fit the chosen model, save the bundle (when `save`) and write the report."""
     with single_threaded_blas():
         return _run(workspace, options, save=save, reporter=reporter)
+
+
+@dataclass
+class _Evaluated:
+    results: list[CVResult]  # what the report and table show as the scores (k-fold, or the held-out test)
+    chosen: CVResult  # the chosen model's scores among them
+    folds: list[Any]  # the folds those scores came from (the curation comparison reuses them)
+    fit_rows: np.ndarray | None  # rows the saved model is fitted on (None: all)
+    validation: list[CVResult] = field(default_factory=list)  # held-out: every candidate's val scores
+
+
+def _candidates(task: Task, options: TrainOptions) -> list[str] | None:
+    """Models to evaluate: all (None) with `compare`, else the one asked for or the task's default."""
+    return None if options.compare else [getattr(task, "model", None) or next(iter(task.candidates()))]
+
+
+def _k_fold(task: Task, options: TrainOptions, blocks: dict[str, np.ndarray], y: np.ndarray, labels: list[str],
+            items: pd.DataFrame, reporter: Reporter) -> _Evaluated:
+    folds = _folds(options, y, items, task.multilabel)
+    models = _candidates(task, options)
+    results = task.evaluate(blocks, y, folds, labels=labels, models=models, reporter=reporter)
+    by_name = {r.name: r for r in results}
+    chosen = by_name.get(options.model or (models[0] if models else _best(results))) or by_name[_best(results)]
+    return _Evaluated(results, chosen, folds, None)
+
+
+def _held_out(task: Task, options: TrainOptions, blocks: dict[str, np.ndarray], y: np.ndarray, labels: list[str],
+              items: pd.DataFrame, protocol: dict[str, Any], reporter: Reporter) -> _Evaluated:
+    """Candidates fitted on train and compared on val; the chosen one fitted on train + val and scored on test
+    once (the score of the model that is saved, unless `final_fit` is "all")."""
+    if options.group:
+        raise TaskDataError("--group applies to k-fold cross-validation, not to a held-out split")
+    split = held_out(y, split=items["split"].fillna("").to_numpy() if options.use_split else None,
+                     fraction=options.holdout, seed=options.seed)
+    models = _candidates(task, options)
+    validation = task.evaluate(blocks, y, [(split.train, split.val)], labels=labels, models=models,
+                               reporter=reporter)
+    chosen_name = options.model or (models[0] if models else _best(validation))
+    fit_on = np.sort(np.concatenate([split.train, split.val]))
+    test_fold = [(fit_on, split.test)]
+    test = task.evaluate(blocks, y, test_fold, labels=labels, models=[chosen_name], reporter=reporter)[0]
+    ids = items["id"].to_numpy()
+    protocol.update({
+        "split_sizes": split.sizes(), "val_from": split.val_from, "split_left_out": split.left_out,
+        "scored": {"part": "test", "items": len(split.test), "model": chosen_name,
+                   "fitted_on": "train+val", "ids": [str(i) for i in ids[split.test][:10_000]]},
+        "validation": comparison_table(validation), "final_fit": options.final_fit,
+    })
+    fit_rows = None if options.final_fit == "all" else fit_on
+    return _Evaluated([test], test, test_fold, fit_rows, validation)
 
 
 def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: Reporter) -> TrainResult:
     from curata.evaluate.report import write_report
 
+    if options.final_fit not in ("train+val", "all"):
+        raise TaskDataError(f"unknown final fit '{options.final_fit}': use train+val or all")
     task, blocks, y, labels, items, protocol = prepare(workspace, options)
-    folds = _folds(options, y, items, task.multilabel)
-    models = None if options.compare else [getattr(task, "model", None) or next(iter(task.candidates()))]
-    results = task.evaluate(blocks, y, folds, labels=labels, models=models, reporter=reporter)
-    chosen = options.model or (models[0] if models else _best(results))
-    by_name = {r.name: r for r in results}
-    chosen_result = by_name.get(chosen) or by_name[_best(results)]
-    curation = curation_summary(workspace, task, protocol["target"], blocks, y, labels, items, folds, chosen_result,
-                                reporter=reporter)
+    if options.use_split or options.holdout:
+        done = _held_out(task, options, blocks, y, labels, items, protocol, reporter)
+    else:
+        done = _k_fold(task, options, blocks, y, labels, items, reporter)
+    curation = curation_summary(workspace, task, protocol["target"], blocks, y, labels, items, done.folds,
+                                done.chosen, reporter=reporter)
     if curation is not None:
         protocol["curation"] = curation
     name = _slug(options.name or f"{protocol['task']}-{protocol['target']}")
     bundle_dir = None
     started = time.perf_counter()
     if save:
-        task.model = chosen
+        task.model = done.chosen.name
+        fit_blocks, fit_y = (blocks, y) if done.fit_rows is None else (take(blocks, done.fit_rows), y[done.fit_rows])
         if task.multilabel:
-            task.fit(blocks, y, labels=labels)  # so suggestions and predictions carry tag names
+            task.fit(fit_blocks, fit_y, labels=labels)  # so suggestions and predictions carry tag names
         else:
-            task.fit(blocks, y)
-        best = next(r for r in results if r.name == task.model)
+            task.fit(fit_blocks, fit_y)
         card = Card(task=protocol["task"], target=protocol["target"], labels=[str(v) for v in labels],
                     features=protocol["features"], model=task.model,
-                    metrics={k: v for k, v in best.summary.items()},
-                    training={"items": len(y), "skipped": protocol["skipped"], "protocol": protocol["split"],
+                    metrics={k: v for k, v in done.chosen.summary.items()},
+                    training={"items": len(fit_y), "skipped": protocol["skipped"], "protocol": protocol["split"],
                               "training_data": protocol["training_data"],
+                              **({"split_sizes": protocol["split_sizes"], "final_fit": options.final_fit,
+                                  "scored_on": f"{protocol['scored']['items']} held-out test items"}
+                                 if "scored" in protocol else {}),
+                              **({"open_set": True} if protocol.get("open_set") else {}),
                               **({"curation": curation} if curation is not None else {})},
                     params={"folds": options.folds, "seed": options.seed})
         bundle_dir = save_bundle(workspace.dir("models") / name, task, card,
@@ -236,10 +320,10 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
     first = next(iter(blocks))
     embedding = (blocks[first], [str(v) for v in y]) if not task.multilabel else None
     report = write_report(workspace.dir("reports") / name, f"curata {protocol['task']}: {protocol['target']}",
-                          results, protocol=protocol, embedding=embedding, importance=_importance(task, blocks, y),
-                          thresholds=_thresholds(task, labels))
-    return TrainResult(name, results, bundle_dir, report, protocol, protocol["skipped"], protocol["training_data"],
-                       curation)
+                          done.results, protocol=protocol, embedding=embedding,
+                          importance=_importance(task, blocks, y), thresholds=_thresholds(task, labels))
+    return TrainResult(name, done.results, bundle_dir, report, protocol, protocol["skipped"],
+                       protocol["training_data"], curation, done.validation)
 
 
 # Curation -------------------------------------------------------------------------------------------
