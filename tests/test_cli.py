@@ -380,3 +380,36 @@ def test_an_image_only_collection_gets_image_defaults(tmp_path):
     done = run(app, ["cluster", "-w", str(ws), "-k", "3", "--json"])
     assert done.exit_code == 0, done.output
     assert json.loads(done.output[done.output.index("{"):])["features"] == ["effnet_lite0"]
+
+
+def test_handle_errors_tells_a_users_mistake_from_a_library_bug():
+    """Our own ValueError is a message about the input (exit 2, one line); one from inside a library means
+    curata handed it something wrong: an internal error with its trace (exit 1)."""
+    import json as json_module
+
+    import numpy as np
+    import typer
+    from typer.testing import CliRunner
+
+    from curata.clibase import handle_errors
+
+    mini = typer.Typer()
+
+    @mini.command()
+    @handle_errors
+    def go(what: str) -> None:
+        if what == "ours":
+            from curata.evaluate.splits import held_out
+
+            held_out(np.zeros(10), fraction=0.9)  # curata's own ValueError, worded for the user
+        if what == "json":
+            json_module.loads("{not json")
+        np.zeros(3).reshape(2, 2)  # a library's ValueError: our bug, never the user's
+
+    runner = CliRunner()
+    ours = runner.invoke(mini, ["ours"])
+    assert ours.exit_code == 2 and "error: the held-out fraction" in ours.output and "Traceback" not in ours.output
+    broken = runner.invoke(mini, ["json"])
+    assert broken.exit_code == 2 and "Expecting property name" in broken.output
+    bug = runner.invoke(mini, ["bug"])
+    assert bug.exit_code == 1 and "internal error: ValueError" in bug.output and "reshape" in bug.output

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -82,8 +82,24 @@ def disk_error_message(error: BaseException | None) -> str | None:
     return None
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def raised_by_curata(error: BaseException) -> bool:
+    """Whether `error` was raised by curata's own code (its last traceback frame is in the package). Our
+    `raise ValueError(...)` messages are written for the user, about their input; a ValueError from inside
+    NumPy, scikit-learn or pandas means curata handed a library something it should not have: a bug."""
+    tb = error.__traceback__
+    if tb is None:
+        return True
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
 def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Map exceptions to exit codes: bad input -> 2 with a one-line message, bugs -> 1."""
+    """Map exceptions to exit codes: bad input -> 2 with a one-line message, bugs -> 1 with the trace. A
+    ValueError is bad input when curata raised it (a message about the input), a bug when a library did."""
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -91,7 +107,14 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except (BadInput, SourceError, ImageError, PluginUnavailable, FileNotFoundError, ValueError) as e:
+        except ValueError as e:
+            # Undecodable JSON or text is the input's fault wherever the decoder sits.
+            if not raised_by_curata(e) and not isinstance(e, (SourceError, ImageError, json.JSONDecodeError,
+                                                              UnicodeError)):
+                _internal(e)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except (BadInput, SourceError, ImageError, PluginUnavailable, FileNotFoundError) as e:
             # escape(): paths and reasons may hold [brackets] that Rich would read as markup.
             # soft_wrap: one line whatever the terminal width, for scripts that read stderr.
             err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
@@ -104,11 +127,16 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             if message is not None:
                 err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
                 raise typer.Exit(EXIT_BAD_INPUT) from None
-            err.print_exception(show_locals=False)
-            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
-            raise typer.Exit(EXIT_INTERNAL) from None
+            _internal(e)
 
     return wrapper
+
+
+def _internal(e: BaseException) -> NoReturn:
+    """An internal error: say so, keep the trace for bug reports, exit 1."""
+    err.print_exception(show_locals=False)
+    err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))}", soft_wrap=True)
+    raise typer.Exit(EXIT_INTERNAL) from None
 
 
 def emit_json(payload: Any) -> None:
