@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import pickle
 from pathlib import Path
 
@@ -226,3 +227,35 @@ def test_a_plugin_without_its_model_is_one_line_and_exit_2(tmp_path):
     done = CliRunner().invoke(app, ["features", "-w", str(ws.root), "-e", "hf_vision"])
     assert done.exit_code == 2, done.output
     assert "Traceback" not in done.output and "no model path given" in done.output
+
+
+def test_plugin_path_is_given_once_and_remembered_by_the_workspace(tmp_path, vit_dir, monkeypatch):
+    """`features -e hf_vision --plugin-path DIR` computes with that model and records it, so a later command
+    (a new process: the in-process paths cleared) reads the same vectors without being told the path again."""
+    from typer.testing import CliRunner
+
+    from conftest import write_image
+    from curata.cli import app
+    from curata.collection import Item, items_to_frame
+    from curata.features import plugins
+    from curata.features.engine import load_matrix, make_extractor
+    from curata.workspace import Workspace
+
+    monkeypatch.setattr(plugins, "_PATHS", {})
+    ws = Workspace(tmp_path / "ws")
+    ws.add_items(items_to_frame([Item(id=f"s/{i}", source="s", collection="c", image_sha256=f"h{i}",
+                                      image=str(write_image(tmp_path / f"{i}.png", color=(40 * i, 90, 200))))
+                                 for i in range(3)]))
+    cli = CliRunner()
+    wrong = cli.invoke(app, ["features", "-w", str(ws.root), "-e", "color_stats", "--plugin-path", str(vit_dir)])
+    assert wrong.exit_code == 2 and "plug-in extractors" in wrong.output
+    done = cli.invoke(app, ["features", "-w", str(ws.root), "-e", "hf_vision", "--plugin-path", str(vit_dir), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)[0]["computed"] == 3
+    assert json.loads((ws.root / "plugins.json").read_text()) == {"hf_vision": str(Path(vit_dir).resolve())}
+    monkeypatch.setattr(plugins, "_PATHS", {})
+    matrix, errors = load_matrix(Workspace(ws.root), make_extractor("hf_vision"))
+    assert matrix.shape == (3, 20) and errors == [None] * 3
+    (ws.root / "plugins.json").write_text("{broken")
+    broken = cli.invoke(app, ["features", "-w", str(ws.root), "-e", "color_stats"])
+    assert broken.exit_code == 2 and "plugins.json is unreadable" in " ".join(broken.output.split())

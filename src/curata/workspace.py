@@ -38,6 +38,10 @@ def default_workspace() -> Path:
 class Workspace:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_workspace()
+        if (self.root / "plugins.json").is_file():  # the plug-in paths its features were computed with
+            from curata.features.plugins import read_plugin_paths, use_plugin_paths
+
+            use_plugin_paths(read_plugin_paths(self.root))
 
     # Layout ---------------------------------------------------------------------------------
     @property

@@ -41,6 +41,10 @@ def features_cmd(
     refit: Annotated[bool, typer.Option(help="Refit collection-dependent extractors (tf-idf, visual words, "
                                               "Word2Vec) and recompute them.")] = False,
     list_: Annotated[bool, typer.Option("--list", help="List the available extractors and exit.")] = False,
+    plugin_path: Annotated[str | None, typer.Option("--plugin-path", help="Local model of the plug-in extractors "
+                                                    "named with -e (timm: a checkpoint file; open_clip, hf_clip_*, "
+                                                    "hf_vision: a folder). Recorded in the workspace, so later "
+                                                    "commands use the same model.")] = None,
     engine: EngineOpt = "local",
     ray_address: RayAddressOpt = None,
     ray_cpus: RayCpusOpt = None,
@@ -72,6 +76,15 @@ def features_cmd(
         if not ws.has_text():
             skipped_text = list(TEXT_EXTRACTORS)
     names = [n.strip() for n in extractors.split(",") if n.strip() and n.strip() not in skipped_text]
+    plugins = {}
+    if plugin_path is not None:
+        from curata.features.plugins import PLUGIN_NAMES, use_plugin_paths
+
+        plugins = {n: plugin_path for n in names if n in PLUGIN_NAMES}
+        if not plugins:
+            raise BadInput(f"--plugin-path is for the plug-in extractors ({', '.join(PLUGIN_NAMES)}); none is named "
+                           "with -e")
+        use_plugin_paths(plugins)
     built = [make_extractor(n) for n in names]  # fail on a typo before any work
     if batch_size < 1:
         raise BadInput("--batch-size must be at least 1")
@@ -90,6 +103,10 @@ def features_cmd(
                                         num_cpus=ray_cpus, actors=ray_actors, reporter=reporter))
             else:
                 runs.append(compute(extractor, ws, batch_size=batch_size, refit=refit, reporter=reporter))
+    if plugins:  # recorded once the plug-in has worked, so later commands find it
+        from curata.features.plugins import remember_plugin_paths
+
+        remember_plugin_paths(ws.root, plugins)
     if as_json:
         emit_json([r.to_dict() for r in runs])
         return

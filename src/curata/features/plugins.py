@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -92,6 +93,51 @@ def _abspath(path: str | os.PathLike[str] | None) -> str | None:
     if path is None or str(path).strip() == "":
         return None
     return str(Path(path).expanduser().resolve())
+
+
+PLUGIN_NAMES = ("hf_clip_image", "hf_clip_text", "hf_vision", "open_clip", "timm")
+PATHS_FILE = "plugins.json"  # in a workspace: the local path of each plug-in its features were computed with
+_PATHS: dict[str, str] = {}  # plug-in name -> path, for this process (`--plugin-path`, a workspace's file)
+
+
+def plugin_path(name: str, given: str | os.PathLike[str] | None) -> str | None:
+    """The path a plug-in loads from: `given`, else the one set for `name` in this process (`curata features
+    --plugin-path`, or the workspace's plugins.json), else the environment variable CURATA_PLUGIN_PATH_<NAME>.
+    The same path must reach every later command, since it is part of the feature's key."""
+    if given is not None and str(given).strip():
+        return _abspath(given)
+    return _abspath(_PATHS.get(name) or os.environ.get(f"CURATA_PLUGIN_PATH_{name.upper()}"))
+
+
+def use_plugin_paths(paths: dict[str, str]) -> None:
+    """Set plug-in paths for this process (name -> local path)."""
+    _PATHS.update({name: str(path) for name, path in paths.items() if str(path).strip()})
+
+
+def remember_plugin_paths(root: Path, paths: dict[str, str]) -> None:
+    """Record plug-in paths in a workspace (merged with those already there), so that `train`, `search` and the
+    service find the model that computed the workspace's features without being told again."""
+    from curata.atomic import atomic_write_text
+
+    known = read_plugin_paths(root)
+    known.update({name: _abspath(path) or "" for name, path in paths.items()})
+    atomic_write_text(root / PATHS_FILE, json.dumps(known, indent=2, sort_keys=True))
+    use_plugin_paths(known)
+
+
+def read_plugin_paths(root: Path) -> dict[str, str]:
+    """A workspace's recorded plug-in paths ({} without a file; a damaged file is an error naming it)."""
+    file = root / PATHS_FILE
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PluginUnavailable(f"{file} is unreadable ({e}); delete it and run `curata features --plugin-path` "
+                                "again") from e
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise PluginUnavailable(f"{file} must map plug-in names to paths")
+    return data
 
 
 def _set_torch_threads(threads: int | None) -> None:
@@ -229,7 +275,7 @@ class _HFCLIPBase(Extractor):
     version: ClassVar[str] = "1"
 
     def __init__(self, path: str | os.PathLike[str] | None = None, threads: int | None = None):
-        self.path = _abspath(path)
+        self.path = plugin_path(self.name, path)
         self.threads = threads
         self._clip: HFCLIP | None = None
 
@@ -304,7 +350,7 @@ class HFVision(Extractor):
     ):
         if pooling not in ("auto", "mean", "cls"):
             raise ValueError("pooling must be 'auto', 'mean' or 'cls'")
-        self.path = _abspath(path)
+        self.path = plugin_path(self.name, path)
         self.pooling = pooling
         self.threads = threads
         self.batch_size = batch_size
@@ -400,7 +446,7 @@ class OpenCLIPPlugin(Extractor):
         threads: int | None = None,
     ):
         self.model_name = model_name
-        self.path = _abspath(path)
+        self.path = plugin_path(self.name, path)
         self.threads = threads
         self._loaded: tuple[Any, Any, Any] | None = None
 
@@ -475,7 +521,7 @@ class TimmPlugin(Extractor):
         batch_size: int = 32,
     ):
         self.model_name = model_name
-        self.path = _abspath(path)
+        self.path = plugin_path(self.name, path)
         self.threads = threads
         self.batch_size = batch_size
         self._loaded: tuple[Any, dict[str, Any]] | None = None
