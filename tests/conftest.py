@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# Each test's workspaces compute their own features (tests count what was computed); the machine-wide shared
+# feature cache is on only in the tests of it (tests/test_shared_cache.py).
+os.environ["CURATA_FEATURE_CACHE"] = "off"
 
 
 def write_image(path: Path, size=(32, 24), color=(200, 30, 30), mode="RGB", fmt=None, **save) -> Path:

@@ -111,10 +111,10 @@ def features_cmd(
         emit_json([r.to_dict() for r in runs])
         return
     table = Table(title=f"features in {escape(str(ws.root))}")
-    for column in ("extractor", "items", "cached", "computed", "errors", "seconds", "items/s"):
+    for column in ("extractor", "items", "cached", "shared", "computed", "errors", "seconds", "items/s"):
         table.add_column(column, justify="left" if column == "extractor" else "right")
     for r in runs:
-        table.add_row(escape(r.extractor), str(r.items), str(r.cached), str(r.computed),
+        table.add_row(escape(r.extractor), str(r.items), str(r.cached), str(r.shared), str(r.computed),
                       f"[red]{r.errors}[/]" if r.errors else "0", f"{r.seconds:.1f}",
                       f"{r.per_second:.0f}" if r.computed else "-")
     console.print(table)

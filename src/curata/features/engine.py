@@ -26,6 +26,7 @@ import pandas as pd
 
 from curata.atomic import replace_folder
 from curata.features.base import REGISTRY, Extractor, ItemError
+from curata.features.shared_cache import give_shared, shared_store, take_shared
 from curata.features.store import FeatureStore, store_dirname
 from curata.imageio import ImageError, load_image
 from curata.paths import default_threads
@@ -98,6 +99,7 @@ class FeatureRun:
     seconds: float
     fitted: bool = False
     notes: list[str] = field(default_factory=list)  # repairs made on the way (unreadable parts dropped)
+    shared: int = 0  # items whose vector came from the machine's shared cache (`curata.features.shared_cache`)
 
     @property
     def per_second(self) -> float:
@@ -308,6 +310,16 @@ def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32,
                           [n for r in runs for n in r.notes])
     with feature_lock(extractor, workspace, reporter):
         plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)
+        shared = shared_store(extractor) if plan.todo else None
+        computed: list[str] = []
+        if shared is not None:  # what another workspace on this machine computed is copied, not recomputed
+            found, vectors = take_shared(shared, list(plan.todo))
+            if found:
+                plan.store.append(found, vectors, [None] * len(found))
+                plan.run.shared, plan.run.computed = len(found), plan.run.computed - len(found)
+                for key in found:
+                    del plan.todo[key]
+            computed = list(plan.todo)
         if plan.todo:
             try:
                 _compute_todo(extractor, plan.store, plan.todo, batch_size, workers, reporter, plan.run)
@@ -315,6 +327,8 @@ def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32,
                 plan.store.finish()
                 raise
         plan.finish()
+        if shared is not None and computed:
+            give_shared(shared, computed, *plan.store.lookup(computed))
     plan.run.seconds = time.perf_counter() - plan.started
     return plan.run
 
