@@ -57,3 +57,23 @@ def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATA_CACHE", str(tmp_path / "cache"))
     store = shared_store(make_extractor("color_stats"))
     assert store is not None and store.path.is_relative_to(tmp_path / "cache" / "features")
+
+
+def test_predict_on_files_reads_what_a_workspace_embedded(tmp_path, shared, monkeypatch):
+    from curata.tasks.runner import TrainOptions, predict_images, run
+
+    colours = [(200, 40, 40), (40, 60, 200)]
+    images = [str(write_image(tmp_path / f"img/{i}.png", color=colours[i % 2])) for i in range(12)]
+    pd.DataFrame({"image": images, "label": ["red", "blue"] * 6}).to_csv(tmp_path / "items.csv", index=False)
+    ws = Workspace(tmp_path / "ws")
+    ingest(tmp_path / "items.csv", ws)
+    compute(make_extractor("color_stats"), ws)
+    bundle = run(ws, TrainOptions(task="classify", features=["color_stats"], model="logreg", folds=2)).bundle
+    store = shared_store(make_extractor("color_stats"))
+    assert store.count() == 12
+    new = write_image(tmp_path / "new.png", color=(190, 50, 45))
+    rows = predict_images(bundle, [Path(images[0]), new])
+    assert store.count() == 13  # the known image was read; only the new one was embedded, and is now shared
+    assert [r["prediction"] for r in rows] == ["red", "red"]
+    monkeypatch.setenv("CURATA_FEATURE_CACHE", "off")
+    assert predict_images(bundle, [Path(images[0]), new]) == rows  # same answers without the cache

@@ -5,6 +5,7 @@ cross-validation -> fit on everything -> bundle + report.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import re
@@ -544,10 +545,35 @@ def predict_images(bundle_dir: Path, paths: list[Path], texts: list[str] | None 
             rows[i]["error"] = getattr(e, "reason", str(e))
     if good:
         given = texts or [""] * len(paths)
-        blocks = featurise(card, bundle_dir, images, [given[i] for i in good])
+        hashes = [hashlib.sha256(Path(paths[i]).read_bytes()).hexdigest() for i in good]
+        blocks = _blocks_via_shared_cache(bundle_extractors(card, bundle_dir), images, [given[i] for i in good],
+                                          hashes)
         for i, result in zip(good, predict_blocks(task, card, blocks, top), strict=True):
             rows[i].update(result)
     return rows
+
+
+def _blocks_via_shared_cache(extractors: dict[str, Any], images: list[np.ndarray], texts: list[str],
+                             hashes: list[str]) -> dict[str, np.ndarray]:
+    """`extract_blocks`, except that image vectors the machine's shared feature cache holds (an image some
+    workspace embedded already, by content hash) are read, not recomputed; what is computed is added."""
+    from curata.features.shared_cache import give_shared, shared_store, take_shared
+
+    blocks = {}
+    for name, extractor in extractors.items():
+        store = shared_store(extractor) if extractor.modality != "text" else None
+        if store is None:
+            blocks.update(extract_blocks({name: extractor}, images, texts))
+            continue
+        found, vectors = take_shared(store, hashes)
+        known = dict(zip(found, vectors, strict=True))
+        todo = [i for i, h in enumerate(hashes) if h not in known]
+        if todo:
+            computed = extract_blocks({name: extractor}, [images[i] for i in todo], [texts[i] for i in todo])[name]
+            give_shared(store, [hashes[i] for i in todo], computed, [None] * len(todo))
+            known.update({hashes[i]: row for i, row in zip(todo, computed, strict=True)})
+        blocks[name] = np.stack([known[h] for h in hashes]).astype(np.float32)
+    return blocks
 
 
 def predict_workspace(bundle_dir: Path, workspace: Workspace, top: int = 3) -> list[dict[str, Any]]:
