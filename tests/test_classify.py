@@ -185,3 +185,29 @@ def test_cli_says_held_out_test_not_folds_and_refuses_mixed_protocols(ws):
     assert opened.exit_code == 0, opened.output
     row = json.loads(opened.stdout)["table"][0]
     assert 0.8 <= row["coverage"] <= 1.0 and row["accepted_accuracy"] >= row["accuracy"]
+
+
+def test_pixel_art_gets_pixel_features_by_default(tmp_path):
+    """On pixel art (small images, few colours) classify, collection and tags default to the pixel blocks when
+    they were computed, tags with ridge; on photos-like images to EfficientNet's block."""
+    from curata.tasks.runner import prepare
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        label = ["punk", "ape"][i % 2]
+        sprite = rng.choice([0, 255], (24, 24, 3)).astype(np.uint8)  # a 24x24 sprite of 8 colours
+        from PIL import Image
+
+        Image.fromarray(sprite).save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "label": label, "tags": f"hat={'yes' if i % 3 else 'no'}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "items.csv", index=False)
+    ws = Workspace(tmp_path / "ws")
+    ingest(tmp_path / "items.csv", ws)
+    for name in ("color_stats", "pixels", "pixels_onehot"):
+        compute(make_extractor(name), ws)
+    for task, want in (("classify", ["pixels"]), ("collection", ["pixels"]), ("tags", ["pixels_onehot"])):
+        *_, protocol = prepare(ws, TrainOptions(task=task, folds=2, min_tag_count=2))
+        assert list(protocol["features"]) == want, task
+    assert prepare(ws, TrainOptions(task="tags", folds=2, min_tag_count=2))[0].model == "ridge"
+    assert prepare(ws, TrainOptions(task="tags", folds=2, min_tag_count=2, features=["color_stats"]))[0].model is None

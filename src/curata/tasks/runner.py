@@ -188,6 +188,8 @@ def _build_task(cls: type[Task], features: list[str], options: TrainOptions) -> 
     task = cls(**kwargs)
     if options.model:
         task.model = options.model
+    elif callable(chooser := getattr(task, "model_for", None)) and (model := chooser(features)):
+        task.model = model  # a default that depends on the blocks (tags: ridge on pixels)
     return task
 
 

@@ -445,6 +445,24 @@ class TagTask(Task):
         self.min_positives = min_positives
         self.seed = seed
 
+    @classmethod
+    def features_for(cls, workspace: Any, items: Any) -> list[str]:
+        """`pixels_onehot` on pixel art where it was computed (micro-F1 0.52 against 0.32 for EfficientNet on a
+        1,000-token pixel-art sample), else the default image embedding."""
+        from curata.features.engine import stored_count
+        from curata.features.pixels import looks_like_pixel_art
+
+        if stored_count(workspace, "pixels_onehot") and looks_like_pixel_art(items):
+            return ["pixels_onehot"]
+        return list(cls.default_features)
+
+    @staticmethod
+    def model_for(features: Sequence[str]) -> str | None:
+        """The default model for these blocks: ridge (one solve for every tag) on the pixel blocks, where one
+        logistic regression per tag over 17,280 one-hot columns takes minutes and ridge measured best; else
+        None (the first candidate)."""
+        return "ridge" if any(f.startswith("pixels") for f in features) else None
+
     def candidates(self) -> dict[str, Callable[[], Any]]:
         common = {"inner_folds": self.inner_folds, "min_positives": self.min_positives, "seed": self.seed}
         return {
