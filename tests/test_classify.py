@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -160,6 +161,10 @@ def test_held_out_protocol_scores_test_once_and_saves_the_model_it_scored(ws):
     everything = run(ws, TrainOptions(task="classify", features=["color_stats"], use_split=True, final_fit="all",
                                       name="held-all"))
     assert json.loads((everything.bundle / "card.json").read_text())["training"]["items"] == 120
+    html = Path(result.report["html"]).read_text()
+    assert "scored once on test" in html and "confusion matrix (held-out test)" in html
+    assert next(iter(test_ids)) not in html  # the ids are in report.json, not on the page
+    assert json.loads(Path(result.report["json"]).read_text())["protocol"]["scored"]["items"] == 24
     drawn = run(ws, TrainOptions(task="classify", features=["color_stats"], holdout=0.25, model="logreg"),
                 save=False)
     assert drawn.protocol["split_sizes"] == {"train": 60, "val": 30, "test": 30}

@@ -92,7 +92,8 @@ def write_report(directory: Path, title: str, results: list[CVResult], *, protoc
             _comparison_section(table, metric, best, results, plot)]
     ordered = ([best] if best else []) + [r for r in results if r is not best]
     for result in ordered:
-        body.append(_model_section(result, slugs[id(result)], result is best, len(results), plot))
+        body.append(_model_section(result, slugs[id(result)], result is best, len(results), plot,
+                                   "held-out test" if "scored" in protocol else "pooled out-of-fold"))
     body.append(_fitted_section(importance, thresholds, plot))
     if embedding is not None:
         features, labels = embedding
@@ -133,12 +134,18 @@ def _protocol_section(protocol: dict[str, Any]) -> str:
         value = protocol[key]
         if key == "skipped" and not value:
             value = "none"
+        if key == "scored":  # the scored ids are in report.json; the page says how many
+            value = {k: v for k, v in value.items() if k != "ids"}
         name = PROTOCOL_NAMES.get(key, key.replace("_", " "))
         rows.append(f"<tr><th>{escape(name)}</th><td>{_value_html(value)}</td></tr>")
+    lead = ("Held-out test: the candidates were fitted on train and compared on val; the chosen model was "
+            "fitted on train+val and scored once on test, items no model or choice ever saw (the ids scored are "
+            "in report.json)." if "scored" in protocol else
+            "Cross-validated: each model is refitted on every training fold and scored on the held-out fold, "
+            "so every number below is measured on items the model did not learn from; ± is the standard "
+            "deviation over folds.")
     return _section("Protocol", [
-        _para("Cross-validated: each model is refitted on every training fold and scored on the held-out fold, "
-              "so every number below is measured on items the model did not learn from; ± is the standard "
-              "deviation over folds."),
+        _para(lead),
         f"<table class='kv'>{''.join(rows)}</table>"])
 
 
@@ -208,24 +215,25 @@ def _curation_section(curation: dict[str, Any] | None) -> str:
 
 
 def _model_section(result: CVResult, slug: str, is_best: bool, n_models: int,
-                   plot: Callable[..., _Plot | None]) -> str:
+                   plot: Callable[..., _Plot | None], scored: str = "pooled out-of-fold") -> str:
     overall = result.overall
     pooled = {k: v for k, v in overall.items() if isinstance(v, int | float)}
-    parts = [_para("Pooled over all out-of-fold predictions: " + ", ".join(
+    lead = "On the held-out test items" if scored == "held-out test" else "Pooled over all out-of-fold predictions"
+    parts = [_para(f"{lead}: " + ", ".join(
         f"{escape(_metric_name(k))} <b>{_fmt(v)}</b>" for k, v in pooled.items()) + ".") if pooled else ""]
     if result.multilabel:
         per_label = overall.get("per_label", {})
-        parts.append(_figure(plot(f"{slug}-per-label-f1.png", "F1 per label (pooled out-of-fold)",
+        parts.append(_figure(plot(f"{slug}-per-label-f1.png", f"F1 per label ({scored})",
                                   lambda: plots.per_class_bars(per_label, "f1", title="Per-label F1"))))
     else:
         labels = overall.get("labels", result.labels)
         confusion = overall.get("confusion")
         if confusion is not None:
-            parts.append(_figure(plot(f"{slug}-confusion.png", "confusion matrix (pooled out-of-fold)",
+            parts.append(_figure(plot(f"{slug}-confusion.png", f"confusion matrix ({scored})",
                                       lambda: plots.confusion_heatmap(confusion, labels))))
             parts.append(_confused_pairs(confusion, labels))
         per_class = overall.get("per_class", {})
-        parts.append(_figure(plot(f"{slug}-per-class-f1.png", "F1 per class (pooled out-of-fold)",
+        parts.append(_figure(plot(f"{slug}-per-class-f1.png", f"F1 per class ({scored})",
                                   lambda: plots.per_class_bars(per_class, "f1"))))
     parts.append(_folds_table(result.folds))
     heading = f"Model: {result.name}" + (" (best)" if is_best and n_models > 1 else "")
