@@ -144,6 +144,7 @@ def test_classify_chooses_features_from_what_was_computed(ws):
     result = run(ws, TrainOptions(task="classify", folds=3), save=False)
     assert list(result.protocol["features"]) == ["color_stats", "tfidf"]  # an image block and a text block
     assert result.results[0].name == "auto" and result.results[0].summary["accuracy"]["mean"] >= 0.95
+    assert len(result.results[0].extra["chosen"]) == 3  # one choice per fold, made inside each training fold
 
 
 def test_held_out_protocol_scores_test_once_and_saves_the_model_it_scored(ws):
@@ -158,6 +159,9 @@ def test_held_out_protocol_scores_test_once_and_saves_the_model_it_scored(ws):
     assert set(protocol["scored"]["ids"]) == test_ids
     card = json.loads((result.bundle / "card.json").read_text())
     assert card["training"]["items"] == 96 and card["training"]["final_fit"] == "train+val"  # test never fitted
+    if protocol["scored"]["model"] == "auto":  # what auto chose is said, for the test fit and the saved model
+        assert result.results[0].extra["chosen"][0] in ("logreg", "svm", "mlp")
+        assert card["training"]["auto"]["chosen"] in card["training"]["auto"]["validation_accuracy"]
     everything = run(ws, TrainOptions(task="classify", features=["color_stats"], use_split=True, final_fit="all",
                                       name="held-all"))
     assert json.loads((everything.bundle / "card.json").read_text())["training"]["items"] == 120
@@ -180,6 +184,11 @@ def test_cli_says_held_out_test_not_folds_and_refuses_mixed_protocols(ws):
     text = " ".join(done.output.split())
     assert "held-out test: logreg fitted on train+val, scored once on 24 test items" in text
     assert "72 train, 24 val (split column), 24 test" in text and "folds" not in text and "±" not in text
+    auto = cli.invoke(app, ["train", "classify", "-w", str(ws.root), "--features", "color_stats", "--holdout", "0.25",
+                            "--name", "cli-auto"])
+    assert auto.exit_code == 0, auto.output
+    said = " ".join(auto.output.split())
+    assert "auto chose: " in said and "the saved model: " in said and "validation accuracy logreg" in said
     both = cli.invoke(app, ["evaluate", "classify", "-w", str(ws.root), "--use-split", "--holdout", "0.2"])
     assert both.exit_code == 2 and "give one" in both.output
     wrong = cli.invoke(app, ["evaluate", "colour", "-w", str(ws.root), "--open-set", "--features", "color_stats",

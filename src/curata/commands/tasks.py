@@ -119,6 +119,13 @@ def _print_results(result: Any) -> None:
     else:
         console.print(_scores_table(f"cross-validation: mean ± std over {protocol['folds']} folds",
                                     result.table(), spread=True))
+    for r in [*result.validation, *result.results]:
+        if r.extra.get("chosen"):  # `auto` picks a model inside every fit: say which
+            console.print(f"  {escape(r.name)} chose: {escape(', '.join(c or '-' for c in r.extra['chosen']))}"
+                          + (" (one per fold)" if len(r.extra["chosen"]) > 1 else ""))
+    if auto := protocol.get("auto"):
+        console.print(f"  the saved model: {escape(auto['chosen'])} (validation accuracy "
+                      + ", ".join(f"{escape(k)} {v:.3f}" for k, v in auto["validation_accuracy"].items()) + ")")
     if result.bundle:
         console.print(f"bundle: {escape(str(result.bundle))}")
     console.print(f"report: {escape(str(result.report['html']))}")

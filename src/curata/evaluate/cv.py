@@ -68,6 +68,7 @@ def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.
     fold_metrics: list[dict[str, Any]] = []
     fit_seconds = 0.0
     abstain = None
+    choices: list[str | None] = []  # per fold, what a model that chooses among candidates chose
     advance = reporter.task(f"cross-validating {name}", len(folds))
     for train, test in folds:
         if train_rows is not None:
@@ -80,6 +81,7 @@ def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.
         pred = np.asarray(model.predict(take(x, test)))
         scores = _scores(model, take(x, test), labels, multilabel)
         oof_pred[test] = pred
+        choices.append(chosen_model(model))
         if scores is not None:
             oof_scores[test] = scores
         tested[test] = True
@@ -92,8 +94,20 @@ def cross_validate(name: str, make_model: Callable[[], Any], x: Features, y: np.
         overall = multilabel_metrics(y[tested], oof_pred[tested], oof_scores[tested], labels)
     else:
         overall = classification_metrics(y[tested].astype(str), oof_pred[tested].astype(str), labels, abstain)
-    return CVResult(name, multilabel, labels, [_scalars(f) for f in fold_metrics], summarise(fold_metrics),
-                    overall, oof_pred, oof_scores, fit_seconds)
+    result = CVResult(name, multilabel, labels, [_scalars(f) for f in fold_metrics], summarise(fold_metrics),
+                      overall, oof_pred, oof_scores, fit_seconds)
+    if any(choices):
+        result.extra["chosen"] = choices
+    return result
+
+
+def chosen_model(model: Any) -> str | None:
+    """What a fitted model that chooses among candidates (classify's `auto`) chose, also behind an open-set
+    wrapper; None for any other model."""
+    for candidate in (model, getattr(model, "model_", None)):
+        if isinstance(getattr(candidate, "chosen_", None), str):
+            return candidate.chosen_
+    return None
 
 
 def _scores(model: Any, x: Features, labels: list[str], multilabel: bool = False) -> np.ndarray | None:

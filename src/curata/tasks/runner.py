@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from curata.budget import memory_budget, rows_within_budget
-from curata.evaluate.cv import CVResult, comparison_table, cross_validate, take
+from curata.evaluate.cv import CVResult, chosen_model, comparison_table, cross_validate, take
 from curata.evaluate.splits import held_out, make_folds
 from curata.features.engine import make_extractor
 from curata.features.store import store_dirname
@@ -306,6 +306,10 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
             task.fit(fit_blocks, fit_y, labels=labels)  # so suggestions and predictions carry tag names
         else:
             task.fit(fit_blocks, fit_y)
+        if chosen := chosen_model(task.estimator_):  # what `auto` chose for the saved model, and why
+            fitted = getattr(task.estimator_, "model_", None) if not hasattr(task.estimator_, "chosen_") \
+                else task.estimator_
+            protocol["auto"] = {"chosen": chosen, "validation_accuracy": getattr(fitted, "validation_scores_", {})}
         card = Card(task=protocol["task"], target=protocol["target"], labels=[str(v) for v in labels],
                     features=protocol["features"], model=task.model,
                     metrics={k: v for k, v in done.chosen.summary.items()},
@@ -315,6 +319,7 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
                                   "scored_on": f"{protocol['scored']['items']} held-out test items"}
                                  if "scored" in protocol else {}),
                               **({"open_set": True} if protocol.get("open_set") else {}),
+                              **({"auto": protocol["auto"]} if "auto" in protocol else {}),
                               **({"curation": curation} if curation is not None else {})},
                     params={"folds": options.folds, "seed": options.seed})
         bundle_dir = save_bundle(workspace.dir("models") / name, task, card,
