@@ -111,7 +111,8 @@ def main() -> int:
                 # An experiment naming its model runs that one only; otherwise every candidate is compared.
                 options = TrainOptions(task=task, target=target, features=features, compare="model" not in settings,
                                        folds=5, seed=0, holdout=0.2 if args.held_out else None,
-                                       name=f"bench-{task}-{target}-{'+'.join(features or ['default'])}"
+                                       name=f"bench-{task}-{target.replace(':', '-')}-"
+                                            f"{'_'.join(features or ['default'])}"
                                             + (f"-{settings['model']}" if len(runs) > 1 else ""),
                                        **settings)
                 started = time.perf_counter()
