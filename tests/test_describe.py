@@ -67,6 +67,9 @@ def test_describe_items_uses_every_source(ws):
         assert {"colour", "neighbours"} <= sources
         assert item_id not in {n["id"] for n in row["neighbours"]}  # an item is never its own neighbour
         assert row["sentence"].startswith(("A ", "An ")) and row["sentence"].endswith(".")
+        # Trait-tagged generative art: no ImageNet content words, the colour-first trait sentence.
+        assert not row["sentence"].startswith("A picture of")
+        assert all("content" not in k["source"] for k in row["keywords"])
         assert row["colours"][0]["name"] in row["sentence"]
         assert abs(sum(c["share"] for c in row["colours"]) - 1) < 0.02
         # The collection model's best guess is always a keyword; an algorithm name is never "unknown".

@@ -58,15 +58,23 @@ def describe_cmd(
     clip: Annotated[Path | None, typer.Option(help="Local CLIP model folder: rerank keywords by image-text "
                                               "similarity.")] = None,
     colours: Annotated[str, typer.Option(help="Colour vocabulary: basic (12 terms) or css.")] = "basic",
-    evaluate: Annotated[bool, typer.Option("--evaluate", help="Instead of describing, measure precision@k and "
-                                           "recall@k of the keywords against held-out tags.")] = False,
+    content: Annotated[str, typer.Option(help="Content words from the ImageNet head: auto (on unless items have "
+                                         "trait=value tags), on or off.")] = "auto",
+    prior: Annotated[str, typer.Option(help="Popularity prior on the content words: divide by the collection's "
+                                       "mean prediction (idf-like), subtract it, or none.")] = "divide",
+    evaluate: Annotated[bool, typer.Option("--evaluate", help="Instead of describing, measure precision@k, "
+                                           "recall@k and hit@k of the keywords against held-out tags (on a "
+                                           "collection tagged with COCO categories: of the content words).")] = False,
     at: Annotated[int, typer.Option("--at", help="k of precision@k and recall@k (with --evaluate).")] = 5,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Keywords (ranked, with scores and their source) and one plain sentence for each image, from the
-    workspace's tag and collection models, the colour namer and the nearest neighbours' tags and text."""
+    workspace's tag and collection models, the colour namer, the nearest neighbours' tags and text and,
+    for photos and paintings, content words from the ImageNet head of effnet_lite0."""
     from curata.describe import DescribeOptions, Describer, evaluate_keywords
+    from curata.describe.content import PRIORS
+    from curata.describe.evaluate import evaluate_content_words, is_coco_tagged
     from curata.imageio import load_image
 
     ws = Workspace(workspace)
@@ -74,13 +82,22 @@ def describe_cmd(
         raise BadInput("--top must be at least 1")
     if colours not in ("basic", "css"):
         raise BadInput(f"unknown colour vocabulary '{colours}': use basic or css")
+    if content not in ("auto", "on", "off"):
+        raise BadInput(f"unknown --content '{content}': use auto, on or off")
+    if prior not in PRIORS:
+        raise BadInput(f"unknown prior '{prior}': use {', '.join(PRIORS)}")
     if evaluate:
-        result = evaluate_keywords(ws, embedding=embedding, k=at, neighbours=neighbours)
+        if not ws.exists:
+            raise BadInput(f"no collection in workspace {ws.root} (run `curata ingest` first)")
+        coco = is_coco_tagged([list(t) for t in ws.items()["tags"]])
+        result = (evaluate_content_words(ws, k=at, neighbours=neighbours, mode=prior) if coco
+                  else evaluate_keywords(ws, embedding=embedding, k=at, neighbours=neighbours))
         if as_json:
             emit_json(result)
             return
         console.print(f"protocol: {escape(str(result['protocol']))}")
-        table = Table(title="keywords against held-out tags")
+        table = Table(title="content words against held-out COCO categories" if coco
+                      else "keywords against held-out tags")
         keys = list(next(iter(result["sources"].values())))
         for column in ("source", *keys):
             table.add_column(column)
@@ -92,7 +109,8 @@ def describe_cmd(
         raise BadInput("give image files and/or --item IDs to describe (or --evaluate)")
     options = DescribeOptions(tag_bundle=tag_bundle, collection_bundle=collection_bundle, embedding=embedding,
                               neighbours=neighbours, colour_vocabulary=colours,
-                              clip_path=str(clip) if clip else None)
+                              clip_path=str(clip) if clip else None,
+                              content_words=None if content == "auto" else content == "on", content_prior=prior)
     with rich_reporter(not quiet and not as_json) as reporter:
         describer = Describer.open(ws, options, reporter=reporter)
     rows: list[dict] = describer.describe_items(list(item), top_k=top) if item else []

@@ -198,8 +198,13 @@ def evaluate_cmd(
 ) -> None:
     """Compare the task's candidate models under one protocol (k-fold, or chosen on val and scored once on a
     held-out test); writes report.json and a self-contained report.html (confusion matrix, per-class scores,
-    feature importance, 2-D map)."""
+    feature importance, 2-D map). `evaluate colour --model zero_label` scores the zero-label colour namer
+    (nothing trained: it names each image's object) against the colour target instead."""
     from curata.tasks.runner import run
+
+    if task in ("colour", "color") and model in ZERO_LABEL:
+        _evaluate_namer(Workspace(workspace), target or "tag:color", model, as_json, quiet)
+        return
 
     options = _train_options(task, features, target, model, model is None, folds, seed, use_split, holdout, group,
                              min_per_class, source, name, open_set)
@@ -210,6 +215,36 @@ def evaluate_cmd(
                    "table": result.table()})
     else:
         _print_results(result)
+
+
+ZERO_LABEL = {"zero_label": "foreground", "zero_label_whole_image": "whole_image"}
+
+
+def _evaluate_namer(ws: Workspace, target: str, model: str, as_json: bool, quiet: bool) -> None:
+    from curata.evaluate.colour_names import score_namer
+
+    if not ws.exists:
+        raise BadInput(f"no collection in workspace {ws.root} (run `curata ingest` first)")
+    with rich_reporter(not quiet and not as_json) as reporter:
+        scored = score_namer(ws, target, namer=ZERO_LABEL[model], reporter=reporter)  # type: ignore[arg-type]
+    if not scored["usable"]:
+        raise BadInput(f"no item has a {target} that is one of the basic colour names ({scored['items']} items); "
+                       "name the colour column with --target (label, tag:<trait>, meta:<field>)")
+    if as_json:
+        emit_json(scored)
+        return
+    console.print(f"[bold]zero-label colour namer[/] ({scored['namer']}) → {escape(target)}: {scored['usable']} items "
+                  f"scored, {scored['unusable']} without a basic colour, {scored['unreadable']} unreadable")
+    console.print(f"  top-1 accuracy {scored['accuracy']:.3f}, top-2 {scored['top2_accuracy']:.3f}; "
+                  f"white named for {scored['white_over_non_white']} items that are not white")
+    table = Table(title="per colour")
+    for column in ("colour", "items", "right", "accuracy", "named instead (most often)"):
+        table.add_column(column, justify="left" if column in ("colour", "named instead (most often)") else "right")
+    for colour, row in scored["per_class"].items():
+        wrong = {k: v for k, v in scored["confusion"][colour].items() if k != colour}
+        table.add_row(escape(colour), str(row["n"]), str(row["correct"]), f"{row['accuracy']:.3f}",
+                      escape(max(wrong, key=wrong.get) if wrong else "-"))
+    console.print(table)
 
 
 @app.command("predict")

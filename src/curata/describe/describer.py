@@ -2,9 +2,11 @@
 
 Sources (each optional but the colours): the newest `tags` bundle (P(tag) per tag), the newest
 `collection` bundle (what collection / algorithm it comes from, used as the sentence's subject when
-it is confident), the zero-label colour namer on the k-means palette, and the tags and text of the
-nearest neighbours in image-embedding space. With a CLIP plug-in path the merged keywords are
-reranked by image-text similarity.
+it is confident), the zero-label colour namer on the object (`curata.features.colour_names`), and the
+tags and text of the nearest neighbours in image-embedding space; for photos and paintings (collections not tagged with
+`trait=value` traits) content words from EfficientNet-Lite0's ImageNet head under a popularity prior
+(`curata.describe.content`). With a CLIP plug-in path the merged keywords are reranked by image-text
+similarity.
 
 Memory: when the collection's embedding matrix fits the memory budget (`curata.budget`) the collection
 frame and every neighbour vector are held, exactly as before. Past it, the neighbours come from a
@@ -23,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from curata.budget import matrix_bytes, memory_budget, rows_within_budget
+from curata.describe.content import CONTENT_EMBEDDING, ContentWords, features_to_logits, open_content
 from curata.describe.keywords import Keyword, merge, tag_keywords
 from curata.describe.neighbours import IndexedNeighbourVotes, NeighbourVotes
 from curata.describe.sentence import make_sentence
@@ -46,6 +49,8 @@ class DescribeOptions:
     colour_vocabulary: str = "basic"      # basic (12 terms) or css
     clip_path: str | None = None          # a local CLIP model folder: rerank keywords by similarity
     use_models: bool = True               # False: colours and neighbours only
+    content_words: bool | None = None     # ImageNet content words; None: on unless items have trait tags
+    content_prior: str = "divide"         # popularity prior: divide (idf-like), subtract or none
 
 
 def find_bundle(workspace: Workspace, task: str, name: str | None = None) -> Path | None:
@@ -71,7 +76,8 @@ def find_bundle(workspace: Workspace, task: str, name: str | None = None) -> Pat
 class Describer:
     def __init__(self, workspace: Workspace, options: DescribeOptions,
                  votes: NeighbourVotes | IndexedNeighbourVotes | None,
-                 bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]], items: pd.DataFrame | None):
+                 bundles: dict[str, tuple[Path, Any, Any, dict[str, Any]]], items: pd.DataFrame | None,
+                 content: ContentWords | None = None):
         self.workspace = workspace
         # The collection as it was at open, like the neighbours: reopen to see items added since.
         # None over the memory budget: described items are then looked up by id in the table.
@@ -80,8 +86,11 @@ class Describer:
         self.votes = votes
         self.bundles = bundles  # source -> (bundle dir, fitted task, card, its loaded extractors)
         self._embedder = make_extractor(options.embedding)
-        self._palette = make_extractor("palette")
         self._clip: tuple[Any, Any] | None = None
+        self.content = content
+        # The content words need effnet_lite0 features; other neighbour spaces compute them per image.
+        self._content_embedder = (None if content is None or options.embedding == CONTENT_EMBEDDING
+                                  else make_extractor(CONTENT_EMBEDDING))
 
     @classmethod
     def open(cls, workspace: Workspace, options: DescribeOptions | None = None, *,
@@ -113,14 +122,18 @@ class Describer:
                 if path is not None:
                     model, card = load_bundle(path)
                     bundles[source] = (path, model, card, bundle_extractors(card, path))
-        return cls(workspace, options, votes, bundles, items)
+        content = open_content(workspace, items, enabled=options.content_words, mode=options.content_prior)
+        return cls(workspace, options, votes, bundles, items, content)
 
     @property
     def sources(self) -> dict[str, str]:
-        out = {"colour": f"palette ({self.options.colour_vocabulary} names)"}
+        out = {"colour": f"object colours ({self.options.colour_vocabulary} names)"}
         out.update({source: bundle[0].name for source, bundle in self.bundles.items()})
         if self.votes is not None:
             out["neighbours"] = f"{self.options.neighbours} nearest in {self.options.embedding}"
+        if self.content is not None:
+            out["content"] = (f"ImageNet head of {CONTENT_EMBEDDING}, popularity prior over "
+                              f"{self.content.n_reference} items")
         if self.options.clip_path:
             out["clip"] = str(self.options.clip_path)
         return out
@@ -186,9 +199,8 @@ class Describer:
 
     def _describe(self, images: list[np.ndarray], texts: list[str], vectors: np.ndarray,
                   ids: list[str | None], top_k: int) -> list[dict[str, Any]]:
-        palettes = self._palette.transform([self._palette.prepare(im) for im in images])
         groups: list[list[list[Keyword]]] = [[] for _ in images]
-        colours = [self._colours(p) for p in palettes]
+        colours = [self._colours(im) for im in images]
         for i, named in enumerate(colours):
             groups[i].append([Keyword(c["name"], c["share"], "colour") for c in named[:3]])
         subjects: list[str | None] = [None] * len(images)
@@ -206,6 +218,13 @@ class Describer:
             scores = task.predict_proba(extract_blocks(extractors, images, texts))
             for i in range(len(images)):
                 groups[i].append(tag_keywords(scores[i], card.labels, "tags", top_k))
+        if self.content is not None:
+            if self._content_embedder is None:
+                features = vectors
+            else:
+                features = self._content_embedder.transform([self._content_embedder.prepare(im) for im in images])
+            for i, words in enumerate(self.content.keywords(features_to_logits(features), top_k)):
+                groups[i].append(words)
         neighbour_lists: list[list[tuple[str, float]]] = [[] for _ in images]
         if self.votes is not None:
             exclude = ids if any(i is not None for i in ids) else None
@@ -220,7 +239,7 @@ class Describer:
             pairs = [(c["name"], c["share"]) for c in colours[i]]
             out.append({
                 "keywords": [k.to_dict() for k in keywords],
-                "sentence": make_sentence(pairs, subjects[i], keywords),
+                "sentence": make_sentence(pairs, subjects[i], keywords, content=self.content is not None),
                 "colours": colours[i],
                 "neighbours": [{"id": n, "similarity": s} for n, s in neighbour_lists[i]],
             })
@@ -230,18 +249,13 @@ class Describer:
         _, task, card, extractors = self.bundles[source]
         return predict_blocks(task, card, extract_blocks(extractors, images, texts), top=1)
 
-    def _colours(self, palette_vector: np.ndarray) -> list[dict[str, Any]]:
-        """Palette entries merged by name: [{"name", "share", "hex" (of its largest entry)}], largest first."""
-        from curata.features.palette import describe_palette
+    def _colours(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """The object's colour names [{"name", "share" (of the object), "hex"}], largest first: the one
+        zero-label namer that /v1/colours also calls (`name_colours`), so the two never disagree."""
+        from curata.features.colour_names import name_colours
 
         key = "basic" if self.options.colour_vocabulary == "basic" else "css"
-        merged: dict[str, dict[str, Any]] = {}
-        for entry in describe_palette(palette_vector):  # largest first, so the first hex is the main one
-            named = merged.setdefault(entry[key], {"name": entry[key], "share": 0.0, "hex": entry["hex"]})
-            named["share"] += entry["share"]
-        for named in merged.values():
-            named["share"] = round(named["share"], 4)
-        return sorted(merged.values(), key=lambda c: -c["share"])
+        return [c.to_dict() for c in name_colours(image, vocabulary=key).object]
 
     def _rerank_with_clip(self, image: np.ndarray, keywords: list[Keyword]) -> list[Keyword]:
         """Half the score from the sources, half from CLIP's image-text similarity (min-max scaled per

@@ -187,9 +187,16 @@ class PaletteColour(BaseModel):
 
 class ColourResult(BaseModel):
     image: str
-    colour: str | None = Field(description="The dominant colour name (largest total share).")
-    names: list[ColourName]
-    palette: list[PaletteColour]
+    colour: str | None = Field(description="The object's dominant colour name (largest total share of the "
+                               "object; the backdrop is named apart, in `background`).")
+    names: list[ColourName] = Field(description="The object's colour names, with their share of the object.")
+    palette: list[PaletteColour] = Field(description="The k-colour palette of the object's pixels.")
+    background: ColourName | None = Field(None, description="The backdrop's name and its share of the image; "
+                                          "null when transparent or when the whole image was named.")
+    phrase: str = Field("", description='The colours in words, e.g. "black on white".')
+    method: str = Field("border", description="How object and backdrop were separated: alpha (transparency), "
+                        "border (the backdrop learnt from the image border) or whole_image (no backdrop).")
+    note: str | None = Field(None, description="Why the whole image was named, when it was.")
 
 
 class ColoursResponse(BaseModel):

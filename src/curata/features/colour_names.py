@@ -1,0 +1,128 @@
+"""The zero-label colour namer (nothing trained): the colours of the object, and the backdrop apart.
+
+`name_colours(image)` is the one function that names an image's colours for `curata describe`, the
+`Describer` and POST /v1/colours, so that they cannot disagree: it splits object from background
+(`curata.features.foreground`), takes the k-means palette of the object's pixels only
+(`curata.features.palette.extract_palette`, CIEDE2000 names), and names the background on its own:
+"black on white" rather than "mostly white".
+
+The cached `palette` feature (whole image) is unchanged; this works on decoded images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from curata.features.colornames import Vocabulary, lab_to_rgb, name_lab_colors, rgb_to_hex
+from curata.features.foreground import Method, split_foreground, whole_image
+from curata.features.palette import describe_palette, extract_palette, merge_shares
+
+SECOND_COLOUR_SHARE = 0.3  # a second object colour joins the phrase from this share of the object up
+# Dark neutrals are black (basic vocabulary): in a photo exposed for a white backdrop black materials, which
+# reflect 3-6 % of the light, come out at L* 20-30, which CIEDE2000 to the vocabulary's black (L* 0-11) and
+# gray (L* 34+) often calls gray.
+NEUTRAL_CHROMA = 12.0  # C*ab below this a colour is a neutral
+BLACK_BELOW = 30.0  # L*
+# Gray ranks at half its share in an object cut from its backdrop: in a product photo it is mostly shading,
+# shadows, metal and glass, rarely the colour a seller names. Shares are reported as they are; only the order
+# uses the weight. A whole picture (no backdrop found) is ranked by plain shares.
+GRAY_RANK_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class NamedColour:
+    name: str
+    share: float  # of the object (object colours) or of the whole image (the background)
+    hex: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "share": self.share, "hex": self.hex}
+
+
+@dataclass(frozen=True)
+class ColourNames:
+    """What `name_colours` says about one image.
+
+    `object`: colour names of the object with their share of the object (sum 1), largest first (in a
+    cut-out object gray ranks at GRAY_RANK_WEIGHT of its share, see above);
+    `background`: the backdrop's name and its share of the image, or None (transparent, or no backdrop:
+    the whole image was named, `note` says why); `phrase`: e.g. "black on white"; `palette`: the
+    object's k-means palette (`describe_palette` entries); `method`: alpha, border or whole_image.
+    """
+
+    object: list[NamedColour]
+    background: NamedColour | None
+    phrase: str
+    method: Method
+    note: str | None = None
+    palette: list[dict[str, Any]] = field(default_factory=list)
+    object_share: float = 1.0
+
+    @property
+    def top(self) -> str | None:
+        """The object's dominant colour name (None for an empty palette)."""
+        return self.object[0].name if self.object else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"object": [c.to_dict() for c in self.object],
+                "background": self.background.to_dict() if self.background else None,
+                "phrase": self.phrase, "method": self.method, "note": self.note,
+                "object_share": self.object_share}
+
+
+def _phrase(names: list[NamedColour], background: NamedColour | None) -> str:
+    words = [names[0].name] if names else []
+    if len(names) > 1 and names[1].share >= SECOND_COLOUR_SHARE:
+        words.append(names[1].name)
+    text = " and ".join(words)
+    return f"{text} on {background.name}" if text and background is not None else text
+
+
+def basic_names(lab: np.ndarray) -> list[str]:
+    """The namer's basic name of each L*a*b* colour of an (n, 3) array: the nearest vocabulary term in
+    CIEDE2000, but "black" for a neutral darker than BLACK_BELOW."""
+    lab = np.asarray(lab, float).reshape(-1, 3)
+    names = [n for n, _ in name_lab_colors(lab, "basic")]
+    dark = (lab[:, 0] < BLACK_BELOW) & (np.hypot(lab[:, 1], lab[:, 2]) < NEUTRAL_CHROMA)
+    return ["black" if d else n for n, d in zip(names, dark, strict=True)]
+
+
+def _named(palette: list[dict[str, Any]], vocabulary: Vocabulary, object_only: bool) -> list[NamedColour]:
+    """Palette entries merged by name, ranked by share (gray at GRAY_RANK_WEIGHT in the basic vocabulary when
+    the backdrop was removed), ties by name; the hex of each name's largest entry."""
+    first_hex: dict[str, str] = {}
+    for entry in palette:  # largest first, so the first hex seen is the name's main one
+        first_hex.setdefault(entry[vocabulary], entry["hex"])
+    merged = merge_shares((p[vocabulary], p["share"]) for p in palette)
+    weight = {"gray": GRAY_RANK_WEIGHT} if vocabulary == "basic" and object_only else {}
+    merged.sort(key=lambda item: (-item[1] * weight.get(item[0], 1.0), item[0]))
+    return [NamedColour(name, round(share, 4), first_hex[name]) for name, share in merged]
+
+
+def name_colours(image: np.ndarray, *, k: int = 5, vocabulary: Vocabulary = "basic",
+                 foreground: bool = True) -> ColourNames:
+    """Name the colours of the object in an RGB(A) uint8 image, and its background apart.
+
+    `foreground=False` names the whole picture, backdrop included (for comparisons). The same image, k and
+    vocabulary always give the same answer: every caller goes through here.
+    """
+    if vocabulary not in ("basic", "css"):
+        raise ValueError(f"unknown colour vocabulary '{vocabulary}': use basic or css")
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    split = split_foreground(image) if foreground else whole_image(image)
+    palette = describe_palette(extract_palette(split.object_pixels, k), k)
+    if palette:
+        for entry, name in zip(palette, basic_names(np.array([p["lab"] for p in palette])), strict=True):
+            entry["basic"] = name
+    names = _named(palette, vocabulary, split.method != "whole_image")
+    background = None
+    if split.background_lab is not None:
+        lab = np.asarray(split.background_lab, float)[None, :]
+        name = basic_names(lab)[0] if vocabulary == "basic" else name_lab_colors(lab, vocabulary)[0][0]
+        background = NamedColour(name, round(split.background_share, 4), rgb_to_hex(lab_to_rgb(lab)[0]))
+    return ColourNames(names, background, _phrase(names, background), split.method, split.note, palette,
+                       round(float(split.mask.mean()), 4))
