@@ -33,12 +33,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import accuracy_score
 
 from curata.evaluate.cv import take
 from curata.tasks.base import Blocks, Task
-from curata.tasks.estimators import MLP, BlockClassifier, Calibrated, TunedSVC, check_labels
+from curata.tasks.estimators import MLP, BlockClassifier, Calibrated, TunedSVC, check_labels, default_logreg
 from curata.tasks.openset import UNKNOWN, OpenSetClassifier, validation_split
 
 PROBE_CS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # the probe's C grid: 1280-d embeddings want strong L2
@@ -48,9 +48,8 @@ def probe(seed: int = 0, inner_splits: int = 3) -> Any:
     """The linear probe's model: logistic regression with C chosen on inner stratified folds (its inputs are
     standardised by the `BlockBalancer` in front of it)."""
     # Log-loss picks C for calibrated probabilities (what open-set thresholds and late fusion read).
-    search = LogisticRegressionCV(Cs=list(PROBE_CS), cv=inner_splits, max_iter=3000, l1_ratios=(0.0,),
-                                  scoring="neg_log_loss", use_legacy_attributes=False, random_state=seed)
-    return search
+    return LogisticRegressionCV(Cs=list(PROBE_CS), cv=inner_splits, max_iter=3000, l1_ratios=(0.0,),
+                                scoring="neg_log_loss", use_legacy_attributes=False, random_state=seed)
 
 
 class ValidatedChoice(ClassifierMixin, BaseEstimator):
@@ -130,8 +129,8 @@ class ClassifyTask(Task):
         if len(blocks) > 1:
             from curata.tasks.category import LateFusionClassifier
 
-            members = tuple(BlockClassifier((b,), Calibrated(LogisticRegression(C=0.03, max_iter=3000,
-                                                                                random_state=seed), seed=seed))
+            # One standardised, strongly regularised probe per block (as category's members), calibrated.
+            members = tuple(BlockClassifier((b,), Calibrated(default_logreg(c=0.03, seed=seed), seed=seed))
                             for b in blocks)
             models["stacking"] = LateFusionClassifier(members, "stacking", seed=seed)
         return models
