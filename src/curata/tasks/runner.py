@@ -1,6 +1,7 @@
 """Train, evaluate and predict with tasks on a workspace: the library behind `curata train / evaluate /
-predict` (and later the service). Data flows one way: items -> target + features -> folds ->
-cross-validation -> fit on everything -> bundle + report.
+predict` (and the service's predictions). Data flows one way: items -> target + features -> folds ->
+cross-validation -> fit on everything -> bundle + report; or, held out, items -> train / val / test ->
+candidates compared on val -> the chosen one fitted on train+val and scored once on test -> bundle + report.
 """
 
 from __future__ import annotations
