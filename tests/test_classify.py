@@ -101,6 +101,11 @@ def test_svm_gamma_grid_follows_the_dimension():
     x, y = blobs(np.random.default_rng(11).normal(0, 2, (2, 600)), ["a", "b"], 20, seed=12)
     svm = TunedSVC(c_values=(1.0,), gamma_values=None, gamma_factors=(1.0,), inner_splits=2).fit(x["emb"], y)
     assert svm.best_params_["gamma"] == pytest.approx(1 / 600, rel=1e-6)  # standardised: "scale" is 1/d
+    # The grid searched on a stratified sample, the model calibrated and fitted on every item.
+    many_x, many_y = blobs(np.random.default_rng(13).normal(0, 2, (3, 20)), ["a", "b", "c"], 80, seed=14)
+    sampled = TunedSVC(c_values=(1.0, 10.0), gamma_values=None, search_rows=60, inner_splits=3).fit(many_x["emb"],
+                                                                                                 many_y)
+    assert sampled.search_items_ == 60 and (sampled.predict(many_x["emb"]) == many_y).mean() >= 0.95
 
 
 def test_held_out_split_from_a_column_or_drawn():

@@ -10,7 +10,7 @@ Candidates, all over the same blocks:
   features (`curata.tasks.estimators.BlockBalancer`: each block standardised and weighted so that it
   counts as much as every other, so a 1280-d embedding does not drown a 384-d one);
 - "svm": an RBF SVM on the same balanced features, with a gamma grid scaled to the data (scikit-learn's
-  "scale" heuristic times a factor), C and gamma chosen on inner folds;
+  "scale" heuristic times a factor), C and gamma chosen on inner folds of at most 2,000 training items;
 - "mlp": one hidden layer on the standardised blocks;
 - "stacking" (two blocks or more): a calibrated probe per block, combined by a logistic regression learned
   from their out-of-fold probabilities;
@@ -123,7 +123,7 @@ class ClassifyTask(Task):
             "logreg": BlockClassifier(blocks, probe(seed), balance=True),
             "svm": BlockClassifier(blocks, TunedSVC(c_values=(1.0, 10.0, 100.0), gamma_values=None,
                                                     gamma_factors=(0.3, 1.0, 3.0), scale=False, inner_splits=3,
-                                                    seed=seed), balance=True),
+                                                    search_rows=2000, seed=seed), balance=True),
             "mlp": BlockClassifier(blocks, MLP(hidden=(256,), alpha=1e-2, seed=seed)),
         }
         if len(blocks) > 1:
