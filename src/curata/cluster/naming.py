@@ -119,11 +119,16 @@ def distinctive_tags(tags: Sequence[Sequence[str]], labels: Sequence[int] | np.n
 
 def dominant_colours(palettes: np.ndarray, labels: Sequence[int] | np.ndarray, n_colours: int = 3,
                      min_share: float = 0.1, seed: int = 0) -> dict[int, list[tuple[str, float]]]:
-    """Basic colour names covering most pixels of each cluster's images, from `palette` feature vectors."""
+    """Basic colour names covering most pixels of each cluster's images, from `palette` feature vectors, or of
+    its objects from `object_palette` vectors (4k + 6 values: the names /v1/colours gives each item, averaged
+    over the cluster's items and ranked as the namer ranks an object's colours)."""
+    from curata.features.object_palette import is_object_palette
     from curata.features.palette import dominant_color_names
 
     labels = np.asarray(labels)
     palettes = np.asarray(palettes, dtype=np.float64)
+    if palettes.ndim == 2 and is_object_palette(palettes.shape[1]):
+        return _object_colours(palettes, labels, n_colours, min_share, seed)
     rng = np.random.default_rng(seed)
     out: dict[int, list[tuple[str, float]]] = {}
     for c in np.unique(labels):
@@ -136,6 +141,28 @@ def dominant_colours(palettes: np.ndarray, labels: Sequence[int] | np.ndarray, n
         entries[:, :, 3] /= len(rows)
         named = dominant_color_names(entries.reshape(-1))
         out[int(c)] = [(name, share) for name, share in named[:n_colours] if share >= min_share]
+    return out
+
+
+def _object_colours(vectors: np.ndarray, labels: np.ndarray, n_colours: int, min_share: float, seed: int
+                    ) -> dict[int, list[tuple[str, float]]]:
+    """`dominant_colours` of object palettes: each sampled item's object colour names (shares of the object) added
+    up and divided by the item count; gray ranks at the namer's weight (shading in a cut-out object), its share
+    reported as it is. Rows of zeros (no vector) count as items without colours."""
+    from curata.features.colour_names import GRAY_RANK_WEIGHT
+    from curata.features.object_palette import object_names
+    from curata.features.palette import merge_shares
+
+    rng = np.random.default_rng(seed)
+    out: dict[int, list[tuple[str, float]]] = {}
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) > COLOUR_SAMPLE:
+            rows = rng.choice(rows, COLOUR_SAMPLE, replace=False)
+        per_item = object_names(vectors[rows])
+        totals = merge_shares((name, share / len(rows)) for names in per_item for name, share in names)
+        totals.sort(key=lambda item: (-item[1] * (GRAY_RANK_WEIGHT if item[0] == "gray" else 1.0), item[0]))
+        out[int(c)] = [(name, share) for name, share in totals[:n_colours] if share >= min_share]
     return out
 
 

@@ -107,17 +107,23 @@ def _names(workspace: Workspace, items: pd.DataFrame, labels: np.ndarray, *, str
 
 
 def _palettes(workspace: Workspace, items: pd.DataFrame) -> np.ndarray | None:
-    """The palette feature for the items if it was computed (unavailable rows are zero: no colours)."""
+    """The colour vectors for the items (unavailable rows are zero: no colours): the `object_palette` feature
+    where it was computed (the objects' colours, as /v1/colours names them), else the whole-image `palette`,
+    else None. The palette is kept when it covers more of the items (object_palette computed for a part only)."""
     from curata.features.engine import load_matrix, make_extractor
 
-    try:
-        matrix, errors = load_matrix(workspace, make_extractor("palette"), items)
-    except ValueError:
-        return None
-    if all(e is not None for e in errors):
-        return None
-    matrix[[e is not None for e in errors]] = 0
-    return matrix
+    best: tuple[int, np.ndarray] | None = None
+    for feature in ("object_palette", "palette"):
+        try:
+            matrix, errors = load_matrix(workspace, make_extractor(feature), items)
+        except ValueError:
+            continue
+        failed = np.array([e is not None for e in errors], bool)
+        if failed.all() or (best is not None and best[0] >= int((~failed).sum())):
+            continue
+        matrix[failed] = 0
+        best = (int((~failed).sum()), matrix)
+    return best[1] if best is not None else None
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> Path:

@@ -26,7 +26,8 @@ from curata.clibase import (
 from curata.progress import rich_reporter
 from curata.workspace import Workspace, default_workspace
 
-DEFAULT_EXTRACTORS = "color_stats,color_hist,palette,effnet_lite0,minilm,tfidf"
+# object_palette: the object's colours (backdrop apart), which the service's item colours, facet and filter read
+DEFAULT_EXTRACTORS = "color_stats,color_hist,palette,object_palette,effnet_lite0,minilm,tfidf"
 TEXT_EXTRACTORS = ("minilm", "tfidf")  # left out of the defaults when no item has a text
 
 

@@ -44,16 +44,26 @@ def available_extractors() -> list[str]:
 
 def _import_builtin() -> None:
     """Importing the modules registers their extractors (plug-ins too: they load nothing until used)."""
-    from curata.features import color, efficientnet, local, palette, pixels, plugins, text  # noqa: F401
+    from curata.features import (  # noqa: F401
+        color,
+        efficientnet,
+        local,
+        object_palette,
+        palette,
+        pixels,
+        plugins,
+        text,
+    )
 
 
 # Which module registers each built-in extractor: making one imports that module only (a search query must
 # not pay for OpenCV + scikit-learn, which the visual-words module imports, ~1.5 s).
 _BUILTIN_MODULES = {
-    "color_stats": "color", "color_hist": "color", "palette": "palette", "orb_bovw": "local", "sift_bovw": "local",
+    "color_stats": "color", "color_hist": "color", "palette": "palette",
+    "object_palette": "object_palette", "orb_bovw": "local", "sift_bovw": "local",
     "pixels": "pixels", "pixels_onehot": "pixels", "tfidf": "text", "minilm": "text", "word2vec": "text",
     **{n: "efficientnet" for n in ("effnet_lite", "effnet_lite0", "effnet_lite0_int8", "effnet_lite2",
-                                   "effnet_lite0_logits")},
+                                   "effnet_lite0_logits", "effnet_lite0_tta", "effnet_lite2_tta")},
     **{n: "plugins" for n in ("hf_clip_image", "hf_clip_text", "hf_vision", "open_clip", "timm")},
 }
 

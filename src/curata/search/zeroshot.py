@@ -10,7 +10,9 @@ probability-weighted mean of the text embeddings of its top-T predicted class na
                 their probabilities (renormalised over the top T);
   colour part   the image's palette (`palette`: k-means in L*a*b*), each colour named with the 12
                 basic colour terms (CIEDE2000), the mean of the MiniLM embeddings of those names
-                weighted by their share of the image;
+                weighted by their share of the image; with `colour_feature="object_palette"`, the
+                object's colour names (backdrop apart, as /v1/colours names them) weighted by their
+                share of the object;
   fusion        both parts L2-normalised, averaged in MiniLM space with weight `colour_weight` on the
                 colour part, normalised again;
   text          a query is embedded by MiniLM alone, so "red" finds red images through the colour
@@ -43,6 +45,7 @@ NAME = "zeroshot"
 VERSION = "1"
 TOP = 10  # ConSE's T: the classes whose names are mixed
 COLOUR_WEIGHT = 0.5  # share of the colour part in the fused vector
+COLOUR_FEATURES = ("palette", "object_palette")  # the whole image's colours, or the object's (backdrop apart)
 
 
 def class_names() -> list[str]:
@@ -84,15 +87,22 @@ def conse(probs: np.ndarray, label_vectors: np.ndarray, top: int = TOP) -> np.nd
 
 
 def colour_shares(palettes: np.ndarray) -> np.ndarray:
-    """(n, 12) share of each basic colour name in each palette vector (k x [L*, a*, b*, share])."""
+    """(n, 12) share of each basic colour name in each palette vector (k x [L*, a*, b*, share]), or in each
+    object palette vector (4k + 6 values: the object's names and shares, as `name_colours` gives them)."""
+    from curata.features.object_palette import is_object_palette, object_names
     from curata.features.palette import dominant_color_names
 
     names = {name: j for j, name in enumerate(colour_names())}
-    out = np.zeros((len(palettes), len(names)), np.float64)
-    for i, vector in enumerate(np.asarray(palettes, np.float64)):
-        if not np.any(vector):
-            continue
-        for name, share in dominant_color_names(vector):
+    vectors = np.asarray(palettes, np.float64)
+    out = np.zeros((len(vectors), len(names)), np.float64)
+    if not len(vectors):
+        return out
+    if vectors.ndim == 2 and is_object_palette(vectors.shape[1]):
+        named = object_names(vectors)  # rows of zeros name nothing
+    else:
+        named = [dominant_color_names(v) if np.any(v) else [] for v in vectors]
+    for i, pairs in enumerate(named):
+        for name, share in pairs:
             out[i, names[name]] += share
     return out
 
@@ -100,14 +110,18 @@ def colour_shares(palettes: np.ndarray) -> np.ndarray:
 class ZeroShotEncoder(QueryEncoder):
     """ConSE over the ImageNet head fused with colour names, in MiniLM's space (see the module doc)."""
 
-    def __init__(self, top: int = TOP, colour_weight: float = COLOUR_WEIGHT):
+    def __init__(self, top: int = TOP, colour_weight: float = COLOUR_WEIGHT, colour_feature: str = "palette"):
         if top < 1 or not 0.0 <= colour_weight <= 1.0:
             raise ValueError("need top >= 1 and a colour weight in [0, 1]")
+        if colour_feature not in COLOUR_FEATURES:
+            raise ValueError(f"colour_feature must be one of {', '.join(COLOUR_FEATURES)}, got {colour_feature!r}")
         self.top = int(top)
         self.colour_weight = float(colour_weight)
         self._text = shared_extractor("minilm")  # sessions open lazily: a text query opens MiniLM only
         self._logits = shared_extractor("effnet_lite0_logits")
-        self._palette = shared_extractor("palette")
+        # The colour feature's key is part of the card: an index built on the whole-image palette is never
+        # extended with object colours (or the reverse); the default keeps existing indexes valid.
+        self._palette = shared_extractor(colour_feature)
         self._labels: tuple[np.ndarray, np.ndarray] | None = None
         self._lock = threading.Lock()
         version = (f"{NAME}@{VERSION} top={self.top} colour={self.colour_weight:g} {self._text.key} "
@@ -156,7 +170,8 @@ class ZeroShotEncoder(QueryEncoder):
             return self._labels
 
     def embed(self, logits: np.ndarray | None, palettes: np.ndarray | None) -> np.ndarray:
-        """Fused vectors from ImageNet logits (n, 1000) and palette vectors (n, 4k); a row of zeros in
+        """Fused vectors from ImageNet logits (n, 1000) and palette vectors (n, 4k; or object palettes, 4k + 6);
+        a row of zeros in
         either input leaves that part out (only the other one counts), zeros in both give zeros."""
         n = len(logits) if logits is not None else len(palettes)  # type: ignore[arg-type]
         classes, colours = self.label_vectors()
@@ -181,7 +196,7 @@ class ZeroShotEncoder(QueryEncoder):
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray:
         _check_images(images)
         _, logits = self._logits.features_and_logits([self._logits.prepare(im) for im in images])
-        palettes = self._palette.transform(images)
+        palettes = self._palette.transform([self._palette.prepare(im) for im in images])
         return self.embed(logits, palettes)
 
     def feature_extractors(self) -> list[Any]:

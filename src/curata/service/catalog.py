@@ -4,7 +4,9 @@ Nothing is held whole: a page of items is a filtered scan with a limit (label, c
 filters are SQL that Lance applies in the scan), one item is an index probe on its id, and the totals come
 from the table's metadata. What is derived from features is computed for the rows asked for (a page's
 dominant colours), or once per version and only for the content it has not seen (the colour index behind the
-colour filter and facet, the facet counts), so a new version costs what it added, not the collection.
+colour filter and facet, the facet counts), so a new version costs what it added, not the collection. Colours
+come from the `object_palette` feature where the workspace has it (the object's colours: what /v1/colours
+says), else from the whole-image `palette`.
 """
 
 from __future__ import annotations
@@ -35,37 +37,49 @@ def sql_text(value: str) -> str:
 
 @dataclass
 class ColourCache:
-    """Dominant basic colour per image content hash, shared by successive versions of the collection (a new
-    version names only the images it added). `None`: no palette feature for that image."""
+    """Dominant basic colour per (colour feature, image content hash), shared by successive versions of the
+    collection (a new version names only the images it added). The feature is `object_palette` (the object's
+    colours, as /v1/colours names them) or `palette` (the whole image, backdrop included). Only names are kept:
+    an image with no vector yet is looked up again next time, so computing the feature later shows up."""
 
-    by_hash: dict[str, str | None] = field(default_factory=dict)
+    by_hash: dict[tuple[str, str], str | None] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def names(self, workspace: Workspace, hashes: list[str]) -> list[str | None]:
-        todo = [h for h in dict.fromkeys(hashes) if h not in self.by_hash]
+    def names(self, workspace: Workspace, hashes: list[str], feature: str = "palette") -> list[str | None]:
+        """Per hash, its dominant colour from `feature`; with `object_palette`, an image that has no object
+        palette yet falls back to its `palette` name (None when it has neither)."""
+        got = self._names(workspace, hashes, feature)
+        if feature != "palette":
+            missing = [h for h, n in zip(hashes, got, strict=True) if n is None]
+            if missing:
+                fallback = dict(zip(missing, self._names(workspace, missing, "palette"), strict=True))
+                got = [fallback.get(h) if n is None else n for h, n in zip(hashes, got, strict=True)]
+        return got
+
+    def _names(self, workspace: Workspace, hashes: list[str], feature: str) -> list[str | None]:
+        todo = [h for h in dict.fromkeys(hashes) if (feature, h) not in self.by_hash]
         if todo:
-            named = _name_colours(workspace, todo)
+            named = _name_colours(workspace, todo, feature)
             with self.lock:
-                self.by_hash.update(named)
-        return [self.by_hash.get(h) for h in hashes]
+                self.by_hash.update({(feature, h): n for h, n in named.items()})
+        return [self.by_hash.get((feature, h)) for h in hashes]
 
 
-def _name_colours(workspace: Workspace, hashes: list[str]) -> dict[str, str | None]:
+def _name_colours(workspace: Workspace, hashes: list[str], feature: str) -> dict[str, str]:
+    """The dominant colour of each hash whose `feature` vector is stored (hashes without one are left out)."""
     from curata.features.engine import make_extractor
     from curata.features.store import FeatureStore
     from curata.tasks.colour import ZeroLabelColourNamer
 
-    palette = make_extractor("palette")
-    store = FeatureStore.for_extractor(workspace.root / "features", palette)
-    namer = ZeroLabelColourNamer()
-    out: dict[str, str | None] = {}
+    store = FeatureStore.for_extractor(workspace.root / "features", make_extractor(feature))
+    namer = ZeroLabelColourNamer(feature=feature)
+    out: dict[str, str] = {}
     for start in range(0, len(hashes), COLOUR_CHUNK):
         chunk = hashes[start:start + COLOUR_CHUNK]
         matrix, errors = store.lookup(chunk)
         ok = np.array([e is None for e in errors], bool)
         names = namer.predict(matrix[ok]) if ok.any() else []
-        out.update(dict.fromkeys(chunk))
-        out.update({h: (str(n) or None) for h, n in zip(np.asarray(chunk, object)[ok], names, strict=True)})
+        out.update({h: str(n) for h, n in zip(np.asarray(chunk, object)[ok], names, strict=True) if n})
     return out
 
 
@@ -85,6 +99,8 @@ class ItemsView:
         self._lock = threading.Lock()
         self._facets: dict[str, Any] | None = None
         self._colour_ids: pd.Series | None = None  # id -> colour for the whole version, built on first need
+        self._colour_ids_source: str | None = None  # the colour feature it was built from
+        self._facets_source: str | None = None
 
     @classmethod
     def empty(cls) -> ItemsView:
@@ -104,8 +120,18 @@ class ItemsView:
         return view
 
     @property
+    def colour_source(self) -> str | None:
+        """The feature item colours are read from: `object_palette` where the workspace has it (the names
+        /v1/colours gives), else the whole-image `palette`, else None (no colours)."""
+        if self.workspace is None:
+            return None
+        from curata.features.object_palette import colour_feature
+
+        return colour_feature(self.workspace.root / "features")
+
+    @property
     def palette_ready(self) -> bool:
-        return self.workspace is not None and any((self.workspace.root / "features").glob("palette@*/vectors.lance"))
+        return self.colour_source is not None
 
     # Reading ---------------------------------------------------------------------------------
     def _scan(self, **scan: Any) -> pa.Table:
@@ -163,9 +189,10 @@ class ItemsView:
 
     # Derived from features ---------------------------------------------------------------------
     def colours_of(self, frame: pd.DataFrame) -> list[str | None]:
-        if self.workspace is None or not len(frame) or not self.palette_ready:
+        source = self.colour_source if len(frame) else None
+        if self.workspace is None or source is None:
             return [None] * len(frame)
-        return self.colours.names(self.workspace, [str(h) for h in frame["image_sha256"]])
+        return self.colours.names(self.workspace, [str(h) for h in frame["image_sha256"]], source)
 
     def ids_with_colour(self, colour: str) -> pa.Array:
         index = self.colour_index()
@@ -173,40 +200,55 @@ class ItemsView:
 
     def colour_index(self) -> pd.Series:
         """id -> dominant colour for the whole version (built once, naming only content not seen before)."""
+        source = self.colour_source
         with self._lock:
-            if self._colour_ids is not None:
+            # Rebuilt when the source changes (object_palette computed while this version is served), so the
+            # filter and facet keep agreeing with the item pages.
+            if self._colour_ids is not None and self._colour_ids_source == source:
                 return self._colour_ids
         table = self._scan(columns=["id", "image_sha256"])
         hashes = table["image_sha256"].to_pylist()
-        names = self.colours.names(self.workspace, hashes) if self.palette_ready and hashes else [None] * len(hashes)
+        names = (self.colours.names(self.workspace, hashes, source)  # type: ignore[arg-type]
+                 if source is not None and hashes else [None] * len(hashes))
         index = pd.Series(names, index=table["id"].to_numpy(zero_copy_only=False), dtype=object)
         with self._lock:
-            self._colour_ids = index
+            self._colour_ids, self._colour_ids_source = index, source
         return index
 
-    def palette(self, record: dict[str, Any]) -> np.ndarray | None:
-        """One item's palette vector, or None when the palette feature has not been computed for it."""
+    def palette(self, record: dict[str, Any], feature: str = "palette") -> np.ndarray | None:
+        """One item's `feature` vector (`palette` or `object_palette`), or None when it has not been computed."""
         if self.workspace is None:
             return None
         from curata.features.engine import make_extractor
         from curata.features.store import FeatureStore
 
-        store = FeatureStore.for_extractor(self.workspace.root / "features", make_extractor("palette"))
+        store = FeatureStore.for_extractor(self.workspace.root / "features", make_extractor(feature))
         matrix, errors = store.lookup([str(record["image_sha256"])])
         return matrix[0] if errors[0] is None else None
 
+    def colour_vector(self, record: dict[str, Any]) -> tuple[str, np.ndarray] | None:
+        """(feature, vector) for one item's colours: its object palette where computed, else its palette (the
+        same per-item fallback as the colour index), else None."""
+        source = self.colour_source
+        for feature in dict.fromkeys(f for f in (source, "palette") if f is not None):
+            vector = self.palette(record, feature)
+            if vector is not None:
+                return feature, vector
+        return None
+
     def facets(self, top: int) -> dict[str, Any]:
         """Counts of labels, collections, tags and colours over the version (computed once per version)."""
+        source = self.colour_source
         with self._lock:
-            cached = self._facets
+            cached = self._facets if self._facets_source == source else None
         if cached is None:
             table = self._scan(columns=["label", "collection", "tags"])
             tags = pc.list_flatten(table["tags"].combine_chunks()) if len(table) else pa.array([], pa.string())
-            colours = self.colour_index() if self.palette_ready else pd.Series([], dtype=object)
+            colours = self.colour_index() if source is not None else pd.Series([], dtype=object)
             cached = {"labels": _counts(table["label"]), "collections": _counts(table["collection"]),
                       "tags": _counts(tags), "colours": _counts(pa.array(colours.to_list(), pa.string()))}
             with self._lock:
-                self._facets = cached
+                self._facets, self._facets_source = cached, source
         return {name: dict(list(values.items())[:top]) for name, values in cached.items()}
 
 

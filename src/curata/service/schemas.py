@@ -266,8 +266,18 @@ class ItemDetail(ItemSummary):
     image_format: str | None = None
     image_mode: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
-    palette: list[PaletteColour] = Field(default_factory=list)
-    colours: list[ColourName] = Field(default_factory=list)
+    palette: list[PaletteColour] = Field(default_factory=list, description="The k-colour palette of the object "
+                                         "(`colour_source` object_palette) or of the whole image (palette).")
+    colours: list[ColourName] = Field(default_factory=list, description="Colour names with their share of the "
+                                      "object (object_palette: as POST /v1/colours names the file) or of the image.")
+    colour_source: str | None = Field(None, description="The cached feature the colours come from: object_palette "
+                                      "(the object, backdrop apart), palette (the whole image, backdrop included: "
+                                      "object_palette not computed for this item), or null (neither).")
+    background: ColourName | None = Field(None, description="The backdrop's name and share of the image "
+                                          "(object_palette only; null when transparent or none).")
+    phrase: str | None = Field(None, description='The colours in words, e.g. "black on white" (object_palette only).')
+    colour_method: str | None = Field(None, description="How object and backdrop were separated: alpha, border or "
+                                      "whole_image (object_palette only).")
     clusters: dict[str, int] = Field(default_factory=dict, description="cluster run -> cluster of this item")
 
 

@@ -6,7 +6,8 @@ reference model is the one of the art-colour study: standardised features, an RB
 gamma are chosen by grid search on an inner stratified k-fold, and Platt-scaled probabilities.
 
 `ZeroLabelColourNamer` needs no training at all: it names the dominant colour of each image from its
-k-means palette (`palette` feature) in CIEDE2000, and can be scored against the same labels.
+k-means palette in CIEDE2000 (the object's, `object_palette`, where computed; else the whole image's,
+`palette`), and can be scored against the same labels.
 
 The estimators it shares with the other single-label tasks live in `curata.tasks.estimators`; they are
 imported here under their old names too, because bundles saved before the move pickled them from here.
@@ -165,12 +166,16 @@ def normalise_colour_label(label: Any, vocabulary: str = "basic") -> str:
 class ZeroLabelColourNamer(BaseEstimator):
     """Names the dominant colour of each item from its k-means palette; nothing is learned.
 
-    Input: the `palette` feature (k entries of [L*, a*, b*, share], see `curata.features.palette`).
-    Each entry is named in CIEDE2000 with the "basic" vocabulary (12 terms, incl. teal) or the 148
-    "css" names; entries with the same name add their shares, and the largest total wins.
+    Input: the `object_palette` feature (the object's palette, backdrop apart: the names /v1/colours gives, see
+    `curata.features.object_palette`) or the whole-image `palette` feature (k entries of [L*, a*, b*, share],
+    see `curata.features.palette`). `feature=None` reads `object_palette` from blocks that have it and
+    `palette` otherwise; a bare matrix is read by its width (4k + 6 values: an object palette). Each entry is
+    named in CIEDE2000 with the "basic" vocabulary (12 terms, incl. teal) or the 148 "css" names; entries
+    with the same name add their shares, and the largest total wins (for the object palette, as
+    `name_colours` ranks them).
     """
 
-    def __init__(self, vocabulary: str = "basic", k: int | None = None, feature: str = "palette"):
+    def __init__(self, vocabulary: str = "basic", k: int | None = None, feature: str | None = None):
         self.vocabulary = vocabulary
         self.k = k
         self.feature = feature
@@ -186,9 +191,18 @@ class ZeroLabelColourNamer(BaseEstimator):
 
     def _vectors(self, x: Blocks | np.ndarray) -> np.ndarray:
         if isinstance(x, dict):
-            x = require_blocks(x, (self.feature,), "the zero-label colour namer")[self.feature]
+            # The object's colours where they were computed; the whole image's otherwise.
+            feature = self.feature or ("object_palette" if "object_palette" in x else "palette")
+            x = require_blocks(x, (feature,), "the zero-label colour namer")[feature]
         vectors = np.asarray(x, dtype=np.float64)
         return vectors[None, :] if vectors.ndim == 1 else vectors
+
+    def _is_object(self, width: int) -> bool:
+        from curata.features.object_palette import is_object_palette
+
+        if self.feature is not None:
+            return self.feature == "object_palette"
+        return is_object_palette(width)  # 4k + 6 values; a palette has 4k
 
     def name(self, palette_vectors: np.ndarray) -> list[list[tuple[str, float]]]:
         """Per item, the colour names of its palette with their total shares, largest first."""
@@ -196,7 +210,12 @@ class ZeroLabelColourNamer(BaseEstimator):
 
         if self.vocabulary not in ("basic", "css"):
             raise ValueError(f"unknown colour vocabulary '{self.vocabulary}': use basic or css")
-        return [dominant_color_names(v, self.k, self.vocabulary) for v in self._vectors(palette_vectors)]
+        vectors = self._vectors(palette_vectors)
+        if vectors.shape[1] and self._is_object(vectors.shape[1]):
+            from curata.features.object_palette import object_names
+
+            return object_names(vectors, self.vocabulary)  # type: ignore[arg-type]
+        return [dominant_color_names(v, self.k, self.vocabulary) for v in vectors]
 
     def predict(self, x: Blocks | np.ndarray) -> np.ndarray:
         """The top colour name of each item ("" for an empty palette)."""

@@ -114,8 +114,8 @@ def list_items(
     ids: pa.Array | None = None
     if colour is not None:
         if not view.palette_ready:
-            raise ApiError(409, "no_palette_feature", "the colour filter needs the palette feature; run "
-                           "`curata features -e palette` first", "colour")
+            raise ApiError(409, "no_palette_feature", "the colour filter needs the object_palette (or palette) "
+                           "feature; run `curata features -e object_palette` first", "colour")
         ids = view.ids_with_colour(colour.strip().lower())
     run = cluster_run or (state.latest_run() if cluster is not None else None)
     if cluster is not None and run is None:
@@ -217,8 +217,6 @@ def item_features(item_id: str, name: str | None = Query(None, max_length=64, de
 
 @router.get("/{item_id:path}", response_model=ItemDetail, summary="One item with its palette and clusters")
 def get_item(item_id: str, state: ServiceState = Depends(get_state)) -> ItemDetail:
-    from curata.features.palette import describe_palette, dominant_color_names
-
     view, record = state.item_record(item_id)
     clusters: dict[str, int] = {}
     for summary in state.cluster_runs()[:10]:
@@ -227,21 +225,38 @@ def get_item(item_id: str, state: ServiceState = Depends(get_state)) -> ItemDeta
         if len(hit):
             clusters[summary["run"]] = int(hit.iat[0])
     latest = state.latest_run()
-    vector = view.palette(record) if view.palette_ready else None
-    dominant = view.colours_of(pd.DataFrame([record]))[0] if vector is not None else None
+    found = view.colour_vector(record) if view.palette_ready else None
+    dominant = view.colours_of(pd.DataFrame([record]))[0] if found is not None else None
     detail = _summary(record, dominant, clusters.get(latest) if latest else None)
-    palette, colours = [], []
-    if vector is not None:
-        palette = [{k: p[k] for k in ("hex", "rgb", "share", "basic", "css", "delta_e")}
-                   for p in describe_palette(vector)]
-        colours = [{"name": n, "share": round(s, 4)} for n, s in dominant_color_names(vector)]
+    detail.update(_colours(*found) if found is not None else {})
     detail.update(captions=[str(c) for c in (record["captions"] if record["captions"] is not None else [])],
                   attributes=_json(record["attributes"], []), meta=_json(record["meta"], {}),
                   split=_text(record["split"]) or None, image_format=_text(record["image_format"]) or None,
-                  image_mode=_text(record["image_mode"]) or None, palette=palette, colours=colours, clusters=clusters,
+                  image_mode=_text(record["image_mode"]) or None, clusters=clusters,
                   source_label=_text(record.get("source_label", record["label"])) or None,
                   source_tags=_list(record.get("source_tags", record["tags"])))
     return ItemDetail(**detail)
+
+
+def _colours(feature: str, vector: Any) -> dict[str, Any]:
+    """An item's palette and colour names from its cached vector: the object's (`object_palette`, named as
+    /v1/colours names the file) or, where that was not computed, the whole image's (`palette`)."""
+    fields = ("hex", "rgb", "share", "basic", "css", "delta_e")
+    if feature == "object_palette":
+        from curata.features.colour_names import read_object_palette
+
+        named = read_object_palette(vector)
+        background = ({"name": named.background.name, "share": named.background.share}
+                      if named.background else None)
+        return {"palette": [{k: p[k] for k in fields} for p in named.palette],
+                "colours": [{"name": c.name, "share": c.share} for c in named.object],
+                "background": background, "phrase": named.phrase, "colour_method": named.method,
+                "colour_source": feature}
+    from curata.features.palette import describe_palette, dominant_color_names
+
+    return {"palette": [{k: p[k] for k in fields} for p in describe_palette(vector)],
+            "colours": [{"name": n, "share": round(s, 4)} for n, s in dominant_color_names(vector)],
+            "colour_source": feature}
 
 
 def _json(text: Any, default: Any) -> Any:
