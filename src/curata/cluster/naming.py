@@ -129,18 +129,26 @@ def dominant_colours(palettes: np.ndarray, labels: Sequence[int] | np.ndarray, n
     palettes = np.asarray(palettes, dtype=np.float64)
     if palettes.ndim == 2 and is_object_palette(palettes.shape[1]):
         return _object_colours(palettes, labels, n_colours, min_share, seed)
-    rng = np.random.default_rng(seed)
     out: dict[int, list[tuple[str, float]]] = {}
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        if len(rows) > COLOUR_SAMPLE:
-            rows = rng.choice(rows, COLOUR_SAMPLE, replace=False)
+    for c, rows in _sampled_clusters(labels, seed):
         # One call names the palettes of all sampled items: their entries side by side, each item's
         # shares divided by the item count, so merged totals are shares of the cluster's pixels.
         entries = palettes[rows].reshape(len(rows), -1, 4).copy()
         entries[:, :, 3] /= len(rows)
         named = dominant_color_names(entries.reshape(-1))
         out[int(c)] = [(name, share) for name, share in named[:n_colours] if share >= min_share]
+    return out
+
+
+def _sampled_clusters(labels: np.ndarray, seed: int) -> list[tuple[int, np.ndarray]]:
+    """(cluster, its rows) for every cluster, at most COLOUR_SAMPLE rows each (seeded)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) > COLOUR_SAMPLE:
+            rows = rng.choice(rows, COLOUR_SAMPLE, replace=False)
+        out.append((int(c), rows))
     return out
 
 
@@ -153,12 +161,8 @@ def _object_colours(vectors: np.ndarray, labels: np.ndarray, n_colours: int, min
     from curata.features.object_palette import object_names
     from curata.features.palette import merge_shares
 
-    rng = np.random.default_rng(seed)
     out: dict[int, list[tuple[str, float]]] = {}
-    for c in np.unique(labels):
-        rows = np.flatnonzero(labels == c)
-        if len(rows) > COLOUR_SAMPLE:
-            rows = rng.choice(rows, COLOUR_SAMPLE, replace=False)
+    for c, rows in _sampled_clusters(labels, seed):
         per_item = object_names(vectors[rows])
         totals = merge_shares((name, share / len(rows)) for names in per_item for name, share in names)
         totals.sort(key=lambda item: (-item[1] * (GRAY_RANK_WEIGHT if item[0] == "gray" else 1.0), item[0]))
