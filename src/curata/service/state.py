@@ -190,9 +190,8 @@ class ServiceState:
             raise ValueError(f"workspace {self.settings.workspace} does not exist")
         view = self.items()
         if view.palette_ready:  # the colour filter and facet need every item's colour: named in the background
-            # Its module (and scikit-learn) imported here first: two threads importing scikit-learn for the
-            # first time at once can leave one with a partially initialised module (seen in CI: every bundle
-            # then failed to load).
+            # scikit-learn was imported before this thread started (`create_app`'s lifespan; here too for callers
+            # of `start` without the app): two threads importing it first at once can break it.
             import curata.tasks.colour  # noqa: F401
 
             threading.Thread(target=_quietly, args=(view.colour_index,), name="colour-index", daemon=True).start()
