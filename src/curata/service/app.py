@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # scikit-learn (through the task modules) is imported here, before any request or loading thread runs:
         # two threads importing it for the first time at once can leave one with a partially initialised
-        # module, and every later import in that process fails (seen in CI: /v1/ready never turned 200).
+        # module, and every later import in that process fails (seen in a full test run: /v1/ready never turned
+        # 200).
         import curata.tasks.colour
         import curata.tasks.runner  # noqa: F401
 
