@@ -157,15 +157,15 @@ def _object_colours(vectors: np.ndarray, labels: np.ndarray, n_colours: int, min
     """`dominant_colours` of object palettes: each sampled item's object colour names (shares of the object) added
     up and divided by the item count; gray ranks at the namer's weight (shading in a cut-out object), its share
     reported as it is. Rows of zeros (no vector) count as items without colours."""
-    from curata.features.colour_names import GRAY_RANK_WEIGHT
+    from curata.features.colour_names import rank_colours
     from curata.features.object_palette import object_names
     from curata.features.palette import merge_shares
 
     out: dict[int, list[tuple[str, float]]] = {}
     for c, rows in _sampled_clusters(labels, seed):
         per_item = object_names(vectors[rows])
-        totals = merge_shares((name, share / len(rows)) for names in per_item for name, share in names)
-        totals.sort(key=lambda item: (-item[1] * (GRAY_RANK_WEIGHT if item[0] == "gray" else 1.0), item[0]))
+        totals = rank_colours(merge_shares((name, share / len(rows)) for names in per_item for name, share in names),
+                              cut_out=True)
         out[int(c)] = [(name, share) for name, share in totals[:n_colours] if share >= min_share]
     return out
 

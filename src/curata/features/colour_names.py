@@ -109,10 +109,17 @@ def _named(palette: list[dict[str, Any]], vocabulary: Vocabulary, object_only: b
     first_hex: dict[str, str] = {}
     for entry in palette:  # largest first, so the first hex seen is the name's main one
         first_hex.setdefault(entry[vocabulary], entry["hex"])
-    merged = merge_shares((p[vocabulary], p["share"]) for p in palette)
-    weight = {"gray": GRAY_RANK_WEIGHT} if vocabulary == "basic" and object_only else {}
-    merged.sort(key=lambda item: (-item[1] * weight.get(item[0], 1.0), item[0]))
+    merged = rank_colours(merge_shares((p[vocabulary], p["share"]) for p in palette),
+                          cut_out=vocabulary == "basic" and object_only)
     return [NamedColour(name, round(share, 4), first_hex[name]) for name, share in merged]
+
+
+def rank_colours(named: list[tuple[str, float]], cut_out: bool) -> list[tuple[str, float]]:
+    """(name, share) pairs in the namer's order: by share, ties by name; in a cut-out object (basic names) gray
+    ranks at GRAY_RANK_WEIGHT of its share (shading, shadows, metal), its share reported as it is. Every reader
+    of object colours (cached vectors, cluster names) ranks through this one rule."""
+    weight = {"gray": GRAY_RANK_WEIGHT} if cut_out else {}
+    return sorted(named, key=lambda item: (-item[1] * weight.get(item[0], 1.0), item[0]))
 
 
 def object_palette_k(vector: np.ndarray) -> int:

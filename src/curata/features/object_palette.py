@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from curata.features.base import Extractor, register
+from curata.features.base import register
 from curata.features.colornames import Vocabulary
 from curata.features.colour_names import (
     OBJECT_PALETTE_EXTRA,
@@ -25,15 +25,16 @@ from curata.features.colour_names import (
     read_object_palette,
 )
 from curata.features.foreground import working_copy
+from curata.features.palette import PaletteExtractor
 
 OBJECT_PALETTE = "object_palette"
 PALETTE = "palette"
 
 
 @register
-class ObjectPaletteExtractor(Extractor):
+class ObjectPaletteExtractor(PaletteExtractor):
     """The object's k-colour palette, backdrop apart: k x [L*, a*, b*, share] + [background L*, a*, b*, share,
-    method code, object share] (see `curata.features.colour_names.OBJECT_PALETTE_EXTRA`)."""
+    method code, object share] (see `curata.features.colour_names.OBJECT_PALETTE_EXTRA`); `k` as `palette`'s."""
 
     name = OBJECT_PALETTE
     version = "1"
@@ -41,17 +42,9 @@ class ObjectPaletteExtractor(Extractor):
     # cached names must equal theirs. `prepare` then shrinks to the split's working size in the loader threads.
     max_side = None
 
-    def __init__(self, k: int = 5):
-        if int(k) < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        self.k = int(k)
-
     @property
     def dim(self) -> int:
         return 4 * self.k + OBJECT_PALETTE_EXTRA
-
-    def params(self) -> dict[str, Any]:
-        return {"k": self.k}
 
     def prepare(self, item: Any) -> Any:
         # Exact: `split_foreground` works on this very working copy (shrinking it again is a no-op). RGBA is
@@ -88,7 +81,7 @@ def object_names(matrix: np.ndarray, vocabulary: Vocabulary = "basic") -> list[l
     in one call (~5x faster than row by row: the service names a whole collection's colour index this way).
     A row of zeros names nothing."""
     from curata.features.colornames import name_lab_colors
-    from curata.features.colour_names import GRAY_RANK_WEIGHT, METHOD_CODES, basic_names
+    from curata.features.colour_names import METHOD_CODES, basic_names, rank_colours
     from curata.features.palette import merge_shares
 
     rows = np.asarray(matrix, np.float32)
@@ -110,10 +103,9 @@ def object_names(matrix: np.ndarray, vocabulary: Vocabulary = "basic") -> list[l
     at = 0
     for i in range(len(rows)):
         n = int(keep[i].sum())
-        merged = merge_shares(zip(flat[at:at + n], entries[i, keep[i], 3].tolist(), strict=True))
+        merged = rank_colours(merge_shares(zip(flat[at:at + n], entries[i, keep[i], 3].tolist(), strict=True)),
+                              cut_out=vocabulary == "basic" and bool(cut_out[i]))
         at += n
-        if vocabulary == "basic" and cut_out[i]:  # gray ranks at half its share in a cut-out object
-            merged.sort(key=lambda item: (-item[1] * (GRAY_RANK_WEIGHT if item[0] == "gray" else 1.0), item[0]))
         out.append([(name, round(share, 4)) for name, share in merged])
     return out
 
