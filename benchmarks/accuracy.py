@@ -12,7 +12,9 @@ features; the first run computes features (several minutes for cryptopunks' 10,0
 20% val, 20% test; `curata train --holdout 0.2`), candidates compared on val, the chosen one fitted on
 train+val and scored once on test. A classify experiment runs twice on the same split, its default
 ("auto", chosen by validation inside the fit) and the logistic-regression linear probe alone ("logreg"),
-so the table shows what the choice adds over the probe on test items nobody tuned on.
+so the table shows what the choice adds over the probe on test items nobody tuned on. The
+flipkart_finetune suite (held-out only) gives classify the images themselves (`--features
+effnet_lite0,image`), so "auto" also weighs fine-tuning; it runs "finetune" alone as well.
 
 Targets (from the issue): flipkart fusion >= 0.95 accuracy, text-only >= 0.93, image-only >= 0.85;
 cryptopunks accessories micro-F1 >= 0.97; fitting every flipkart model with cached features < 1 min.
@@ -54,6 +56,11 @@ SUITES = {
                         [("tags", "tags", ["effnet_lite0", "color_hist"], {}),
                          ("tags", "tags", ["pixels", "color_hist"], {"model": "ridge"}),
                          ("tags", "tags", ["pixels_onehot", "color_hist"], {"model": "ridge"})]),
+    # Fine-tuning as a classify candidate (`--features effnet_lite0,image`): held-out only (--held-out), where
+    # each row is a few fits of minutes each; on the flipkart workspace. Runs auto, finetune alone and the probe.
+    "flipkart_finetune": ("flipkart", {}, ("effnet_lite0",),
+                          [("classify", "label", ["effnet_lite0", "image"], {}),
+                           ("classify", "meta:label_l2", ["effnet_lite0", "image"], {"min_per_class": 5})]),
     "demo": (None, {}, ("color_stats", "color_hist", "palette", "effnet_lite0"),
              [("collection", "label", ["effnet_lite0"], {}),
               ("classify", "label", None, {}),
@@ -62,9 +69,13 @@ SUITES = {
 }
 
 
+WORKSPACE = {"flipkart_finetune": "flipkart"}  # suites that reuse another suite's workspace
+HELD_OUT_ONLY = {"flipkart_finetune"}
+
+
 def prepare(name: str, data: Path, root: Path) -> Workspace | None:
     folder, ingest_opts, features, _ = SUITES[name]
-    ws = Workspace(root / name)
+    ws = Workspace(root / WORKSPACE.get(name, name))
     with rich_reporter() as reporter:
         if folder is None:
             from curata.demo.generate import generate_collection
@@ -98,6 +109,9 @@ def main() -> int:
     chosen = args.only.split(",") if args.only else list(SUITES)
     rows, details = [], []
     for name in chosen:
+        if name in HELD_OUT_ONLY and not args.held_out:
+            print(f"skipped {name}: runs with --held-out only (each fine-tuning fit takes minutes)")
+            continue
         ws = prepare(name, args.data, args.workspaces)
         if ws is None:
             continue
@@ -107,6 +121,8 @@ def main() -> int:
             runs = [extra]
             if args.held_out and task == "classify":
                 runs = [{**extra, "model": "auto"}, {**extra, "model": "logreg"}]  # the choice vs the probe
+                if "image" in (features or []):
+                    runs.insert(1, {**extra, "model": "finetune"})
             for settings in runs:
                 # An experiment naming its model runs that one only; otherwise every candidate is compared.
                 options = TrainOptions(task=task, target=target, features=features, compare="model" not in settings,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
@@ -70,6 +71,45 @@ def test_auto_chooses_by_validation_inside_the_fit():
     # Linearly separable blobs: every candidate is perfect on validation and the tie keeps the simplest.
     lin_x, lin_y = blobs(np.array([[0.0] * 5, [6.0] * 5]), ["p", "q"], 40, seed=6)
     assert ClassifyTask(features=["emb"]).fit(lin_x, lin_y).estimator_.chosen_ == "logreg"
+
+
+class WrongWhereFlagged(ClassifierMixin, BaseEstimator):
+    """A model that answers the label in column 0 of block "emb", except where column `flag` is set: a model of
+    known errors, to test the rule that chooses between models."""
+
+    def __init__(self, flag: int = 1):
+        self.flag = flag
+
+    def fit(self, x, y):
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, x):
+        emb = x["emb"]
+        right = self.classes_[emb[:, 0].astype(int)]
+        return np.where(emb[:, self.flag] > 0, self.classes_[(emb[:, 0].astype(int) + 1) % 2], right)
+
+
+def test_auto_keeps_the_simpler_model_unless_the_other_wins_beyond_the_noise():
+    from curata.tasks.classify import ValidatedChoice
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    label = rng.integers(0, 2, n)
+    simple_wrong = rng.random(n) < 0.10
+    # Right on 60% of the simple model's errors, wrong on 5% of its right answers: a little better, different.
+    close_wrong = np.where(simple_wrong, rng.random(n) < 0.4, rng.random(n) < 0.05)
+    far_wrong = simple_wrong & (rng.random(n) < 0.2)  # right on four fifths: ~8 points better
+    x = {"emb": np.c_[label, simple_wrong, close_wrong, far_wrong].astype(float)}
+    y = np.array(["a", "b"])[label]
+    candidates = (("simple", WrongWhereFlagged(1)), ("close", WrongWhereFlagged(2)), ("far", WrongWhereFlagged(3)))
+    close = ValidatedChoice(candidates[:2]).fit(x, y)
+    scores, margin = close.validation_scores_, close.validation_margin_
+    assert scores["close"] > scores["simple"] and scores["close"] - scores["simple"] <= margin["simple"]
+    assert close.chosen_ == "simple"  # a win within the noise of 200 validation items keeps the simpler model
+    assert margin["close"] == 0.0
+    far = ValidatedChoice(candidates).fit(x, y)
+    assert far.chosen_ == "far" and far.validation_scores_["far"] - far.validation_scores_["simple"] >= 0.04
 
 
 def test_stacking_is_a_candidate_with_two_blocks_and_auto_may_pick_it():

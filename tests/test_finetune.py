@@ -104,6 +104,18 @@ def test_seeded_runs_are_identical_and_progress_is_reported(fitted: FineTuner, d
     assert recorder.tasks["fine-tune: epochs"] == len(again.history_)
 
 
+def test_refit_trains_on_every_image_for_the_early_stopped_epoch_count(fitted: FineTuner, data) -> None:
+    recorder = Recorder()
+    refitted = small(refit=True).fit(data["train"], data["y"], reporter=recorder)
+    assert (refitted.n_train_, refitted.n_val_) == (30, 0) and refitted.best_epoch_ == fitted.best_epoch_
+    assert refitted.history_ == [{**h, "seconds": a["seconds"]} for h, a in zip(fitted.history_, refitted.history_,
+                                                                                 strict=True)]
+    assert recorder.tasks["fine-tune: refit on all"] == refitted.best_epoch_
+    assert recorder.tasks["fine-tune: trunk activations of the validation images' crops"] == 6
+    assert not np.array_equal(refitted.predict_proba(data["test"]), fitted.predict_proba(data["test"]))
+    assert float(np.mean(refitted.predict(data["test"]) == data["y_test"])) >= 0.8
+
+
 def test_explicit_validation_set(data) -> None:
     model = FineTuner("lite0", blocks=1, epochs=1, augment=False, seed=0, threads=2)
     model.fit(data["train"], data["y"], data["test"], data["y_test"])

@@ -31,7 +31,11 @@ TaskArg = Annotated[str, typer.Argument(help="Task: classify (any single label, 
 FeaturesOpt = Annotated[str | None, typer.Option("--features", help="Comma-separated feature names (default: "
                                                  "the task's; classify and collection choose among the computed "
                                                  "ones: an image block, pixels on pixel art, plus a text block for "
-                                                 "classify). They must have been computed (`curata features`).")]
+                                                 "classify). They must have been computed (`curata features`). "
+                                                 "classify also takes `image`, the images themselves: it adds "
+                                                 "'finetune' (EfficientNet-Lite0's last block trained on the "
+                                                 "collection, minutes on CPU) to the candidates and to what "
+                                                 "'auto' weighs.")]
 TargetOpt = Annotated[str | None, typer.Option(help="What to predict: label, tag:<trait>, meta:<field>, or for the "
                                                "tags task tags / tags:<trait>. Default: the task's.")]
 UseSplitOpt = Annotated[bool, typer.Option("--use-split", help="Held-out protocol from the items' split column: "
@@ -125,7 +129,8 @@ def _print_results(result: Any) -> None:
                           + (" (one per fold)" if len(r.extra["chosen"]) > 1 else ""))
     if auto := protocol.get("auto"):
         console.print(f"  the saved model: {escape(auto['chosen'])} (validation accuracy "
-                      + ", ".join(f"{escape(k)} {v:.3f}" for k, v in auto["validation_accuracy"].items()) + ")")
+                      + ", ".join(f"{escape(k)} {v:.3f}" for k, v in auto["validation_accuracy"].items())
+                      + "; the simplest within one paired standard error of the best is kept)")
     if result.bundle:
         console.print(f"bundle: {escape(str(result.bundle))}")
     console.print(f"report: {escape(str(result.report['html']))}")
@@ -139,7 +144,8 @@ def train_cmd(
     features: FeaturesOpt = None,
     target: TargetOpt = None,
     model: Annotated[str | None, typer.Option(help="Candidate model to train (default: the task's; classify's "
-                                              "'auto' picks one by validation inside each fit).")] = None,
+                                              "'auto' picks one by validation inside each fit; classify's "
+                                              "'finetune' reads the images themselves).")] = None,
     compare: Annotated[bool, typer.Option(help="Evaluate every candidate and keep the best (on val with a "
                                           "held-out split).")] = False,
     folds: FoldsOpt = 5,

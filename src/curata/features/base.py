@@ -39,6 +39,8 @@ class Extractor(ABC):
     version: ClassVar[str] = "1"
     modality: ClassVar[Literal["image", "text"]] = "image"
     needs_fit: ClassVar[bool] = False
+    # False for a block that is not a vector the workspace computes and stores (`image`: the image itself).
+    stored: ClassVar[bool] = True
     # Longest image side the extractor needs; the loader decodes JPEGs in draft mode down to it.
     # None means the full image.
     max_side: ClassVar[int | None] = None

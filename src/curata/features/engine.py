@@ -38,8 +38,9 @@ FIT_SAMPLE = 2000  # images used to fit collection-dependent image extractors (v
 
 
 def available_extractors() -> list[str]:
+    """The extractors `curata features` can compute (not `image`, the images themselves, which is never stored)."""
     _import_builtin()
-    return sorted(REGISTRY)
+    return sorted(name for name, cls in REGISTRY.items() if cls.stored)
 
 
 def _import_builtin() -> None:
@@ -52,6 +53,7 @@ def _import_builtin() -> None:
         palette,
         pixels,
         plugins,
+        raw_image,
         text,
     )
 
@@ -65,6 +67,7 @@ _BUILTIN_MODULES = {
     **{n: "efficientnet" for n in ("effnet_lite", "effnet_lite0", "effnet_lite0_int8", "effnet_lite2",
                                    "effnet_lite0_logits", "effnet_lite0_tta", "effnet_lite2_tta")},
     **{n: "plugins" for n in ("hf_clip_image", "hf_clip_text", "hf_vision", "open_clip", "timm")},
+    "image": "raw_image",
 }
 
 
@@ -318,6 +321,9 @@ def compute(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32,
         return FeatureRun(extractor.key, runs[0].items, min(r.cached for r in runs), max(r.computed for r in runs),
                           max(r.errors for r in runs), time.perf_counter() - started, any(r.fitted for r in runs),
                           [n for r in runs for n in r.notes])
+    if not extractor.stored:
+        raise ValueError(f"'{extractor.name}' is not computed or stored: it is the image itself, which a model "
+                         "that reads it (classify's finetune) loads when it trains or predicts")
     with feature_lock(extractor, workspace, reporter):
         plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)
         shared = shared_store(extractor) if plan.todo else None
@@ -404,7 +410,8 @@ def stored_count(workspace: Workspace, name: str) -> int:
     """How many vectors the workspace holds for extractor `name` (0 when never computed or fitted): a cheap
     count of its store, for choosing default features among those computed."""
     try:
-        return _feature_store(workspace, make_extractor(name)).count()
+        extractor = make_extractor(name)
+        return _feature_store(workspace, extractor).count() if extractor.stored else 0
     except ValueError:  # a fitted extractor never fitted here, or a plug-in that cannot open
         return 0
 
@@ -420,7 +427,7 @@ def _join_rows(loaded: list[tuple[np.ndarray, list[str | None]]]) -> tuple[np.nd
 
 
 def _item_columns(extractor: Extractor) -> list[str]:
-    return ["text"] if extractor.modality == "text" else ["image_sha256"]
+    return ["text"] if extractor.modality == "text" else ["image_sha256"] if extractor.stored else ["image"]
 
 
 def load_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame | None = None
@@ -438,6 +445,10 @@ def load_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame 
     check_matrix_fits(len(items), extractor.dim, f"the {extractor.name} features of {len(items)} items")
     if isinstance(extractor, ConcatExtractor):
         return _join_rows([load_matrix(workspace, b, items) for b in extractor.blocks])
+    if not extractor.stored:
+        from curata.features.raw_image import image_block
+
+        return image_block(items)
     return _feature_store(workspace, extractor).lookup(item_keys(items, extractor))
 
 
@@ -454,6 +465,12 @@ def iter_matrix(workspace: Workspace, extractor: Extractor, items: pd.DataFrame 
     batch = int(batch_rows) if batch_rows else rows_within_budget(matrix_bytes(1, extractor.dim))
     if batch < 1:
         raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    if not extractor.stored:
+        from curata.features.raw_image import image_block
+
+        for start in range(0, len(items), batch):
+            yield start, *image_block(items.iloc[start:start + batch])
+        return
     blocks = extractor.blocks if isinstance(extractor, ConcatExtractor) else [extractor]
     # Stores are resolved once (a fitted extractor reads its fit id), then read chunk by chunk.
     readers = [_feature_store(workspace, b).iter_lookup(item_keys(items, b), batch) for b in blocks]

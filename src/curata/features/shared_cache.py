@@ -39,7 +39,7 @@ def shared_dir() -> Path | None:
 def shared_store(extractor: Extractor) -> FeatureStore | None:
     """The shared store of `extractor`, or None (cache off, or an extractor fitted per workspace)."""
     folder = shared_dir()
-    if folder is None or extractor.needs_fit:
+    if folder is None or extractor.needs_fit or not extractor.stored:
         return None
     return FeatureStore.for_extractor(folder, extractor)
 

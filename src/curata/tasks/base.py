@@ -52,6 +52,8 @@ class Task(ABC):
     multilabel: ClassVar[bool] = False
     default_features: ClassVar[tuple[str, ...]]
     default_target: ClassVar[str]
+    # Feature blocks a model needs whatever else is named (classify's "finetune": the `image` block).
+    model_features: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def features_for(cls, workspace: Any, items: Any) -> list[str]:

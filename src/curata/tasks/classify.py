@@ -14,6 +14,9 @@ Candidates, all over the same blocks:
 - "mlp": one hidden layer on the standardised blocks;
 - "stacking" (two blocks or more): a calibrated probe per block, combined by a logistic regression learned
   from their out-of-fold probabilities;
+- "finetune" (when `image`, the images themselves, is among the features: `--features effnet_lite0,image`):
+  EfficientNet-Lite0's last block, head convolution and a new classifier trained on the collection
+  (`curata.tasks.finetune`), minutes on CPU where the others take seconds, so it is only weighed when asked for;
 - "auto" (the default): picks one of the above by accuracy on a stratified validation part of its own
   training data, then refits the winner on all of it. The default is thus chosen by validation inside
   every fit, never by the benchmark it is later scored on, and its cross-validated score is honest
@@ -34,13 +37,14 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegressionCV
-from sklearn.metrics import accuracy_score
 
 from curata.evaluate.cv import take
 from curata.tasks.base import Blocks, Task
 from curata.tasks.estimators import MLP, BlockClassifier, Calibrated, TunedSVC, check_labels, default_logreg
+from curata.tasks.finetune import FineTunedClassifier
 from curata.tasks.openset import UNKNOWN, OpenSetClassifier, validation_split
 
+IMAGE_BLOCK = "image"  # the images themselves (`curata.features.raw_image`), read by the fine-tuner only
 PROBE_CS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # the probe's C grid: 1280-d embeddings want strong L2
 
 
@@ -54,10 +58,17 @@ def probe(seed: int = 0, inner_splits: int = 3) -> Any:
 
 class ValidatedChoice(ClassifierMixin, BaseEstimator):
     """Choose among `candidates` ((name, unfitted estimator) pairs, simplest first) by accuracy on a stratified
-    `val_fraction` of the training data, then refit the winner on all of it; a tie keeps the simpler one.
+    `val_fraction` of the training data, then refit the chosen one on all of it.
 
-    `chosen_` names the winner, `validation_scores_` holds every candidate's validation accuracy. With too
-    few items to validate (no class of 3 or more) the first candidate is used."""
+    The choice follows the one-standard-error rule (Hastie et al., The Elements of Statistical Learning, 7.10),
+    on paired answers: the simplest candidate whose validation accuracy is within one standard error of the
+    best's is kept, the error being that of the two models' per-item difference on the same validation items.
+    On a few hundred validation items a more complex (and often far costlier) model must thus win by more than
+    the noise of that part: a tie, or a margin of a few items, keeps the simpler one.
+
+    `chosen_` names the chosen one, `validation_scores_` holds every candidate's validation accuracy and
+    `validation_margin_` each one's standard error against the best. With too few items to validate (no class
+    of 3 or more) the first candidate is used."""
 
     def __init__(self, candidates: tuple[tuple[str, Any], ...] = (), blocks: tuple[str, ...] = (),
                  val_fraction: float = 0.2, seed: int = 0):
@@ -72,19 +83,30 @@ class ValidatedChoice(ClassifierMixin, BaseEstimator):
         y = check_labels(y, min_per_class=2, who="the validated choice")
         fit_part, val_part = validation_split(y, self.val_fraction, self.seed)
         self.validation_scores_: dict[str, float] = {}
-        if len(val_part):
+        self.validation_margin_: dict[str, float] = {}
+        right: dict[str, np.ndarray] = {}  # per candidate: which validation items it answered right
+        if len(val_part) and len(self.candidates) > 1:  # one candidate: nothing to choose, no fit to spare
             for name, estimator in self.candidates:
                 try:
                     model = clone(estimator).fit(take(x, fit_part), y[fit_part])
                 except ValueError:  # e.g. a candidate whose inner folds need more items per class than remain
                     continue
-                self.validation_scores_[name] = float(accuracy_score(y[val_part], model.predict(take(x, val_part))))
-        names = [name for name, _ in self.candidates]
-        self.chosen_ = max(self.validation_scores_, key=lambda n: (self.validation_scores_[n], -names.index(n))) \
-            if self.validation_scores_ else names[0]
+                right[name] = model.predict(take(x, val_part)) == y[val_part]
+                self.validation_scores_[name] = float(right[name].mean())
+        self.chosen_ = self._one_standard_error(right) if right else self.candidates[0][0]
         self.model_ = clone(dict(self.candidates)[self.chosen_]).fit(x, y)
         self.classes_ = self.model_.classes_
         return self
+
+    def _one_standard_error(self, right: dict[str, np.ndarray]) -> str:
+        names = [name for name, _ in self.candidates if name in right]  # simplest first
+        best = max(names, key=lambda n: (right[n].mean(), -names.index(n)))
+        for name in names:
+            diff = right[best].astype(float) - right[name]
+            self.validation_margin_[name] = round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4) \
+                if len(diff) > 1 else 0.0
+        # The best itself qualifies (no gap, no margin), so one always does.
+        return next(n for n in names if right[best].mean() - right[n].mean() <= self.validation_margin_[n] + 1e-12)
 
     def predict(self, x: Blocks) -> np.ndarray:
         return self.model_.predict(x)
@@ -100,7 +122,8 @@ class ClassifyTask(Task):
     default_features = ("effnet_lite0",)
     default_target = "label"
     # Which candidates "auto" chooses among, simplest first (a validation tie keeps the simpler model).
-    auto_candidates: ClassVar[tuple[str, ...]] = ("logreg", "svm", "mlp", "stacking")
+    auto_candidates: ClassVar[tuple[str, ...]] = ("logreg", "svm", "mlp", "stacking", "finetune")
+    model_features: ClassVar[dict[str, tuple[str, ...]]] = {"finetune": (IMAGE_BLOCK,)}
 
     def __init__(self, model: str | None = None, features: Sequence[str] | None = None, open_set: bool = False,
                  target_recall: float = 0.95, seed: int = 0):
@@ -116,16 +139,26 @@ class ClassifyTask(Task):
 
         return choose_features(workspace, items, text=True)
 
+    @property
+    def vector_features(self) -> tuple[str, ...]:
+        """The feature blocks that are vectors (all but `image`, the images themselves)."""
+        return tuple(b for b in self.features if b != IMAGE_BLOCK)
+
     def base_models(self) -> dict[str, Any]:
-        """The unfitted candidates (before any open-set wrapping), by name."""
-        seed, blocks = self.seed, self.features
-        models: dict[str, Any] = {
-            "logreg": BlockClassifier(blocks, probe(seed), balance=True),
-            "svm": BlockClassifier(blocks, TunedSVC(c_values=(1.0, 10.0, 100.0), gamma_values=None,
-                                                    gamma_factors=(0.3, 1.0, 3.0), scale=False, inner_splits=3,
-                                                    search_rows=2000, seed=seed), balance=True),
-            "mlp": BlockClassifier(blocks, MLP(hidden=(256,), alpha=1e-2, seed=seed)),
-        }
+        """The unfitted candidates (before any open-set wrapping), by name: the models over feature vectors when
+        there are any, and "finetune" when the `image` block is among the features."""
+        seed, blocks = self.seed, self.vector_features
+        models: dict[str, Any] = {}
+        if blocks:
+            models.update({
+                "logreg": BlockClassifier(blocks, probe(seed), balance=True),
+                "svm": BlockClassifier(blocks, TunedSVC(c_values=(1.0, 10.0, 100.0), gamma_values=None,
+                                                        gamma_factors=(0.3, 1.0, 3.0), scale=False, inner_splits=3,
+                                                        search_rows=2000, seed=seed), balance=True),
+                "mlp": BlockClassifier(blocks, MLP(hidden=(256,), alpha=1e-2, seed=seed)),
+            })
+        if IMAGE_BLOCK in self.features:
+            models["finetune"] = FineTunedClassifier(seed=seed)
         if len(blocks) > 1:
             from curata.tasks.category import LateFusionClassifier
 
@@ -142,8 +175,18 @@ class ClassifyTask(Task):
 
     def candidates(self) -> dict[str, Callable[[], Any]]:
         models = self.base_models()
-        auto = ValidatedChoice(tuple((n, models[n]) for n in self.auto_candidates if n in models), self.features,
-                               seed=self.seed)
+        if self.open_set:
+            if not self.vector_features:
+                raise ValueError("open-set answers measure how far an item lies from the training items on feature "
+                                 "vectors: add one beside 'image' (e.g. --features effnet_lite0,image)")
+            # The open-set wrapper measures distances on its base's vector blocks, which the fine-tuner has not;
+            # under "auto" it may still be chosen (the distances are then those of auto's vector blocks).
+            models.pop("finetune", None)
+            auto_from = self.base_models()
+        else:
+            auto_from = models
+        auto = ValidatedChoice(tuple((n, auto_from[n]) for n in self.auto_candidates if n in auto_from),
+                               self.vector_features, seed=self.seed)
         return {name: self._wrap(model) for name, model in {"auto": auto, **models}.items()}
 
     def predict_open(self, x: Blocks) -> tuple[np.ndarray, np.ndarray]:

@@ -207,8 +207,11 @@ def feature_dim(names: list[str]) -> int:
 
 
 def feature_row_bytes(names: list[str]) -> int:
-    """Bytes one item's feature blocks take in memory (float32)."""
-    return matrix_bytes(1, feature_dim(names))
+    """Bytes one item's feature blocks take in memory (float32), plus, for the `image` block, what a model
+    reading the images holds per item (`RawImage.bytes_per_row`)."""
+    extractors = [make_extractor(name) for name in names]
+    return (matrix_bytes(1, sum(e.dim for e in extractors))
+            + sum(getattr(e, "bytes_per_row", 0) for e in extractors if not e.stored))
 
 
 def iter_features(workspace: Workspace, names: list[str], items: pd.DataFrame, batch_rows: int

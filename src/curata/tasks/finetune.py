@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from curata.features.efficientnet import (
     EXPORT_VERSION,
@@ -202,8 +203,10 @@ class FineTuner:
     head convolution and the classifier); `epochs` at most, stopped `patience` epochs after the best
     validation accuracy; `lr` of the classifier (the blocks get `lr * tail_lr_scale`); `augment`:
     train on mirrored and centre-cropped views too; `val_fraction`: stratified part held out of the
-    training data when `fit` gets no validation set; `threads`: torch / ONNX Runtime threads (None:
-    `curata.paths.default_threads()`). Seeded: the same inputs and seed give the same model.
+    training data when `fit` gets no validation set; `refit`: then train again, from the same start, on all of
+    the training data for the early-stopped epoch count (Goodfellow et al., Deep Learning, algorithm 7.2: the
+    held-out part then chooses the epoch count without being lost to training); `threads`: torch / ONNX
+    Runtime threads (None: `curata.paths.default_threads()`). Seeded: the same inputs and seed give the same model.
 
     After `fit`: `classes_`, `best_epoch_`, `history_` (per epoch: train loss, val accuracy, val loss,
     seconds), `n_train_`, `n_val_`, `fit_seconds_`.
@@ -213,7 +216,7 @@ class FineTuner:
                  tail_lr_scale: float = 0.1, patience: int = 4, batch_size: int = 32,
                  weight_decay: float = 1e-4, label_smoothing: float = 0.1, dropout: float = 0.2,
                  augment: bool = True, warm_start_head: bool = True, val_fraction: float = 0.2,
-                 seed: int = 0, threads: int | None = None):
+                 refit: bool = False, seed: int = 0, threads: int | None = None):
         cut_index(variant, blocks)  # validates both
         if epochs < 1 or patience < 1 or batch_size < 1:
             raise ValueError("epochs, patience and batch_size must be at least 1")
@@ -223,15 +226,36 @@ class FineTuner:
         self.tail_lr_scale, self.patience, self.batch_size = tail_lr_scale, patience, batch_size
         self.weight_decay, self.label_smoothing, self.dropout = weight_decay, label_smoothing, dropout
         self.augment, self.warm_start_head, self.val_fraction = augment, warm_start_head, val_fraction
+        self.refit = refit
         self.seed, self.threads = seed, threads
         self._tail: Any = None
         self._session: Any = None
+
+    # -- pickling (a model bundle holds the fitted FineTuner) -----------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The tail is a local class (not picklable) and the ONNX session native: the tail travels as its
+        # weights (NumPy arrays, readable without this torch version's pickles) and is rebuilt on load.
+        state = {**self.__dict__, "_session": None, "_tail": None}
+        if self._tail is not None:
+            state["_tail_weights"] = {k: v.detach().cpu().numpy() for k, v in self._tail.state_dict().items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        weights = state.pop("_tail_weights", None)
+        self.__dict__.update(state)
+        if weights is not None:
+            import torch
+
+            tail = _make_tail(self.variant, self.cut, len(self.classes_), self.dropout)
+            tail.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
+            self._tail = tail.eval()
 
     # -- parameters ----------------------------------------------------------------------------------
 
     def get_params(self) -> dict[str, Any]:
         keys = ("variant", "blocks", "epochs", "lr", "tail_lr_scale", "patience", "batch_size", "weight_decay",
-                "label_smoothing", "dropout", "augment", "warm_start_head", "val_fraction", "seed")
+                "label_smoothing", "dropout", "augment", "warm_start_head", "val_fraction", "refit", "seed")
         return {k: getattr(self, k) for k in keys}
 
     @property
@@ -335,12 +359,25 @@ class FineTuner:
             a_tr = self.activations(tr_images, views, reporter, "the training images")
             a_va = self.activations(va_images, PREDICT_VIEWS, reporter, "the validation images")
             self._train(a_tr, ytr, a_va, yva, reporter)
+            if self.refit and val_images is None:
+                # Early stopping chose the epoch count; now train for that many epochs on every image given
+                # (the held-out part included) from the same start, so no label is spent on validation alone.
+                if self.augment:  # the held-out images' crop views, beside the full + mirror views cached above
+                    crops = self.activations(va_images, (2, 3), reporter, "the validation images' crops")
+                    a_va = np.concatenate([a_va, crops], axis=1)
+                else:
+                    a_va = a_va[:, :1]
+                a_tr, ytr = np.concatenate([a_tr, a_va]), np.concatenate([ytr, yva])
+                self._train(a_tr, ytr, None, None, reporter, epochs=self.best_epoch_)
+                yva = yva[:0]
         self.n_train_, self.n_val_ = len(ytr), len(yva)
         self.fit_seconds_ = time.perf_counter() - t0
         return self
 
-    def _train(self, a_tr: np.ndarray, ytr: np.ndarray, a_va: np.ndarray, yva: np.ndarray,
-               reporter: Reporter) -> None:
+    def _train(self, a_tr: np.ndarray, ytr: np.ndarray, a_va: np.ndarray | None, yva: np.ndarray | None,
+               reporter: Reporter, epochs: int | None = None) -> None:
+        """Train a fresh tail: early-stopped on (`a_va`, `yva`) (sets `best_epoch_`, `history_`), or, without
+        them, for exactly `epochs` epochs on the same learning-rate schedule (the refit)."""
         import torch
         import torch.nn.functional as F
 
@@ -349,44 +386,23 @@ class FineTuner:
         tail = _make_tail(self.variant, self.cut, len(self.classes_), self.dropout)
         self._tail = tail
         x_tr, y_tr = torch.from_numpy(a_tr), torch.from_numpy(ytr.astype(np.int64))
+        if a_va is None or yva is None:
+            for epoch, _, _ in self._epochs(tail, x_tr, y_tr, rng, reporter, "fine-tune: refit on all", epochs):
+                if epoch >= (epochs or self.epochs):
+                    break
+            tail.eval()
+            return
         x_va, y_va = torch.from_numpy(a_va), torch.from_numpy(yva.astype(np.int64))
-        n, n_views = a_tr.shape[:2]
-        if self.warm_start_head:
-            self._fit_head(x_tr, y_tr)
-        head_params = list(tail.fc.parameters())
-        other = [p for name, p in tail.named_parameters() if not name.startswith("fc.")]
-        opt = torch.optim.AdamW([{"params": head_params, "lr": self.lr},
-                                 {"params": other, "lr": self.lr * self.tail_lr_scale}],
-                                weight_decay=self.weight_decay)
-        steps = self.epochs * math.ceil(n / self.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        advance = reporter.task("fine-tune: epochs", self.epochs)
         best: tuple[float, float] | None = None
         best_state: dict[str, Any] = {}
         self.history_: list[dict[str, float]] = []
         since_best = 0
-        for epoch in range(1, self.epochs + 1):
-            t = time.perf_counter()
-            tail.train()
-            _freeze_batchnorm(tail)
-            order = rng.permutation(n)
-            view = rng.integers(0, n_views, n)  # one augmented view per image per epoch
-            total = 0.0
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                xb = x_tr[torch.from_numpy(idx), torch.from_numpy(view[idx])]
-                loss = F.cross_entropy(tail(xb), y_tr[idx], label_smoothing=self.label_smoothing)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += float(loss.detach()) * len(idx)
+        for epoch, train_loss, started in self._epochs(tail, x_tr, y_tr, rng, reporter, "fine-tune: epochs"):
             probs = self._proba_from_activations(x_va)
             val_acc = float((probs.argmax(1) == y_va).float().mean())
             val_loss = float(F.nll_loss(torch.log(probs.clamp_min(1e-12)), y_va))
-            self.history_.append({"epoch": epoch, "train_loss": round(total / n, 4), "val_accuracy": round(val_acc, 4),
-                                  "val_loss": round(val_loss, 4), "seconds": round(time.perf_counter() - t, 2)})
-            advance(1)
+            self.history_.append({"epoch": epoch, "train_loss": round(train_loss, 4), "val_accuracy": round(val_acc, 4),
+                                  "val_loss": round(val_loss, 4), "seconds": round(time.perf_counter() - started, 2)})
             if best is None or (val_acc, -val_loss) > best:
                 best, since_best = (val_acc, -val_loss), 0
                 best_state = copy.deepcopy(tail.state_dict())
@@ -397,6 +413,44 @@ class FineTuner:
                     break
         tail.load_state_dict(best_state)
         tail.eval()
+
+    def _epochs(self, tail: Any, x_tr: Any, y_tr: Any, rng: np.random.Generator, reporter: Reporter, what: str,
+                total: int | None = None) -> Iterator[tuple[int, float, float]]:
+        """LP-FT on (`x_tr`, `y_tr`): the head fitted alone first, then tail + head with AdamW on a cosine schedule
+        over `self.epochs`; yields (epoch, mean training loss, the epoch's start time) after each epoch, and the
+        caller stops when it will (early stopping, or the refit's epoch count)."""
+        import torch
+        import torch.nn.functional as F
+
+        n, n_views = x_tr.shape[:2]
+        if self.warm_start_head:
+            self._fit_head(x_tr, y_tr)
+        head_params = list(tail.fc.parameters())
+        other = [p for name, p in tail.named_parameters() if not name.startswith("fc.")]
+        opt = torch.optim.AdamW([{"params": head_params, "lr": self.lr},
+                                 {"params": other, "lr": self.lr * self.tail_lr_scale}],
+                                weight_decay=self.weight_decay)
+        steps = self.epochs * math.ceil(n / self.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        advance = reporter.task(what, total or self.epochs)
+        for epoch in range(1, self.epochs + 1):
+            started = time.perf_counter()
+            tail.train()
+            _freeze_batchnorm(tail)
+            order = rng.permutation(n)
+            view = rng.integers(0, n_views, n)  # one augmented view per image per epoch
+            total_loss = 0.0
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                xb = x_tr[torch.from_numpy(idx), torch.from_numpy(view[idx])]
+                loss = F.cross_entropy(tail(xb), y_tr[idx], label_smoothing=self.label_smoothing)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total_loss += float(loss.detach()) * len(idx)
+            advance(1)
+            yield epoch, total_loss / n, started
 
     def _fit_head(self, x_tr: Any, y_tr: Any) -> None:
         """The linear probe part of LP-FT: fit the new classifier alone (L-BFGS, L2) on the frozen
@@ -495,3 +549,46 @@ class FineTuner:
         tail.load_state_dict(torch.load(folder / "tail.pt", map_location="cpu", weights_only=True), strict=True)
         model._tail = tail.eval()
         return model
+
+
+class FineTunedClassifier(ClassifierMixin, BaseEstimator):
+    """`classify`'s "finetune" candidate: a `FineTuner` over the `image` block of the inputs (image paths of a
+    workspace's items, or decoded images for new files: `curata.features.raw_image`), so that it trains,
+    cross-validates, is chosen by validation and is saved in a bundle like the models over feature vectors.
+
+    Images are loaded (`load_raw`: shrunk to twice the network's input) on `default_threads()` threads; one that
+    cannot be loaded is an `ImageError` naming the file. The fine-tuner's own early stopping holds out a
+    stratified 20% of whatever it is fitted on to choose the epoch count, then refits on all of it for that
+    many epochs (`FineTuner(refit=True)`)."""
+
+    def __init__(self, variant: str = "lite0", blocks: int = 1, epochs: int = 12, seed: int = 0,
+                 block: str = "image"):
+        self.variant = variant
+        self.blocks = blocks
+        self.epochs = epochs
+        self.seed = seed
+        self.block = block
+
+    def _images(self, x: dict[str, Any]) -> list[np.ndarray]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from curata.features.raw_image import load_raw
+
+        if not isinstance(x, dict) or self.block not in x:
+            given = ", ".join(sorted(x)) if isinstance(x, dict) else type(x).__name__
+            raise FineTuneError(f"fine-tuning reads the '{self.block}' block (the images themselves), which the "
+                                f"inputs lack (given: {given}); add '{self.block}' to --features")
+        with ThreadPoolExecutor(max_workers=default_threads()) as pool:
+            return list(pool.map(load_raw, list(x[self.block])))
+
+    def fit(self, x: dict[str, Any], y: Sequence[Any]) -> FineTunedClassifier:
+        self.model_ = FineTuner(self.variant, blocks=self.blocks, epochs=self.epochs, refit=True, seed=self.seed)
+        self.model_.fit(self._images(x), y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict_proba(self, x: dict[str, Any]) -> np.ndarray:
+        return self.model_.predict_proba(self._images(x))
+
+    def predict(self, x: dict[str, Any]) -> np.ndarray:
+        return self.classes_[self.predict_proba(x).argmax(axis=1)]

@@ -125,7 +125,9 @@ def prepare(workspace: Workspace, options: TrainOptions) -> tuple[Task, dict[str
         items = items[(items["source"] == options.source) | (items["collection"] == options.source)]
         if items.empty:
             raise TaskDataError(f"no items from source or collection '{options.source}'")
-    features = options.features or cls.features_for(workspace, items)
+    needed = list(cls.model_features.get(options.model or "", ()))  # classify's finetune reads the images
+    features = list(options.features or needed or cls.features_for(workspace, items))
+    features += [f for f in needed if f not in features]
     task = _build_task(cls, features, options)
     target = options.target or cls.default_target
     skipped: dict[str, int] = {}
@@ -310,7 +312,9 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
         if chosen := chosen_model(task.estimator_):  # what `auto` chose for the saved model, and why
             fitted = getattr(task.estimator_, "model_", None) if not hasattr(task.estimator_, "chosen_") \
                 else task.estimator_
-            protocol["auto"] = {"chosen": chosen, "validation_accuracy": getattr(fitted, "validation_scores_", {})}
+            protocol["auto"] = {"chosen": chosen, "validation_accuracy": getattr(fitted, "validation_scores_", {}),
+                                "rule": "the simplest within one paired standard error of the best",
+                                "standard_error_vs_best": getattr(fitted, "validation_margin_", {})}
         card = Card(task=protocol["task"], target=protocol["target"], labels=[str(v) for v in labels],
                     features=protocol["features"], model=task.model,
                     metrics={k: v for k, v in done.chosen.summary.items()},
@@ -326,8 +330,8 @@ def _run(workspace: Workspace, options: TrainOptions, *, save: bool, reporter: R
         bundle_dir = save_bundle(workspace.dir("models") / name, task, card,
                                  _fitted_extractors(workspace, protocol["features"]))
     protocol["fit_all_seconds"] = round(time.perf_counter() - started, 2)
-    first = next(iter(blocks))
-    embedding = (blocks[first], [str(v) for v in y]) if not task.multilabel else None
+    first = next((b for b in blocks.values() if b.dtype != object), None)  # not `image`: paths, no vectors
+    embedding = (first, [str(v) for v in y]) if first is not None and not task.multilabel else None
     report = write_report(workspace.dir("reports") / name, f"curata {protocol['task']}: {protocol['target']}",
                           done.results, protocol=protocol, embedding=embedding,
                           importance=_importance(task, blocks, y), thresholds=_thresholds(task, labels))
