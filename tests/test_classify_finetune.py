@@ -111,6 +111,16 @@ def test_cli_finetune_errors_are_one_clear_line(ws):
     assert missing.exit_code == 0, missing.output  # --model finetune adds the image block it reads
     row = json.loads(missing.stdout)["table"][0]
     assert row["model"] == "finetune" and row["accuracy"] >= 0.9
+    # An image damaged since ingest: one line naming the file and the reason, no trace.
+    path = Path(ws.items()["image"].iloc[5])
+    good = path.read_bytes()
+    path.write_bytes(good[:100])
+    try:
+        broken = cli.invoke(app, ["train", "classify", "-w", str(ws.root), "--model", "finetune", "--folds", "2"])
+    finally:
+        path.write_bytes(good)
+    said = " ".join(broken.output.split())
+    assert broken.exit_code == 2 and f"{path}: cannot decode image" in said and "Traceback" not in said
 
 
 def test_the_service_predicts_with_a_fine_tuned_bundle(ws, finetuned, tmp_path):

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from curata.features.base import Extractor, register
-from curata.imageio import load_image
+from curata.imageio import ImageError, load_image
 
 MAX_SIDE = 448  # twice EfficientNet-Lite0's input: enough for its full view and centre crop, ~0.6 MB per image
 
@@ -40,10 +40,16 @@ def shrink(image: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
 
 
 def load_raw(entry: Any, max_side: int = MAX_SIDE) -> np.ndarray:
-    """An `image` block entry as RGB uint8 pixels: a path is loaded (`curata.imageio.load_image`, which raises
-    `ImageError` naming the file and the reason), an array is taken as decoded; both are `shrink`-ed."""
+    """An `image` block entry as RGB uint8 pixels: a path is loaded (`curata.imageio.load_image`; an `ImageError`
+    names the file and the reason), an array is taken as decoded; both are `shrink`-ed."""
     if isinstance(entry, (str, Path)):
-        return shrink(load_image(entry), max_side)
+        try:
+            image = load_image(entry)
+        except ImageError as e:  # the loader's reason does not always name the file: say which one
+            reason = e.reason if str(entry) in e.reason else f"{entry}: {e.reason}"
+            raise ImageError(e.code, f"{reason} (changed since ingest? `curata ingest` again checks every image)"
+                             ) from e
+        return shrink(image, max_side)
     return shrink(np.asarray(entry), max_side)
 
 
