@@ -5,7 +5,7 @@ own: `ClassifyTask` learns any single-label target from the feature blocks it is
 both — and, when none are named, from the ones the workspace has computed (`features_for`: an image block,
 `pixels` for pixel art, plus a text block when the items have text).
 
-Candidates, all over the same blocks:
+Candidates, over the same (vector) blocks:
 - "logreg": the linear probe — logistic regression with C chosen on inner folds, on per-block balanced
   features (`curata.tasks.estimators.BlockBalancer`: each block standardised and weighted so that it
   counts as much as every other, so a 1280-d embedding does not drown a 384-d one);
@@ -17,8 +17,9 @@ Candidates, all over the same blocks:
 - "finetune" (when `image`, the images themselves, is among the features: `--features effnet_lite0,image`):
   EfficientNet-Lite0's last block, head convolution and a new classifier trained on the collection
   (`curata.tasks.finetune`), minutes on CPU where the others take seconds, so it is only weighed when asked for;
-- "auto" (the default): picks one of the above by accuracy on a stratified validation part of its own
-  training data, then refits the winner on all of it. The default is thus chosen by validation inside
+- "auto" (the default): picks one of the above on a stratified validation part of its own training data
+  (the simplest within one paired standard error of the most accurate: `ValidatedChoice`), then refits it
+  on all of it. The default is thus chosen by validation inside
   every fit, never by the benchmark it is later scored on, and its cross-validated score is honest
   (nested: the selection never sees the test fold).
 
