@@ -78,9 +78,12 @@ def test_finetune_alone_held_out_then_predicts_from_the_bundle(ws, finetuned, tm
     as_file = predict_images(result.bundle, [Path(first["image"]), tmp_path / "missing.png"])
     assert as_file[0]["scores"] == on_workspace[first["id"]]["scores"]
     assert as_file[1]["error"].startswith("file not found")
-    # A bundle reloaded in another process state predicts the same (the fine-tuned weights travel in it).
+    # The bundle carries the fine-tuned weights (pickled as arrays, the network rebuilt on load).
     task, card = load_bundle(result.bundle)
     assert card.model == "finetune" and task.estimator_.model_.best_epoch_ >= 1
+    assert task.estimator_.model_.n_val_ == 0  # refitted on all it was given, for the early-stopped epochs
+    again = task.predict({"image": items["image"].to_numpy(dtype=object)[:8]})
+    assert list(again) == [on_workspace[i]["prediction"] for i in items["id"][:8]]
 
 
 def test_auto_weighs_finetune_when_given_the_images_and_a_moved_file_is_left_out(ws, tmp_path):
