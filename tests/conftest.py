@@ -27,6 +27,21 @@ def write_image(path: Path, size=(32, 24), color=(200, 30, 30), mode="RGB", fmt=
     return path
 
 
+class Recorder:
+    """A progress reporter that remembers the tasks it was given (description -> units advanced)."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, int] = {}
+
+    def task(self, description: str, total: int | None):
+        self.tasks.setdefault(description, 0)
+
+        def advance(n: int = 1) -> None:
+            self.tasks[description] += n
+
+        return advance
+
+
 def jpeg_bytes(size=(64, 48), color=(10, 120, 200)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "JPEG", quality=90)

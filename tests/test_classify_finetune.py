@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import write_image
+from conftest import Recorder, write_image
 from curata.cli import app
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.features.raw_image import MAX_SIDE, load_raw, shrink
@@ -59,9 +59,20 @@ def test_the_image_block_is_paths_in_a_workspace_and_pixels_for_new_files(ws, tm
 
 
 @pytest.fixture(scope="module")
-def finetuned(ws):
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture(scope="module")
+def finetuned(ws, recorder):
     """`--model finetune` on the split column: chosen on val, scored once on test, saved as bundle "ft"."""
-    return run(ws, TrainOptions(task="classify", model="finetune", use_split=True, name="ft"))
+    return run(ws, TrainOptions(task="classify", model="finetune", use_split=True, name="ft"), reporter=recorder)
+
+
+def test_fine_tuning_reports_its_progress_through_the_command_reporter(finetuned, recorder):
+    # Three fits (val, test, the saved model) of 36 / 48 / 48 images, each loading its images and predicting.
+    assert recorder.tasks["fine-tune: loading images"] >= 36 + 48 + 48
+    assert recorder.tasks["fine-tune: epochs"] >= 3 and recorder.tasks["fine-tune: refit on all"] >= 3
 
 
 def test_finetune_alone_held_out_then_predicts_from_the_bundle(ws, finetuned, tmp_path):

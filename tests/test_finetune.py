@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import Recorder
 from curata.features.base import REGISTRY
 from curata.features.efficientnet import (
     EfficientNetLite0,
@@ -57,19 +58,6 @@ def data() -> dict[str, object]:
 @pytest.fixture(scope="module")
 def fitted(data) -> FineTuner:
     return small().fit(data["train"], data["y"])
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.tasks: dict[str, int] = {}
-
-    def task(self, description: str, total: int | None):
-        self.tasks[description] = 0
-
-        def advance(n: int = 1) -> None:
-            self.tasks[description] += n
-
-        return advance
 
 
 def test_fit_predicts_held_out_images(fitted: FineTuner, data) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Protocol
 
 Advance = Callable[[int], None]
@@ -65,3 +66,22 @@ def rich_reporter(enabled: bool = True) -> Iterator[Reporter]:
 
 
 SILENT = SilentReporter()
+
+# The reporter of the command being run, for work deep inside an estimator that scikit-learn's API gives no
+# reporter argument (fine-tuning inside cross-validation): set by `reporting`, read by `active_reporter`.
+_ACTIVE: ContextVar[Reporter] = ContextVar("curata_reporter", default=SILENT)
+
+
+@contextmanager
+def reporting(reporter: Reporter) -> Iterator[None]:
+    """Make `reporter` the one `active_reporter` returns for the duration of the block."""
+    token = _ACTIVE.set(reporter)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_reporter() -> Reporter:
+    """The reporter of the enclosing `reporting` block (silent outside any)."""
+    return _ACTIVE.get()

@@ -47,7 +47,7 @@ from curata.features.efficientnet import (
 from curata.features.onnx_runtime import OPSET, export_once, onnx_dir, open_session
 from curata.imageio import resize_to
 from curata.paths import default_threads
-from curata.progress import SILENT, Reporter
+from curata.progress import SILENT, Reporter, active_reporter
 
 FORMAT = "curata-finetune/1"
 N_BLOCKS = {"lite0": 16, "lite2": 21}  # MBConv blocks of each variant (checked when the tail is built)
@@ -578,17 +578,25 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
             given = ", ".join(sorted(x)) if isinstance(x, dict) else type(x).__name__
             raise FineTuneError(f"fine-tuning reads the '{self.block}' block (the images themselves), which the "
                                 f"inputs lack (given: {given}); add '{self.block}' to --features")
+        entries = list(x[self.block])
+        advance = active_reporter().task("fine-tune: loading images", len(entries))
+
+        def load(entry: Any) -> np.ndarray:
+            image = load_raw(entry)
+            advance(1)
+            return image
+
         with ThreadPoolExecutor(max_workers=default_threads()) as pool:
-            return list(pool.map(load_raw, list(x[self.block])))
+            return list(pool.map(load, entries))
 
     def fit(self, x: dict[str, Any], y: Sequence[Any]) -> FineTunedClassifier:
         self.model_ = FineTuner(self.variant, blocks=self.blocks, epochs=self.epochs, refit=True, seed=self.seed)
-        self.model_.fit(self._images(x), y)
+        self.model_.fit(self._images(x), y, reporter=active_reporter())
         self.classes_ = self.model_.classes_
         return self
 
     def predict_proba(self, x: dict[str, Any]) -> np.ndarray:
-        return self.model_.predict_proba(self._images(x))
+        return self.model_.predict_proba(self._images(x), reporter=active_reporter())
 
     def predict(self, x: dict[str, Any]) -> np.ndarray:
         return self.classes_[self.predict_proba(x).argmax(axis=1)]

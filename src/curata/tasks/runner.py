@@ -25,7 +25,7 @@ from curata.evaluate.splits import held_out, make_folds
 from curata.features.engine import make_extractor
 from curata.features.store import store_dirname
 from curata.imageio import load_image
-from curata.progress import SILENT, Reporter
+from curata.progress import SILENT, Reporter, reporting
 from curata.tasks.base import Task, single_threaded_blas
 from curata.tasks.bundle import BundleError, Card, check_features, load_bundle, save_bundle
 from curata.tasks.data import (
@@ -231,7 +231,7 @@ def _folds(options: TrainOptions, y: np.ndarray, items: pd.DataFrame, multilabel
 def run(workspace: Workspace, options: TrainOptions, *, save: bool = True, reporter: Reporter = SILENT) -> TrainResult:
     """Evaluate (the chosen model, or all candidates with `compare`) by k-fold cross-validation or on a held-out
     split, then fit the chosen model, save the bundle (when `save`) and write the report."""
-    with single_threaded_blas():
+    with single_threaded_blas(), reporting(reporter):  # reporting: the fine-tuner's epochs show too
         return _run(workspace, options, save=save, reporter=reporter)
 
 
