@@ -73,6 +73,7 @@ def test_fine_tuning_reports_its_progress_through_the_command_reporter(finetuned
     # Three fits (val, test, the saved model) of 36 / 48 / 48 images, each loading its images and predicting.
     assert recorder.tasks["fine-tune: loading images"] >= 36 + 48 + 48
     assert recorder.tasks["fine-tune: epochs"] >= 3 and recorder.tasks["fine-tune: refit on all"] >= 3
+    assert recorder.tasks["fine-tune: predicting"] == 12 + 12  # the val and the test items, in chunks
 
 
 def test_finetune_alone_held_out_then_predicts_from_the_bundle(ws, finetuned, tmp_path):

@@ -52,6 +52,7 @@ from curata.progress import SILENT, Reporter, active_reporter
 FORMAT = "curata-finetune/1"
 N_BLOCKS = {"lite0": 16, "lite2": 21}  # MBConv blocks of each variant (checked when the tail is built)
 _TRUNK_BATCH = 32
+PREDICT_CHUNK = 256  # images FineTunedClassifier decodes and predicts at a time
 # Views the activations are cached for. Training draws one per image per epoch; prediction (and the
 # validation that picks the epoch) averages the probabilities of the image and its mirror.
 TRAIN_VIEWS = ("full", "flip", "crop", "crop_flip")  # the order of `tta_views`
@@ -569,17 +570,20 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
         self.seed = seed
         self.block = block
 
-    def _images(self, x: dict[str, Any]) -> list[np.ndarray]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from curata.features.raw_image import load_raw
-
+    def _entries(self, x: dict[str, Any]) -> list[Any]:
         if not isinstance(x, dict) or self.block not in x:
             given = ", ".join(sorted(x)) if isinstance(x, dict) else type(x).__name__
             raise FineTuneError(f"fine-tuning reads the '{self.block}' block (the images themselves), which the "
                                 f"inputs lack (given: {given}); add '{self.block}' to --features")
-        entries = list(x[self.block])
-        advance = active_reporter().task("fine-tune: loading images", len(entries))
+        return list(x[self.block])
+
+    @staticmethod
+    def _load(entries: list[Any], advance: Any = None) -> list[np.ndarray]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from curata.features.raw_image import load_raw
+
+        advance = advance or active_reporter().task("fine-tune: loading images", len(entries))
 
         def load(entry: Any) -> np.ndarray:
             image = load_raw(entry)
@@ -591,12 +595,19 @@ class FineTunedClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, x: dict[str, Any], y: Sequence[Any]) -> FineTunedClassifier:
         self.model_ = FineTuner(self.variant, blocks=self.blocks, epochs=self.epochs, refit=True, seed=self.seed)
-        self.model_.fit(self._images(x), y, reporter=active_reporter())
+        self.model_.fit(self._load(self._entries(x)), y, reporter=active_reporter())
         self.classes_ = self.model_.classes_
         return self
 
     def predict_proba(self, x: dict[str, Any]) -> np.ndarray:
-        return self.model_.predict_proba(self._images(x), reporter=active_reporter())
+        # A chunk of images at a time: predicting a large workspace never holds more than PREDICT_CHUNK decoded.
+        entries = self._entries(x)
+        advance = active_reporter().task("fine-tune: predicting", len(entries))
+        parts = []
+        for i in range(0, len(entries), PREDICT_CHUNK):
+            parts.append(self.model_.predict_proba(self._load(entries[i:i + PREDICT_CHUNK], lambda n: None)))
+            advance(len(parts[-1]))
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes_)), np.float32)
 
     def predict(self, x: dict[str, Any]) -> np.ndarray:
         return self.classes_[self.predict_proba(x).argmax(axis=1)]
