@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from conftest import write_image
 from curata.features.engine import compute, load_matrix, make_extractor
+from curata.features.store import FeatureStore
 from curata.ingest.pipeline import ingest
 from curata.scale import compute_ray, predict_ray
 from curata.tasks.runner import TrainOptions, predict_images, run
@@ -67,10 +68,15 @@ def corrupt(collection) -> Path:
     return path
 
 
-def _same_features(name: str, collection: Path) -> tuple:
+def _same_features(name: str, collection: Path, monkeypatch: pytest.MonkeyPatch) -> tuple:
     local_ws, ray_ws = _workspace(collection, "ws_local"), _workspace(collection, "ws_ray")
     local = compute(make_extractor(name), local_ws)
-    remote = compute_ray(make_extractor(name), ray_ws, batch_size=16)
+    with monkeypatch.context() as patched:
+        def no_vectors_here(*args, **kwargs):
+            raise AssertionError("the driver appended vectors: the Ray actors should have written them")
+
+        patched.setattr(FeatureStore, "append", no_vectors_here)  # in this (the driver's) process only
+        remote = compute_ray(make_extractor(name), ray_ws, batch_size=16)
     assert (remote.items, remote.computed, remote.cached, remote.errors) == \
            (local.items, local.computed, local.cached, local.errors)
     expected, expected_errors = load_matrix(local_ws, make_extractor(name))
@@ -80,11 +86,11 @@ def _same_features(name: str, collection: Path) -> tuple:
     return local, remote, errors
 
 
-def test_image_features_match_local_engine_and_report_the_corrupt_image(collection, corrupt):
+def test_image_features_match_local_engine_and_report_the_corrupt_image(collection, corrupt, monkeypatch):
     ray_ws = _workspace(collection, "ws_ray")
     bad = int(np.flatnonzero(ray_ws.items()["image"].str.endswith("green_001.png"))[0])
     for name in ("color_stats", "palette"):
-        _, remote, errors = _same_features(name, collection)
+        _, remote, errors = _same_features(name, collection, monkeypatch)
         assert remote.computed == 300 and remote.errors == 1
         assert errors[bad]  # and the same reason as the local engine gives (checked in _same_features)
         assert errors.count(None) == 299
@@ -100,8 +106,8 @@ def test_image_features_match_local_engine_and_report_the_corrupt_image(collecti
         corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
 
 
-def test_fitted_extractor_is_fitted_once_on_the_driver_and_shipped(collection):
-    _, remote, errors = _same_features("tfidf", collection)
+def test_fitted_extractor_is_fitted_once_on_the_driver_and_shipped(collection, monkeypatch):
+    _, remote, errors = _same_features("tfidf", collection, monkeypatch)
     assert remote.fitted and remote.computed > 1 and errors == [None] * 300
     state = _workspace(collection, "ws_ray").root / "models" / "extractors"
     assert len(list(state.rglob("fit.json"))) == 1

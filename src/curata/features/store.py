@@ -55,6 +55,33 @@ def store_dirname(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.@-]", "_", name) + "-" + digest
 
 
+def rows_schema(dim: int) -> pa.Schema:
+    """The table's schema for `dim`-d vectors."""
+    return pa.schema([("hash", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("error", pa.string()),
+                      ("seq", pa.int64())])
+
+
+def rows_table(hashes: list[str], vectors: np.ndarray, errors: list[str | None], dim: int) -> pa.Table:
+    """Rows in the table's schema, stamped with one write time (`seq`: the later success wins)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(hashes), dim)
+    return pa.table({
+        "hash": pa.array(hashes, pa.string()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dim),
+        "error": pa.array(errors, pa.string()),
+        "seq": pa.array(np.full(len(hashes), time.time_ns(), np.int64)),
+    }, schema=rows_schema(dim))
+
+
+def write_fragments(target: str, hashes: list[str], vectors: np.ndarray, errors: list[str | None], dim: int
+                    ) -> list[str]:
+    """Write rows as fragment files of the table at `target` (`FeatureStore.fragment_target`) without committing
+    them, from any process that can reach it (a Ray worker); returns their metadata as JSON for the committer."""
+    lance = tables._lance()
+    written = lance.fragment.write_fragments(rows_table(hashes, vectors, errors, dim), target,
+                                             schema=rows_schema(dim), max_rows_per_file=tables.TARGET_ROWS_PER_FRAGMENT)
+    return [json.dumps(f.to_json()) for f in written]
+
+
 class CorruptPart(tables.CorruptTable):
     """A feature table or legacy part that cannot be read (overwritten, truncated outside curata)."""
 
@@ -228,27 +255,51 @@ class FeatureStore:
             yield self.lookup(hashes[start:start + batch_rows])
 
     # Writing --------------------------------------------------------------------------------
-    def append(self, hashes: list[str], vectors: np.ndarray, errors: list[str | None]) -> None:
-        """Append rows as one commit: a crash before the commit leaves the table as it was."""
-        if not hashes:
-            return
+    def _prepare_write(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         meta = self.path / "extractor.json"
         if not meta.exists():
             atomic_write_text(meta, json.dumps({"key": self.key, "dim": self.dim, "modality": self.modality}))
         self._dataset()  # converts Parquet parts first, so they are not converted over the new rows later
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(hashes), self.dim)
-        table = pa.table({
-            "hash": pa.array(hashes, pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dim),
-            "error": pa.array(errors, pa.string()),
-            "seq": pa.array(np.full(len(hashes), time.time_ns(), np.int64)),
-        })
+
+    def append(self, hashes: list[str], vectors: np.ndarray, errors: list[str | None]) -> None:
+        """Append rows as one commit: a crash before the commit leaves the table as it was."""
+        if not hashes:
+            return
+        self._prepare_write()
+        table = rows_table(hashes, vectors, errors, self.dim)
         try:
             if tables.exists(self.table_path):
                 tables.write(table, self.table_path, mode="append")
             else:
                 dataset = tables.write(table, self.table_path, mode="create")
+                dataset.create_scalar_index("hash", "BTREE")
+        except BaseException as e:  # a full disk: the error names the store
+            name_file(e, self.table_path)
+            raise
+
+    # Distributed writes: workers write fragments, one process commits them --------------------
+    def fragment_target(self) -> str:
+        """Where workers write fragments (`write_fragments`) for `commit_fragments`; the store's folder and
+        metadata exist afterwards (the table itself may not, until the first commit)."""
+        self._prepare_write()
+        if not tables.exists(self.table_path):  # an empty table, so workers append to it (its index comes later)
+            tables.write(rows_table([], np.zeros((0, self.dim)), [], self.dim), self.table_path, mode="create")
+        return str(self.table_path)
+
+    def commit_fragments(self, fragments: list[str]) -> None:
+        """Make the fragments workers wrote (`write_fragments`' JSON) part of the table in one commit (the first
+        also indexes it). Fragments never committed (a killed run) are unreferenced files that
+        `compact` deletes."""
+        if not fragments:
+            return
+        lance = tables._lance()
+        metadata = [lance.fragment.FragmentMetadata.from_json(f) for f in fragments]
+        try:
+            dataset = tables.open_table(self.table_path, self.fix)
+            dataset = lance.LanceDataset.commit(str(self.table_path), lance.LanceOperation.Append(metadata),
+                                                read_version=dataset.version)
+            if not dataset.describe_indices():  # the table `fragment_target` created empty: its first rows
                 dataset.create_scalar_index("hash", "BTREE")
         except BaseException as e:  # a full disk: the error names the store
             name_file(e, self.table_path)

@@ -9,79 +9,76 @@ of `features/base.py`, and load their model once per actor on first use). Each a
 transforms through the local engine's own `load_batch` and `transform_loaded`, so an unreadable image
 or a failing item gets the same error string as locally and never fails its batch.
 
-Results stream back to the driver, which appends them to the workspace's feature store in parts of
-`PART_SIZE` rows with `FeatureStore.append` (atomic, append-only). So `load_matrix`, every later stage
-and the vector index read them like locally computed features, a killed run keeps every finished
-part, failed rows stay uncached (retried next run), and the workspace needs no shared filesystem for
-its outputs. The driver only receives vectors (5 KB per 1280-d image), far below what one process can
-write; the images themselves must be readable by the workers at the paths in the collection.
+Each actor writes its batch's vectors (and per-item errors) straight into the workspace's feature store as
+uncommitted Lance fragment files (`features.store.write_fragments`) and returns only their metadata; the
+driver commits them (`FeatureStore.commit_fragments`, Lance's distributed write: one commit per
+`PART_SIZE` rows or so). The driver thus never receives a vector: its memory does not grow with the
+collection. `load_matrix`, every later stage and the vector index read the rows like locally computed
+features; a killed run keeps every committed part (fragments written but never committed are unreferenced
+files `curata compact` deletes), and failed rows stay uncached (retried next run). Workers need the
+workspace's `features/` folder and the images at the paths in the collection (one machine, or a shared
+filesystem).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from curata.features.base import Extractor
 from curata.features.engine import PART_SIZE, FeatureRun, feature_lock, load_batch, plan_compute, transform_loaded
-from curata.features.store import FeatureStore
+from curata.features.store import FeatureStore, write_fragments
 from curata.progress import SILENT, Reporter
 from curata.scale.runtime import actor_pool, frame_dataset, limit_threads, quiet_data_context, ray_runtime
 from curata.workspace import Workspace
 
 
 class FeatureActor:
-    """One model replica: built once per actor, then called on batches of (hash, source) rows."""
+    """One model replica: built once per actor, then called on batches of (hash, source) rows, whose vectors it
+    writes as fragment files of the store's table (`curata.features.store.write_fragments`). It returns only
+    their metadata and counts: the driver commits them and never holds a vector."""
 
-    def __init__(self, extractor: Extractor, threads: int):
+    def __init__(self, extractor: Extractor, threads: int, target: str):
         limit_threads(threads)
         self.extractor = extractor
+        self.target = target
         # Image decoding releases the GIL: a couple of loader threads keep the model fed.
         self.pool = ThreadPoolExecutor(max_workers=max(2, threads))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         loaded = load_batch(self.extractor, batch["source"].to_pylist(), self.pool)
         vectors, errors = transform_loaded(self.extractor, loaded)
-        return feature_table(batch["hash"].to_pylist(), vectors, errors)
+        fragments = write_fragments(self.target, batch["hash"].to_pylist(), vectors, errors, vectors.shape[1])
+        return pa.table({"fragments": [json.dumps(fragments)], "rows": [len(errors)],
+                         "errors": [sum(e is not None for e in errors)]})
 
 
-def feature_table(hashes: list[str], vectors: np.ndarray, errors: list[str | None]) -> pa.Table:
-    """The feature store's part schema: hash, fixed-size float32 vector, error."""
-    dim = vectors.shape[1]
-    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1), pa.float32())
-    return pa.table({"hash": pa.array(hashes, pa.string()),
-                     "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
-                     "error": pa.array(errors, pa.string())})
-
-
-def _drain_into_store(results: Any, store: FeatureStore, run: FeatureRun, advance: Any) -> None:
-    """Append the pipeline's output to the store in parts of PART_SIZE rows, counting failures."""
-    pending: list[pa.Table] = []
+def _commit_written(results: Any, store: FeatureStore, run: FeatureRun, advance: Any) -> None:
+    """Commit the fragments the actors wrote, one commit per PART_SIZE rows or so (a killed run keeps every
+    committed part), counting failures."""
+    pending: list[str] = []
     size = 0
 
     def flush() -> None:
         nonlocal size
-        if not pending:
-            return
-        table = pa.concat_tables(pending)
-        vectors = table["vector"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        errors = table["error"].to_pylist()
-        store.append(table["hash"].to_pylist(), vectors.reshape(len(table), store.dim), errors)
-        run.errors += sum(e is not None for e in errors)
+        store.commit_fragments(pending)
         pending.clear()
         size = 0
 
     for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-        pending.append(table)
-        size += len(table)
+        for fragments, rows, errors in zip(table["fragments"].to_pylist(), table["rows"].to_pylist(),
+                                           table["errors"].to_pylist(), strict=True):
+            pending.extend(json.loads(fragments))
+            size += rows
+            run.errors += errors
+            advance(rows)
         if size >= PART_SIZE:
             flush()
-        advance(len(table))
     flush()
 
 
@@ -120,14 +117,15 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
             todo = pd.DataFrame({"hash": list(plan.todo), "source": list(plan.todo.values())})
             results = frame_dataset(todo, batch_size, pool.actors).map_batches(
                 FeatureActor,
-                fn_constructor_kwargs={"extractor": extractor, "threads": pool.threads},
+                fn_constructor_kwargs={"extractor": extractor, "threads": pool.threads,
+                                       "target": plan.store.fragment_target()},
                 batch_size=batch_size,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=pool.actors),
                 num_cpus=pool.cpus,
             )
             try:
-                _drain_into_store(results, plan.store, plan.run, advance)
+                _commit_written(results, plan.store, plan.run, advance)
             except BaseException:  # interrupted: what was appended is indexed, the plan mark stays
                 plan.store.finish()
                 raise
