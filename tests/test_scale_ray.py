@@ -142,6 +142,13 @@ def test_predict_on_ray_matches_predict_images(collection, corrupt, bundle, tmp_
     assert sorted(parts["prediction"].dropna()) == sorted(r["prediction"] for r in expected if "prediction" in r)
     with pytest.raises(ValueError, match="already holds"):
         predict_ray(bundle, table, output=tmp_path / "out")
+    # Without the rows asked back, the workers write the parts (Ray Data's distributed write): same rows.
+    written = predict_ray(bundle, table, output=tmp_path / "written", batch_size=8)
+    assert written.rows == [] and (written.items, written.errors) == (len(paths), 2)
+    parts = sorted((tmp_path / "written").glob("part-*.parquet"))
+    by_image = pd.concat(pd.read_parquet(p) for p in parts).set_index("image")
+    assert sorted(by_image.index) == sorted(str(p) for p in paths)
+    assert all(by_image.loc[r["image"], "prediction"] == r.get("prediction") for r in got.rows if "prediction" in r)
 
 
 def test_cli_engine_ray(collection, bundle):

@@ -8,8 +8,10 @@ the bundle folder and loads its model sessions once. Each image is loaded, featu
 exactly as `curata.tasks.runner.predict_images` does it, with the same per-item error strings; a batch
 whose prediction fails is retried item by item, so one bad input never fails the others.
 
-Predictions come back to the driver in input order; with `output` they are written as Parquet parts
-(`part-<n>.parquet`: id, image, prediction, tags, scores as JSON, error).
+Predictions come back to the driver in input order. With `output` (and the rows not asked back) the
+workers write them as Parquet parts (`part-*.parquet`: id, image, prediction, tags, scores as JSON,
+error) through Ray Data's distributed write, so no prediction passes through the driver; the parts keep
+each batch's input order, not the whole input's (the id and image columns say which row is which).
 """
 
 from __future__ import annotations
@@ -234,6 +236,17 @@ def _inputs(source: Workspace | Path | str | list[Path | str], texts: str | None
 # Driver ---------------------------------------------------------------------------------------------
 
 
+def _part_names() -> Any:
+    """Ray Data's file names for the parts it writes: `part-<write>-<task>*.parquet`, like the driver's."""
+    from ray.data.datasource.filename_provider import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{write_uuid}-{task_index:06d}.parquet"
+
+    return PartNames()
+
+
 def _write_part(output: Path, table: pa.Table) -> None:
     name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     tmp = output / f".{name}.tmp"
@@ -276,6 +289,18 @@ def predict_ray(bundle_dir: Path, inputs: Workspace | Path | str | list[Path | s
             compute=ray.data.ActorPoolStrategy(size=pool.actors),
             num_cpus=pool.cpus,
         )
+        if output is not None and not keep_rows:
+            # Ray Data writes the parts from the workers (a distributed write): no prediction reaches the driver,
+            # which then reads back only the error column to count.
+            advance(0)
+            results.write_parquet(str(output), min_rows_per_file=PART_SIZE,
+                                  filename_provider=_part_names())
+            errors = pq.read_table(output, columns=["error"])["error"]
+            run.items, run.errors = len(errors), len(errors) - errors.null_count
+            advance(run.items)
+            run.predicted = run.items - run.errors
+            run.seconds = time.perf_counter() - started
+            return run
         pending: list[pa.Table] = []
         for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
             run.items += len(table)
