@@ -113,6 +113,7 @@ class FeatureRun:
     fitted: bool = False
     notes: list[str] = field(default_factory=list)  # repairs made on the way (unreadable parts dropped)
     shared: int = 0  # items whose vector came from the machine's shared cache (`curata.features.shared_cache`)
+    nodes: int = 0  # the Ray engine: how many cluster nodes' actors computed vectors (0: the local engine)
 
     @property
     def per_second(self) -> float:

@@ -47,6 +47,9 @@ class FeatureActor:
         limit_threads(threads)
         self.extractor = extractor
         self.target = target
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id()  # reported with each batch: where the work ran
         # Image decoding releases the GIL: a couple of loader threads keep the model fed.
         self.pool = ThreadPoolExecutor(max_workers=max(2, threads))
 
@@ -55,7 +58,7 @@ class FeatureActor:
         vectors, errors = transform_loaded(self.extractor, loaded)
         fragments = write_fragments(self.target, batch["hash"].to_pylist(), vectors, errors, vectors.shape[1])
         return pa.table({"fragments": [json.dumps(fragments)], "rows": [len(errors)],
-                         "errors": [sum(e is not None for e in errors)]})
+                         "errors": [sum(e is not None for e in errors)], "node": [self.node]})
 
 
 def _commit_written(results: Any, store: FeatureStore, run: FeatureRun, advance: Any) -> None:
@@ -63,6 +66,7 @@ def _commit_written(results: Any, store: FeatureStore, run: FeatureRun, advance:
     committed part), counting failures."""
     pending: list[str] = []
     size = 0
+    nodes: set[str] = set()
 
     def flush() -> None:
         nonlocal size
@@ -71,15 +75,18 @@ def _commit_written(results: Any, store: FeatureStore, run: FeatureRun, advance:
         size = 0
 
     for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for fragments, rows, errors in zip(table["fragments"].to_pylist(), table["rows"].to_pylist(),
-                                           table["errors"].to_pylist(), strict=True):
+        for fragments, rows, errors, node in zip(table["fragments"].to_pylist(), table["rows"].to_pylist(),
+                                                 table["errors"].to_pylist(), table["node"].to_pylist(), strict=True):
             pending.extend(json.loads(fragments))
             size += rows
             run.errors += errors
+            nodes.add(node)
             advance(rows)
         if size >= PART_SIZE:
             flush()
     flush()
+    run.nodes = len(nodes)
+    run.notes.append(f"{run.extractor}: computed by actors on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}")
 
 
 def compute_ray(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32, refit: bool = False,
@@ -123,6 +130,7 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=pool.actors),
                 num_cpus=pool.cpus,
+                scheduling_strategy="SPREAD",  # replicas over every node, not packed on the first
             )
             try:
                 _commit_written(results, plan.store, plan.run, advance)

@@ -288,6 +288,7 @@ def predict_ray(bundle_dir: Path, inputs: Workspace | Path | str | list[Path | s
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=pool.actors),
             num_cpus=pool.cpus,
+            scheduling_strategy="SPREAD",  # replicas over every node, not packed on the first
         )
         if output is not None and not keep_rows:
             # Ray Data writes the parts from the workers (a distributed write): no prediction reaches the driver,

@@ -1,0 +1,105 @@
+"""Two Ray nodes on one machine, each its own `ray start` process with its own logical CPUs: `features --engine
+ray` at the head's address spreads its actors over both, both compute, and the vectors equal the local engine's.
+
+Two logical CPUs per node: the actor pool then reserves 0.75 CPU per actor (two per node, half a CPU left for
+Ray Data's read tasks), so no node can take a third and the spread is certain; with one CPU per node two
+half-CPU actors may share a node."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_image
+from curata.features.engine import compute, load_matrix, make_extractor
+from curata.ingest.pipeline import ingest
+from curata.workspace import Workspace
+
+ray = pytest.importorskip("ray")
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_node(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`ray start --block ...`: the process owns the node's daemons and takes them down when terminated."""
+    agent, grpc, metrics, runtime_env = free_ports(4)
+    return subprocess.Popen([RAY, "start", "--block", "--num-cpus=2", "--disable-usage-stats",
+                             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
+                             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}", *args],
+                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[str]:
+    """A head node and a second node, two logical CPUs each, as separate processes; yields the head's address."""
+    logs = tmp_path_factory.mktemp("ray-nodes")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    (gcs,) = free_ports(1)
+    address = f"127.0.0.1:{gcs}"
+    nodes = [start_node("--head", f"--port={gcs}", "--include-dashboard=false", env=env, log=logs / "head.log")]
+
+    def wait_for(what: str, ready) -> None:
+        deadline = time.monotonic() + 120
+        while not ready():
+            if time.monotonic() > deadline or any(p.poll() is not None for p in nodes):
+                raise RuntimeError(f"{what} did not come up: " + " | ".join(
+                    (logs / f).read_text(errors="replace")[-800:] for f in ("head.log", "second.log")
+                    if (logs / f).exists()))
+            time.sleep(0.5)
+
+    try:
+        wait_for("the head node", lambda: socket.socket().connect_ex(("127.0.0.1", gcs)) == 0)
+        nodes.append(start_node(f"--address={address}", env=env, log=logs / "second.log"))
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        ray.init(address=address, log_to_driver=False)
+        wait_for("the second node", lambda: sum(n["Alive"] for n in ray.nodes()) >= 2)
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        for p in reversed(nodes):
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_features_on_two_nodes_equal_the_local_engine(cluster, tmp_path):
+    from curata.scale import compute_ray
+
+    rows = []
+    for i in range(48):
+        colour = [(200, 40, 40), (40, 170, 60), (40, 60, 200)][i % 3]
+        write_image(tmp_path / "img" / f"{i:03d}.png", size=(20 + i % 7, 18 + i % 5), color=colour)
+        rows.append({"image": f"img/{i:03d}.png", "label": str(i % 3)})
+    pd.DataFrame(rows).to_csv(tmp_path / "items.csv", index=False)
+    local_ws, ray_ws = Workspace(tmp_path / "local"), Workspace(tmp_path / "ray")
+    ingest(tmp_path / "items.csv", local_ws)
+    ingest(tmp_path / "items.csv", ray_ws)
+    local = compute(make_extractor("color_stats"), local_ws)
+    remote = compute_ray(make_extractor("color_stats"), ray_ws, address=cluster, batch_size=2)
+    assert remote.nodes == 2 and "on 2 Ray nodes" in remote.notes[-1]  # both nodes' actors computed some
+    assert (remote.computed, remote.errors) == (local.computed, local.errors) == (48, 0)
+    got, errors = load_matrix(ray_ws, make_extractor("color_stats"))
+    expected, _ = load_matrix(local_ws, make_extractor("color_stats"))
+    assert errors == [None] * 48
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
