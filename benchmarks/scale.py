@@ -105,7 +105,8 @@ def _child(engine: str, name: str, workspace: str) -> dict:
         from curata.scale import compute_ray
 
         t0 = time.perf_counter()
-        ray.init(num_cpus=int(engine.split("-")[1]), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=int(engine.split("-")[1]), include_dashboard=False,
+                 log_to_driver=False)
         startup = time.perf_counter() - t0
         stop = threading.Event()
         watcher = threading.Thread(target=_watch_actors, args=(os.getpid(), actors, stop), daemon=True)

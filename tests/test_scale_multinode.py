@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +82,11 @@ def cluster(tmp_path_factory) -> Iterator[str]:
                 p.wait(30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        # `ray start` leaves the machine's "current cluster" address behind; a later bare ray.init() would try
+        # to join it (curata itself starts local runtimes with address="local", which ignores it).
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
+            current.unlink(missing_ok=True)
 
 
 def test_features_on_two_nodes_equal_the_local_engine(cluster, tmp_path):

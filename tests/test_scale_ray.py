@@ -30,7 +30,7 @@ WORDS = ["linen", "cotton", "silk", "wool", "denim", "leather", "canvas", "velve
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
     """One local runtime for the module; the engine reuses a runtime that is already initialised."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

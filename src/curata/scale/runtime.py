@@ -64,7 +64,9 @@ def ray_runtime(address: str | None = None, num_cpus: int | None = None, *, lazy
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=num_cpus or default_threads(), include_dashboard=False, **common)
+        # address="local": a new runtime of our own, even where a `ray start` cluster runs (or its stale address
+        # file remains after a kill) on this machine, which a bare ray.init() would try to join.
+        ray.init(address="local", num_cpus=num_cpus or default_threads(), include_dashboard=False, **common)
     try:
         yield
     finally:
