@@ -134,8 +134,11 @@ def _measure(engine: str, name: str, base: Path, tmp: Path, n: int) -> dict:
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
     Workspace(target).replace_items(Workspace(base).items().head(n))
+    # The machine's shared feature cache off: every configuration computes every vector (the local engine
+    # would otherwise copy what an earlier run on the same images left there).
     out = subprocess.run([sys.executable, __file__, "--child", engine, "--name", name, "--target", str(target)],
-                         capture_output=True, text=True, check=False)
+                         capture_output=True, text=True, check=False,
+                         env={**os.environ, "CURATA_FEATURE_CACHE": "off"})
     if out.returncode != 0:
         raise RuntimeError(f"{engine} {name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
