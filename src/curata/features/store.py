@@ -311,6 +311,12 @@ class FeatureStore:
         dataset = self._dataset()
         if dataset is None:
             return
+        if not dataset.describe_indices():
+            # The empty table `fragment_target` made for a Ray run killed before its first commit: it gets its
+            # hash index once it holds rows (a later local run's appends).
+            if not dataset.count_rows():
+                return
+            dataset.create_scalar_index("hash", "BTREE")
         if tables.needs_compaction(dataset):
             tables.compact(dataset)
         else:
