@@ -290,7 +290,8 @@ class FeatureStore:
     def commit_fragments(self, fragments: list[str]) -> None:
         """Make the fragments workers wrote (`write_fragments`' JSON) part of the table in one commit (the first
         also indexes it). Fragments never committed (a killed run) are unreferenced files that
-        `compact` deletes."""
+        `compact`'s version cleanup deletes once they are 7 days old (Lance cannot tell them from a write still
+        in progress before that)."""
         if not fragments:
             return
         lance = tables._lance()

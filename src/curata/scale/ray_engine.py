@@ -15,7 +15,7 @@ driver commits them (`FeatureStore.commit_fragments`, Lance's distributed write:
 `PART_SIZE` rows or so). The driver thus never receives a vector: its memory does not grow with the
 collection. `load_matrix`, every later stage and the vector index read the rows like locally computed
 features; a killed run keeps every committed part (fragments written but never committed are unreferenced
-files `curata compact` deletes), and failed rows stay uncached (retried next run). Workers need the
+files that `curata compact` deletes once a week old), and failed rows stay uncached (retried next run). Workers need the
 workspace's `features/` folder and the images at the paths in the collection (one machine, or a shared
 filesystem).
 """
