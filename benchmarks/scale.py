@@ -3,7 +3,8 @@
     python benchmarks/scale.py [--data ../shared/data] [--limit 300] [--extractors color_stats,effnet_lite0]
                                [--cpus 1,2] [--price 0.045] [--out benchmarks/results/scale.json]
 
-Input: the first --limit images of `flipkart` (JPEGs up to 640 px, from --data / CURATA_DATA), ingested
+Input: the first --limit images of `flipkart` (JPEGs up to 640 px, from --data / CURATA_DATA; another
+collection with --collection, e.g. cryptopunks for more than flipkart's 1,047 images), ingested
 into a workspace in a temporary folder beforehand (not timed). Every measurement computes the extractor
 for all items from an empty feature store, in its own subprocess (so one run's warm caches and threads do
 not help the next):
@@ -153,6 +154,8 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("CURATA_DATA", "../shared/data")),
                         help="folder holding flipkart/ (default: $CURATA_DATA or ../shared/data)")
     parser.add_argument("--limit", type=int, default=300, help="images measured (default 300)")
+    parser.add_argument("--collection", default="flipkart", help="folder under --data with a labels.csv of "
+                        "path,label (default flipkart: 1,047 JPEGs; cryptopunks has 10,000 small PNGs)")
     parser.add_argument("--extractors", default="color_stats,effnet_lite0", help="comma-separated extractors")
     parser.add_argument("--cpus", default="1,2", help="CPU counts of the local Ray runtimes compared")
     parser.add_argument("--price", type=float, default=0.045,
@@ -172,22 +175,22 @@ def main() -> int:
     from curata.ingest.pipeline import ingest
     from curata.workspace import Workspace
 
-    flipkart = args.data / "flipkart"
-    if not (flipkart / "labels.csv").is_file():
-        print(f"skipped: flipkart not found under {args.data} (give --data or set CURATA_DATA)")
+    folder = args.data / args.collection
+    if not (folder / "labels.csv").is_file():
+        print(f"skipped: {args.collection} not found under {args.data} (give --data or set CURATA_DATA)")
         return 0
     engines = ["local", *[f"ray-{n.strip()}" for n in args.cpus.split(",") if n.strip()]]
     names = [n.strip() for n in args.extractors.split(",") if n.strip()]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="curata-scale-") as tmp_name:
         tmp = Path(tmp_name)
-        labels = pd.read_csv(flipkart / "labels.csv").head(args.limit)
-        labels["path"] = [str((flipkart / p).resolve()) for p in labels["path"]]
+        labels = pd.read_csv(folder / "labels.csv").head(args.limit)
+        labels["path"] = [str((folder / p).resolve()) for p in labels["path"]]
         labels[["path", "label"]].to_csv(tmp / "items.csv", index=False)
         base = Workspace(tmp / "base")
         ingest(tmp / "items.csv", base)
-        print(f"{len(base.items())} flipkart images; engines {', '.join(engines)}; extractors {', '.join(names)}",
-              flush=True)
+        print(f"{len(base.items())} {args.collection} images; engines {', '.join(engines)}; "
+              f"extractors {', '.join(names)}", flush=True)
         n_all = len(base.items())
         n_third = max(1, n_all // 3)
         for name in names:
