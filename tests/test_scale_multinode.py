@@ -7,6 +7,7 @@ half-CPU actors may share a node."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from curata.features.engine import compute, load_matrix, make_extractor
 from curata.ingest.pipeline import ingest
 from curata.workspace import Workspace
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -48,34 +49,45 @@ def start_node(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
                             env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+WAIT_FOR_NODES = """
+import sys, time, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+deadline = time.monotonic() + 120
+while sum(n["Alive"] for n in ray.nodes()) < 2:
+    if time.monotonic() > deadline:
+        sys.exit("fewer than 2 nodes alive")
+    time.sleep(0.5)
+"""
+
+
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[str]:
-    """A head node and a second node, two logical CPUs each, as separate processes; yields the head's address."""
+def cluster(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A head node and a second node, two logical CPUs each, as separate processes; yields the head's address
+    and the environment to reach it with. Every Ray client is its own process (as a user's command is): this
+    test process never joins the cluster, so it shares no Ray state with the other tests' runtimes."""
     logs = tmp_path_factory.mktemp("ray-nodes")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "CURATA_FEATURE_CACHE": "off"}
     (gcs,) = free_ports(1)
     address = f"127.0.0.1:{gcs}"
     nodes = [start_node("--head", f"--port={gcs}", "--include-dashboard=false", env=env, log=logs / "head.log")]
 
-    def wait_for(what: str, ready) -> None:
-        deadline = time.monotonic() + 120
-        while not ready():
-            if time.monotonic() > deadline or any(p.poll() is not None for p in nodes):
-                raise RuntimeError(f"{what} did not come up: " + " | ".join(
-                    (logs / f).read_text(errors="replace")[-800:] for f in ("head.log", "second.log")
-                    if (logs / f).exists()))
-            time.sleep(0.5)
+    def logs_tail() -> str:
+        return " | ".join((logs / f).read_text(errors="replace")[-800:] for f in ("head.log", "second.log")
+                          if (logs / f).exists())
 
     try:
-        wait_for("the head node", lambda: socket.socket().connect_ex(("127.0.0.1", gcs)) == 0)
+        deadline = time.monotonic() + 120
+        while socket.socket().connect_ex(("127.0.0.1", gcs)) != 0:
+            if time.monotonic() > deadline or nodes[0].poll() is not None:
+                raise RuntimeError(f"the head node did not come up: {logs_tail()}")
+            time.sleep(0.5)
         nodes.append(start_node(f"--address={address}", env=env, log=logs / "second.log"))
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        ray.init(address=address, log_to_driver=False)
-        wait_for("the second node", lambda: sum(n["Alive"] for n in ray.nodes()) >= 2)
-        yield address
+        waited = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, address], env=env, capture_output=True,
+                                text=True, timeout=180, check=False)
+        if waited.returncode != 0:
+            raise RuntimeError(f"the second node did not come up: {waited.stderr[-800:]} {logs_tail()}")
+        yield address, env
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         for p in reversed(nodes):
             p.terminate()
             try:
@@ -90,8 +102,7 @@ def cluster(tmp_path_factory) -> Iterator[str]:
 
 
 def test_features_on_two_nodes_equal_the_local_engine(cluster, tmp_path):
-    from curata.scale import compute_ray
-
+    address, env = cluster
     rows = []
     for i in range(48):
         colour = [(200, 40, 40), (40, 170, 60), (40, 60, 200)][i % 3]
@@ -102,9 +113,13 @@ def test_features_on_two_nodes_equal_the_local_engine(cluster, tmp_path):
     ingest(tmp_path / "items.csv", local_ws)
     ingest(tmp_path / "items.csv", ray_ws)
     local = compute(make_extractor("color_stats"), local_ws)
-    remote = compute_ray(make_extractor("color_stats"), ray_ws, address=cluster, batch_size=2)
-    assert remote.nodes == 2 and "on 2 Ray nodes" in remote.notes[-1]  # both nodes' actors computed some
-    assert (remote.computed, remote.errors) == (local.computed, local.errors) == (48, 0)
+    done = subprocess.run([sys.executable, "-m", "curata.cli", "features", "-w", str(ray_ws.root), "-e", "color_stats",
+                           "--engine", "ray", "--ray-address", address, "--batch-size", "2", "--json"],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (remote,) = json.loads(done.stdout)
+    assert remote["nodes"] == 2 and "on 2 Ray nodes" in remote["notes"][-1]  # both nodes' actors computed some
+    assert (remote["computed"], remote["errors"]) == (local.computed, local.errors) == (48, 0)
     got, errors = load_matrix(ray_ws, make_extractor("color_stats"))
     expected, _ = load_matrix(local_ws, make_extractor("color_stats"))
     assert errors == [None] * 48
