@@ -114,6 +114,7 @@ def test_auto_weighs_finetune_when_given_the_images_and_a_moved_file_is_left_out
         aside.rename(moved)
     errors = [r for r in rows if "error" in r]
     assert [r["id"] for r in errors] == [items["id"].iloc[3]]
+    assert errors[0]["error"] == f"image: image file missing: {moved}"  # the block and the reason
     assert sum("prediction" in r for r in rows) == len(items) - 1
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 from curata.budget import memory_budget, rows_within_budget
 from curata.evaluate.cv import CVResult, chosen_model, comparison_table, cross_validate, take
 from curata.evaluate.splits import held_out, make_folds
-from curata.features.engine import make_extractor
+from curata.features.engine import load_matrix, make_extractor
 from curata.features.store import store_dirname
 from curata.imageio import load_image
 from curata.progress import SILENT, Reporter, reporting
@@ -588,6 +588,16 @@ def _blocks_via_shared_cache(extractors: dict[str, Any], images: list[np.ndarray
     return blocks
 
 
+def _row_errors(workspace: Workspace, features: list[str], items: pd.DataFrame) -> list[str]:
+    """Why each of these items has no usable features: the first block's reason, named (read for these rows
+    only, so it costs what failed, not the collection)."""
+    reasons: list[str | None] = [None] * len(items)
+    for name in features:
+        _, errors = load_matrix(workspace, make_extractor(name), items)
+        reasons = [r or (f"{name}: {e}" if e else None) for r, e in zip(reasons, errors, strict=True)]
+    return [r or "features missing or failed" for r in reasons]
+
+
 def predict_workspace(bundle_dir: Path, workspace: Workspace, top: int = 3) -> list[dict[str, Any]]:
     """Predict for every item of a workspace from its cached features."""
     task, card = load_bundle(bundle_dir)
@@ -598,7 +608,9 @@ def predict_workspace(bundle_dir: Path, workspace: Workspace, top: int = 3) -> l
     # Over the memory budget, features are read and predicted a budget-sized chunk at a time.
     for start, blocks, keep in feature_chunks(workspace, list(card.features), items):
         ids = items["id"].iloc[start:start + len(keep)]
-        failed.extend({"id": i, "error": "features missing or failed"} for i in ids[~keep])
+        if not keep.all():
+            reasons = _row_errors(workspace, list(card.features), items.iloc[start:start + len(keep)][~keep])
+            failed.extend({"id": i, "error": reason} for i, reason in zip(ids[~keep], reasons, strict=True))
         if keep.any():
             rows.extend({"id": i, **result} for i, result in zip(ids[keep], predict_blocks(task, card, blocks, top),
                                                                   strict=True))
