@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -25,6 +26,23 @@ def write_image(path: Path, size=(32, 24), color=(200, 30, 30), mode="RGB", fmt=
         im = im.convert(mode)
     im.save(path, format=fmt, **save)
     return path
+
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200), "yellow": (220, 200, 40)}
+
+
+def write_colour_table(root: Path, n: int, size: tuple[int, int], text: bool = False) -> Path:
+    """`n` drawn images cycling through COLOURS (labelled by colour, sizes varying from `size`), with a split
+    column (per ten: 2 test, 2 val, 6 train) and, with `text`, a sentence naming the colour; returns the CSV."""
+    rows = []
+    for i in range(n):
+        label = list(COLOURS)[i % len(COLOURS)]
+        name = f"img/{label}_{i:03d}.png"
+        write_image(root / name, size=(size[0] + i % 9, size[1] + i % 7), color=COLOURS[label])
+        rows.append({"image": name, "label": label, "split": "test" if i % 10 < 2 else "val" if i % 10 < 4
+                     else "train", **({"text": f"a {label} thing number {i}"} if text else {})})
+    pd.DataFrame(rows).to_csv(root / "items.csv", index=False)
+    return root / "items.csv"
 
 
 class Recorder:

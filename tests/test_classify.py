@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from threadpoolctl import threadpool_limits
 from typer.testing import CliRunner
 
-from conftest import write_image
+from conftest import write_colour_table
 from curata.evaluate.splits import NotEnoughData, held_out
 from curata.features.engine import compute, make_extractor
 from curata.ingest.pipeline import ingest
@@ -22,8 +22,6 @@ from curata.tasks.estimators import BlockBalancer, BlockClassifier, TunedSVC
 from curata.tasks.openset import UNKNOWN
 from curata.tasks.runner import TrainOptions, run
 from curata.workspace import Workspace
-
-COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200), "yellow": (220, 200, 40)}
 
 
 @pytest.fixture(autouse=True)
@@ -170,14 +168,7 @@ def test_held_out_split_from_a_column_or_drawn():
 def ws(tmp_path_factory) -> Workspace:
     """120 drawn images of 4 colours, each with a text naming its colour, and a train / val / test column."""
     root = tmp_path_factory.mktemp("classify")
-    rows = []
-    for i in range(120):
-        label = list(COLOURS)[i % 4]
-        name = f"img/{label}_{i:03d}.png"
-        write_image(root / name, size=(20 + i % 9, 16 + i % 7), color=COLOURS[label])
-        split = "test" if i % 10 < 2 else "val" if i % 10 < 4 else "train"
-        rows.append({"image": name, "text": f"a {label} thing number {i}", "label": label, "split": split})
-    pd.DataFrame(rows).to_csv(root / "items.csv", index=False)
+    write_colour_table(root, 120, (20, 16), text=True)
     workspace = Workspace(root / "ws")
     ingest(root / "items.csv", workspace)
     for name in ("color_stats", "tfidf"):

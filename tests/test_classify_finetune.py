@@ -9,12 +9,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import Recorder, write_image
+from conftest import Recorder, write_colour_table, write_image
 from curata.cli import app
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.features.raw_image import MAX_SIDE, load_raw, shrink
@@ -24,21 +23,12 @@ from curata.tasks.runner import TrainOptions, predict_images, predict_workspace,
 from curata.workspace import Workspace
 from test_service_support import Server
 
-COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200), "yellow": (220, 200, 40)}
-
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Workspace:
     """60 drawn images of 4 colours with a train / val / test column, and their colour statistics."""
     root = tmp_path_factory.mktemp("finetune-classify")
-    rows = []
-    for i in range(60):
-        label = list(COLOURS)[i % 4]
-        name = f"img/{label}_{i:03d}.png"
-        write_image(root / name, size=(40 + i % 9, 36 + i % 7), color=COLOURS[label])
-        rows.append({"image": name, "label": label, "split": "test" if i % 10 < 2 else "val" if i % 10 < 4
-                     else "train"})
-    pd.DataFrame(rows).to_csv(root / "items.csv", index=False)
+    write_colour_table(root, 60, (40, 36))
     workspace = Workspace(root / "ws")
     ingest(root / "items.csv", workspace)
     compute(make_extractor("color_stats"), workspace)

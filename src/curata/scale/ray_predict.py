@@ -247,6 +247,24 @@ def _part_names() -> Any:
     return PartNames()
 
 
+def _collect(results: Any, run: PredictRun, keep_rows: bool, output: Path | None, advance: Any) -> None:
+    """Predictions streamed back to the driver: counted, kept (`keep_rows`), written in parts (`output`)."""
+    pending: list[pa.Table] = []
+    for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+        run.items += len(table)
+        run.errors += len(table) - table["error"].null_count
+        if keep_rows:
+            run.rows.extend(prediction_rows(table))
+        if output is not None:
+            pending.append(table)
+            if sum(len(t) for t in pending) >= PART_SIZE:
+                _write_part(output, pa.concat_tables(pending))
+                pending.clear()
+        advance(len(table))
+    if output is not None and pending:
+        _write_part(output, pa.concat_tables(pending))
+
+
 def _write_part(output: Path, table: pa.Table) -> None:
     name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
     tmp = output / f".{name}.tmp"
@@ -299,23 +317,8 @@ def predict_ray(bundle_dir: Path, inputs: Workspace | Path | str | list[Path | s
             errors = pq.read_table(output, columns=["error"])["error"]
             run.items, run.errors = len(errors), len(errors) - errors.null_count
             advance(run.items)
-            run.predicted = run.items - run.errors
-            run.seconds = time.perf_counter() - started
-            return run
-        pending: list[pa.Table] = []
-        for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-            run.items += len(table)
-            run.errors += len(table) - table["error"].null_count
-            if keep_rows:
-                run.rows.extend(prediction_rows(table))
-            if output is not None:
-                pending.append(table)
-                if sum(len(t) for t in pending) >= PART_SIZE:
-                    _write_part(output, pa.concat_tables(pending))
-                    pending.clear()
-            advance(len(table))
-        if output is not None and pending:
-            _write_part(output, pa.concat_tables(pending))
+        else:
+            _collect(results, run, keep_rows, output, advance)
     run.predicted = run.items - run.errors
     run.seconds = time.perf_counter() - started
     return run

@@ -176,6 +176,8 @@ class ClassifyTask(Task):
 
     def candidates(self) -> dict[str, Callable[[], Any]]:
         models = self.base_models()
+        auto = ValidatedChoice(tuple((n, models[n]) for n in self.auto_candidates if n in models),
+                               self.vector_features, seed=self.seed)
         if self.open_set:
             if not self.vector_features:
                 raise ValueError("open-set answers measure how far an item lies from the training items on feature "
@@ -183,11 +185,6 @@ class ClassifyTask(Task):
             # The open-set wrapper measures distances on its base's vector blocks, which the fine-tuner has not;
             # under "auto" it may still be chosen (the distances are then those of auto's vector blocks).
             models.pop("finetune", None)
-            auto_from = self.base_models()
-        else:
-            auto_from = models
-        auto = ValidatedChoice(tuple((n, auto_from[n]) for n in self.auto_candidates if n in auto_from),
-                               self.vector_features, seed=self.seed)
         return {name: self._wrap(model) for name, model in {"auto": auto, **models}.items()}
 
     def predict_open(self, x: Blocks) -> tuple[np.ndarray, np.ndarray]:
