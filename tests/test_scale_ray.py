@@ -173,3 +173,37 @@ def test_cli_engine_ray(collection, bundle):
     assert len(rows) == 300 and sum(r.get("prediction") == labels[r["id"]] for r in rows) >= 290
     bad = cli.invoke(app, ["features", "-w", str(ray_ws.root), "-e", "color_hist", "--engine", "spark"])
     assert bad.exit_code == 2 and "engine" in bad.output
+
+
+def test_ingest_on_ray_verifies_like_the_local_engine(broken_folder, tmp_path):
+    """Every image checked in Ray tasks gets the local engine's code, reason, hash and size; one commit."""
+    from curata.cli import app
+
+    local_ws, ray_ws = Workspace(tmp_path / "local"), Workspace(tmp_path / "ray")
+    local = ingest(broken_folder["root"], local_ws)
+    result = CliRunner().invoke(app, ["ingest", broken_folder["root"], "-w", str(ray_ws.root), "--engine", "ray",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    remote = json.loads(result.stdout)
+    assert remote["summary"]["engine"] == "ray" and remote["summary"]["nodes"] == 1
+    assert "nodes" not in local.summary() and local.summary()["engine"] == "local"
+
+    def entries(report: list[dict]) -> dict:
+        return {Path(e["ref"]).name: (e["status"], e["code"], e["reason"], e["notes"]) for e in report}
+
+    assert entries(remote["entries"]) == entries([vars(e) for e in local.entries])
+    rejected = {name for name, entry in entries(remote["entries"]).items() if entry[0] == "error"}
+    assert rejected == {n for n, c in broken_folder.items() if n != "root" and c != "ok"}
+    columns = ["id", "image_sha256", "width", "height", "image_mode", "image_format"]
+    pd.testing.assert_frame_equal(ray_ws.items(columns).sort_values("id", ignore_index=True),
+                                  local_ws.items(columns).sort_values("id", ignore_index=True))
+    assert [h["action"] for h in ray_ws.collection.history()] == [h["action"] for h in local_ws.collection.history()]
+
+
+def test_ingest_ray_options_need_the_ray_engine(tmp_path):
+    from curata.cli import app
+
+    write_image(tmp_path / "img" / "a.png")
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path / "img"), "-w", str(tmp_path / "ws"), "--ray-cpus", "2"])
+    assert result.exit_code == 2 and "--engine ray" in result.output
+    assert not Workspace(tmp_path / "ws").exists

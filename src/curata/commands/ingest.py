@@ -6,6 +6,7 @@ Also `print_ingest_report`, the on-screen ingest report `curata collect` prints 
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,8 +17,11 @@ from rich.table import Table
 from curata.clibase import (
     EXIT_BAD_INPUT,
     BadInput,
+    EngineOpt,
     JsonOpt,
     QuietOpt,
+    RayAddressOpt,
+    RayCpusOpt,
     WorkspaceOpt,
     app,
     console,
@@ -45,6 +49,8 @@ def print_ingest_report(report: IngestReport, max_rows: int = 30) -> None:
         f"{summary['added']} added, {summary['updated']} updated, {summary['unchanged']} unchanged "
         f"in {summary['seconds']:.1f} s"
     )
+    if report.engine == "ray":
+        console.print(f"  images verified in Ray tasks on {report.nodes} node{'s' if report.nodes != 1 else ''}")
     if summary["kept_edits"]:
         console.print(f"  {summary['kept_edits']} updated item(s) kept their curated values over the source's "
                       "(`curata edits` lists them)")
@@ -104,6 +110,9 @@ def ingest_cmd(
                                                                 "order.")] = None,
     concurrency: Annotated[int, typer.Option(help="Concurrent downloads for URL sources.")] = 8,
     strict: Annotated[bool, typer.Option(help="Exit with code 2 when any item is rejected.")] = False,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_cpus: RayCpusOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -111,6 +120,10 @@ def ingest_cmd(
 
     Re-ingesting the same source is idempotent; each rejected item is listed with its reason
     (on screen and in reports/ingest-latest.json) and never stops the others.
+
+    With --engine ray the images are verified and hashed in Ray tasks (on a local runtime, or on every node of
+    the cluster at --ray-address, which must see the images at the same paths); the collection is still
+    committed once, by this process.
     """
     from curata.ingest.download import DownloadPolicy
     from curata.ingest.pipeline import IngestOptions, default_source_name, ingest
@@ -119,6 +132,10 @@ def ingest_cmd(
     # Item ids are "<source name>/<local id>": two sources of one run under the same name (one
     # --source-name for all, or two folders both called "images") would share ids, and the later
     # source would silently overwrite the earlier one's items.
+    if engine not in ("local", "ray"):
+        raise BadInput(f"unknown --engine '{engine}'; choose local or ray")
+    if engine == "local" and (ray_address or ray_cpus):
+        raise BadInput("--ray-address and --ray-cpus need --engine ray")
     if source_name and len(sources) > 1:
         raise BadInput("--source-name names one source; ingest several sources without it, or one at a time")
     names = Counter(default_source_name(s) for s in sources)
@@ -134,10 +151,16 @@ def ingest_cmd(
                         collection=collection_col)
     ws = Workspace(workspace)
     reports = []
-    with rich_reporter(not quiet and not as_json) as reporter:
+    runtime = nullcontext()
+    if engine == "ray":  # one Ray runtime for every source, started by the first with images to verify
+        from curata.scale import ray_runtime
+
+        runtime = ray_runtime(ray_address, ray_cpus, lazy=True)
+    with rich_reporter(not quiet and not as_json) as reporter, runtime:
         for source in sources:
             options = IngestOptions(format=fmt, source_name=source_name, collection=collection, columns=columns,
-                                    label_trait=label_trait, max_pixels=max_pixels, download=policy)
+                                    label_trait=label_trait, max_pixels=max_pixels, download=policy,
+                                    engine=engine, ray_address=ray_address, ray_cpus=ray_cpus)
             reports.append(ingest(source, ws, options, reporter))
     if as_json:
         emit_json([r.to_dict() for r in reports] if len(reports) > 1 else reports[0].to_dict())

@@ -2,7 +2,7 @@
 
     reader (folder | table | nft | urls) -> RawRecords
       -> download remote images (cache in the workspace)
-      -> verify each image in parallel (open, full decode, pixel cap, sha256)
+      -> verify each image in parallel, in threads or Ray tasks (open, full decode, pixel cap, sha256)
       -> reject duplicate ids -> Items -> Workspace.add_items -> IngestReport
 """
 
@@ -12,10 +12,11 @@ import hashlib
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from curata.collection import Item, items_to_frame
 from curata.imageio import DEFAULT_MAX_PIXELS, ImageError, verify_image
@@ -45,6 +46,9 @@ class IngestOptions:
     max_file_bytes: int = 256 * 1024 * 1024
     download: DownloadPolicy = field(default_factory=DownloadPolicy)
     workers: int = max(2, (os.cpu_count() or 2) * 2)  # decoding releases the GIL; threads overlap I/O
+    engine: str = "local"  # "ray": images verified in Ray tasks (curata.scale.ray_ingest)
+    ray_address: str | None = None  # with engine "ray": the cluster; default a local runtime
+    ray_cpus: int | None = None  # with engine "ray" and no address: the local runtime's CPUs
 
 
 def detect_format(source: Path) -> str:
@@ -124,7 +128,9 @@ def _fetch_remote(records: list[RawRecord], workspace: Workspace, policy: Downlo
 
 
 @dataclass
-class _Checked:
+class CheckedImage:
+    """What verifying one image found: its hash and size, or why it was rejected."""
+
     sha256: str = ""
     width: int = 0
     height: int = 0
@@ -134,28 +140,52 @@ class _Checked:
     error: tuple[str, str] | None = None
 
 
-def check_image(path: str, max_pixels: int, max_file_bytes: int) -> _Checked:
+def check_image(path: str, max_pixels: int, max_file_bytes: int) -> CheckedImage:
     """Hash and fully verify one image file; never raises for a bad file."""
     try:
         size = os.path.getsize(path)
         if size == 0:
-            return _Checked(error=("empty_file", "file is empty (0 bytes)"))
+            return CheckedImage(error=("empty_file", "file is empty (0 bytes)"))
         if size > max_file_bytes:
-            return _Checked(error=("file_too_large",
+            return CheckedImage(error=("file_too_large",
                                    f"{size / 1e6:.1f} MB exceeds the file cap of {max_file_bytes / 1e6:.0f} MB"))
         data = Path(path).read_bytes()
     except FileNotFoundError:
-        return _Checked(error=("missing_file", f"file not found: {path}"))
+        return CheckedImage(error=("missing_file", f"file not found: {path}"))
     except OSError as e:
-        return _Checked(error=("unreadable", f"cannot read file: {e}"))
+        return CheckedImage(error=("unreadable", f"cannot read file: {e}"))
     try:
         info = verify_image(data, max_pixels=max_pixels)
     except ImageError as e:
-        return _Checked(error=(e.code, e.reason))
+        return CheckedImage(error=(e.code, e.reason))
     except Exception as e:  # a decoder failure imageio does not know yet must reject one file, not the run
-        return _Checked(error=("corrupt", f"cannot decode image: {type(e).__name__}: {e}"))
-    return _Checked(hashlib.sha256(data).hexdigest(), info.width, info.height, info.mode, info.format,
+        return CheckedImage(error=("corrupt", f"cannot decode image: {type(e).__name__}: {e}"))
+    return CheckedImage(hashlib.sha256(data).hexdigest(), info.width, info.height, info.mode, info.format,
                     info.notes)
+
+
+def _check_all(records: list[RawRecord], options: IngestOptions, advance: Callable[[int], Any],
+               report: IngestReport) -> list[CheckedImage]:
+    """Every record's image checked, in order: in threads here, or in Ray tasks (`report.nodes` says how many
+    nodes ran them)."""
+    paths = [r.image or "" for r in records]
+    if options.engine == "ray":
+        from curata.scale.ray_ingest import check_images_ray
+
+        checked, report.nodes = check_images_ray(paths, options.max_pixels, options.max_file_bytes,
+                                                 address=options.ray_address, num_cpus=options.ray_cpus,
+                                                 advance=advance)
+        return checked
+    if options.engine != "local":
+        raise ValueError(f"unknown engine '{options.engine}'; choose local or ray")
+
+    def check(path: str) -> CheckedImage:
+        result = check_image(path, options.max_pixels, options.max_file_bytes)
+        advance(1)
+        return result
+
+    with ThreadPoolExecutor(max_workers=options.workers) as pool:
+        return list(pool.map(check, paths))
 
 
 def ingest(source: str | Path, workspace: Workspace, options: IngestOptions | None = None,
@@ -194,16 +224,10 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
         if r.error is None and r.skip is None and not r.image:
             r.error = ("missing_image", "no image for this record")
 
-    def check(record: RawRecord) -> _Checked:
-        result = check_image(record.image or "", options.max_pixels, options.max_file_bytes)
-        advance(1)
-        return result
-
-    with ThreadPoolExecutor(max_workers=options.workers) as pool:
-        checked = dict(zip(map(id, to_check), pool.map(check, to_check), strict=True))
+    report = IngestReport(source=source, format=fmt, engine=options.engine)
+    checked = dict(zip(map(id, to_check), _check_all(to_check, options, advance, report), strict=True))
     advance(len(records) - len(to_check))
 
-    report = IngestReport(source=source, format=fmt)
     items: list[Item] = []
     first_seen: dict[str, str] = {}
     for record in records:

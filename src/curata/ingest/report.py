@@ -28,6 +28,8 @@ class IngestReport:
     kept_edits: int = 0  # updated items whose curated values stayed over the source's new ones
     seconds: float = 0.0
     collections: dict[str, int] = field(default_factory=dict)  # accepted items per collection
+    engine: str = "local"  # where images were verified: "local" threads or "ray" tasks
+    nodes: int = 0  # with engine "ray": the Ray nodes whose tasks verified images
 
     @property
     def ok(self) -> list[Entry]:
@@ -57,6 +59,8 @@ class IngestReport:
             "unchanged": self.unchanged,
             "kept_edits": self.kept_edits,
             "collections": dict(self.collections),
+            "engine": self.engine,
+            **({"nodes": self.nodes} if self.engine == "ray" else {}),
             "seconds": round(self.seconds, 3),
             "items_per_second": round(len(self.entries) / self.seconds, 1) if self.seconds else None,
         }
