@@ -9,12 +9,8 @@ half-CPU actors may share a node."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,40 +21,10 @@ import pytest
 from conftest import write_image
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.ingest.pipeline import ingest
+from curata.scale.local_cluster import local_cluster
 from curata.workspace import Workspace
 
 pytest.importorskip("ray")
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def start_node(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    """`ray start --block ...`: the process owns the node's daemons and takes them down when terminated."""
-    agent, grpc, metrics, runtime_env = free_ports(4)
-    return subprocess.Popen([RAY, "start", "--block", "--num-cpus=2", "--disable-usage-stats",
-                             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={grpc}",
-                             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}", *args],
-                            env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-WAIT_FOR_NODES = """
-import sys, time, ray
-ray.init(address=sys.argv[1], log_to_driver=False)
-deadline = time.monotonic() + 120
-while sum(n["Alive"] for n in ray.nodes()) < 2:
-    if time.monotonic() > deadline:
-        sys.exit("fewer than 2 nodes alive")
-    time.sleep(0.5)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -66,40 +32,8 @@ def cluster(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
     """A head node and a second node, two logical CPUs each, as separate processes; yields the head's address
     and the environment to reach it with. Every Ray client is its own process (as a user's command is): this
     test process never joins the cluster, so it shares no Ray state with the other tests' runtimes."""
-    logs = tmp_path_factory.mktemp("ray-nodes")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "CURATA_FEATURE_CACHE": "off"}
-    (gcs,) = free_ports(1)
-    address = f"127.0.0.1:{gcs}"
-    nodes = [start_node("--head", f"--port={gcs}", "--include-dashboard=false", env=env, log=logs / "head.log")]
-
-    def logs_tail() -> str:
-        return " | ".join((logs / f).read_text(errors="replace")[-800:] for f in ("head.log", "second.log")
-                          if (logs / f).exists())
-
-    try:
-        deadline = time.monotonic() + 120
-        while socket.socket().connect_ex(("127.0.0.1", gcs)) != 0:
-            if time.monotonic() > deadline or nodes[0].poll() is not None:
-                raise RuntimeError(f"the head node did not come up: {logs_tail()}")
-            time.sleep(0.5)
-        nodes.append(start_node(f"--address={address}", env=env, log=logs / "second.log"))
-        waited = subprocess.run([sys.executable, "-c", WAIT_FOR_NODES, address], env=env, capture_output=True,
-                                text=True, timeout=180, check=False)
-        if waited.returncode != 0:
-            raise RuntimeError(f"the second node did not come up: {waited.stderr[-800:]} {logs_tail()}")
-        yield address, env
-    finally:
-        for p in reversed(nodes):
-            p.terminate()
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        # `ray start` leaves the machine's "current cluster" address behind; a later bare ray.init() would try
-        # to join it (curata itself starts local runtimes with address="local", which ignores it).
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if current.exists() and current.read_text().strip().endswith(f":{gcs}"):
-            current.unlink(missing_ok=True)
+    with local_cluster(tmp_path_factory.mktemp("ray-nodes"), env={"CURATA_FEATURE_CACHE": "off"}) as running:
+        yield running
 
 
 def write_table(root: Path, n: int = 48) -> Path:
