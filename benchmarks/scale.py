@@ -1,7 +1,12 @@
-"""Feature extraction throughput: the local engine against the Ray engine on 1 and 2 CPUs, same data, one run.
+"""Feature extraction (or ingest) throughput: the local engine against the Ray engine on 1 and 2 CPUs, same data,
+one run.
 
     python benchmarks/scale.py [--data ../shared/data] [--limit 300] [--extractors color_stats,effnet_lite0]
                                [--cpus 1,2] [--price 0.045] [--out benchmarks/results/scale.json]
+    python benchmarks/scale.py --stage ingest [--collection cryptopunks --limit 3000] [--cpus 2]
+
+`--stage ingest` measures `curata ingest` instead (reading the table, verifying and hashing every image, one
+commit), local threads against `--engine ray` tasks; its rows are named "ingest" in place of an extractor.
 
 Input: the first --limit images of `flipkart` (JPEGs up to 640 px, from --data / CURATA_DATA; another
 collection with --collection, e.g. cryptopunks for more than flipkart's 1,047 images), ingested
@@ -40,8 +45,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 NFT1000_IMAGES = 7_500_000
+INGEST = "ingest"  # the name of `--stage ingest` rows, in place of an extractor's
 
 
 def _proc_stat(pid: int) -> tuple[int, float] | None:
@@ -54,14 +62,15 @@ def _proc_stat(pid: int) -> tuple[int, float] | None:
 
 
 def _watch_actors(root: int, seen: dict[int, float], stop: threading.Event) -> None:
-    """Record the CPU time of this run's Ray Data actors (descendants of `root`) until `stop`; an actor's
-    last reading before it exits is its total, give or take one polling interval."""
+    """Record the CPU time of this run's Ray workers (actors and tasks: processes named `ray::...` descending from
+    `root`) until `stop`; a worker's last reading before it exits is its total, give or take one polling
+    interval. Ray's daemons (raylet, GCS) are not `ray::` processes and are left out."""
     while not stop.wait(0.1):
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                if not (entry / "cmdline").read_bytes().startswith(b"ray::MapWorker"):
+                if not (entry / "cmdline").read_bytes().startswith(b"ray::"):
                     continue
             except OSError:
                 continue
@@ -80,14 +89,29 @@ def _watch_actors(root: int, seen: dict[int, float], stop: threading.Event) -> N
 def _child(engine: str, name: str, workspace: str) -> dict:
     """One measurement in this (fresh) process; prints its result as JSON."""
     from curata.features.engine import compute, make_extractor
+    from curata.ingest.pipeline import IngestOptions, ingest
     from curata.workspace import Workspace
 
     ws = Workspace(workspace)
-    extractor = make_extractor(name)
-    if name.startswith("effnet"):
-        from curata.features.efficientnet import export_onnx
+    if name == INGEST:  # the table beside the workspace, into the empty workspace
+        def work(clock: Any) -> Any:
+            report = ingest(Path(workspace).parent / f"{Path(workspace).name}.csv", ws,
+                            IngestOptions(engine="ray" if engine != "local" else "local", source_name="bench"),
+                            reporter=clock)
+            return SimpleNamespace(computed=len(report.ok), errors=len(report.errors))
+    else:
+        extractor = make_extractor(name)
+        if name.startswith("effnet"):
+            from curata.features.efficientnet import export_onnx
 
-        export_onnx(extractor.variant)  # the one-off ONNX export is not what we measure
+            export_onnx(extractor.variant)  # the one-off ONNX export is not what we measure
+
+        def work(clock: Any) -> Any:
+            if engine == "local":
+                return compute(extractor, ws, reporter=clock)
+            from curata.scale import compute_ray
+
+            return compute_ray(extractor, ws, reporter=clock)
     stamps: list[float] = []
 
     class Clock:
@@ -99,11 +123,9 @@ def _child(engine: str, name: str, workspace: str) -> dict:
     if engine == "local":
         cpu0 = time.process_time()
         started = time.perf_counter()
-        run = compute(extractor, ws, reporter=Clock())
+        run = work(Clock())
     else:
         import ray
-
-        from curata.scale import compute_ray
 
         t0 = time.perf_counter()
         ray.init(address="local", num_cpus=int(engine.split("-")[1]), include_dashboard=False,
@@ -114,7 +136,7 @@ def _child(engine: str, name: str, workspace: str) -> dict:
         watcher.start()
         cpu0 = time.process_time()
         started = time.perf_counter()
-        run = compute_ray(extractor, ws, reporter=Clock())
+        run = work(Clock())
     seconds = time.perf_counter() - started
     driver_cpu = time.process_time() - cpu0
     if engine != "local":
@@ -129,12 +151,17 @@ def _child(engine: str, name: str, workspace: str) -> dict:
 
 
 def _measure(engine: str, name: str, base: Path, tmp: Path, n: int) -> dict:
+    import pandas as pd
+
     from curata.workspace import Workspace
 
     target = tmp / f"ws-{engine}-{name}-{n}"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir()
-    Workspace(target).replace_items(Workspace(base).items().head(n))
+    if name == INGEST:  # an empty workspace and a table of the first n images to ingest into it
+        pd.read_csv(tmp / "items.csv").head(n).to_csv(tmp / f"{target.name}.csv", index=False)
+    else:
+        Workspace(target).replace_items(Workspace(base).items().head(n))
     # The machine's shared feature cache off: every configuration computes every vector (the local engine
     # would otherwise copy what an earlier run on the same images left there).
     out = subprocess.run([sys.executable, __file__, "--child", engine, "--name", name, "--target", str(target)],
@@ -156,16 +183,20 @@ def main() -> int:
     parser.add_argument("--limit", type=int, default=300, help="images measured (default 300)")
     parser.add_argument("--collection", default="flipkart", help="folder under --data with a labels.csv of "
                         "path,label (default flipkart: 1,047 JPEGs; cryptopunks has 10,000 small PNGs)")
+    parser.add_argument("--stage", choices=["features", INGEST], default="features",
+                        help="features (default): the extractors' throughput; ingest: verifying and hashing images")
     parser.add_argument("--extractors", default="color_stats,effnet_lite0", help="comma-separated extractors")
     parser.add_argument("--cpus", default="1,2", help="CPU counts of the local Ray runtimes compared")
     parser.add_argument("--price", type=float, default=0.045,
                         help="USD per vCPU-hour for the cost estimate (default 0.045: on-demand compute-optimised "
                              "x86 instances, e.g. AWS c7i.large at $0.089/h for 2 vCPU, us-east-1)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
+    parser.add_argument("--out", type=Path, help="JSON written (default benchmarks/results/scale.json, or "
+                        "scale-ingest.json with --stage ingest)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.out = args.out or Path("benchmarks/results/" + ("scale-ingest.json" if args.stage == INGEST else "scale.json"))
     if args.child:
         print(json.dumps(_child(args.child, args.name, args.target)))
         return 0
@@ -180,7 +211,7 @@ def main() -> int:
         print(f"skipped: {args.collection} not found under {args.data} (give --data or set CURATA_DATA)")
         return 0
     engines = ["local", *[f"ray-{n.strip()}" for n in args.cpus.split(",") if n.strip()]]
-    names = [n.strip() for n in args.extractors.split(",") if n.strip()]
+    names = [INGEST] if args.stage == INGEST else [n.strip() for n in args.extractors.split(",") if n.strip()]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="curata-scale-") as tmp_name:
         tmp = Path(tmp_name)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from curata.objectstore import is_object_uri, read_bytes
+
 # We enforce our own pixel cap (configurable, with a clear message) instead of PIL's global one.
 Image.MAX_IMAGE_PIXELS = None
 # Truncated files must fail loudly, never decode half an image silently.
@@ -54,6 +56,13 @@ class ImageInfo:
 
 
 def _open(source: ImageSource) -> Image.Image:
+    if is_object_uri(source):  # an image on object storage: its bytes first (curata.objectstore)
+        try:
+            source = read_bytes(str(source))
+        except FileNotFoundError as e:
+            raise ImageError("missing_file", str(e)) from e
+        except OSError as e:
+            raise ImageError("unreadable", str(e)) from e
     try:
         if isinstance(source, bytes):
             return Image.open(io.BytesIO(source))

@@ -16,13 +16,13 @@ Models load a path with `load_raw`, which shrinks the same way, so an image give
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
 
+from curata import objectstore
 from curata.features.base import Extractor, register
 from curata.imageio import ImageError, load_image
 
@@ -87,6 +87,7 @@ def image_block(items: Any) -> tuple[np.ndarray, list[str | None]]:
     for i, path in enumerate(paths):
         ok = isinstance(path, str) and path != ""
         out[i] = path if ok else ""
-        # A stat per item asked for (not a decode): a file moved or deleted since ingest is left out by name.
-        errors.append("no image" if not ok else None if os.path.isfile(path) else f"image file missing: {path}")
+        # A stat per item asked for (not a decode; a HEAD request for an object): a file moved or deleted since
+        # ingest is left out by name.
+        errors.append("no image" if not ok else None if objectstore.exists(path) else f"image file missing: {path}")
     return out, errors

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from curata import objectstore
 from curata.collection import Item, items_to_frame
 from curata.imageio import DEFAULT_MAX_PIXELS, ImageError, verify_image
 from curata.ingest.download import DownloadPolicy, download_all
@@ -27,6 +28,7 @@ from curata.ingest.records import RawRecord, SourceError
 from curata.ingest.report import Entry, IngestReport
 from curata.ingest.table import TABLE_SUFFIXES, ColumnMap, read_table
 from curata.ingest.urls import URL_LIST_SUFFIXES, read_url_list
+from curata.objectstore import is_object_uri
 from curata.progress import SILENT, Reporter
 from curata.workspace import Workspace
 
@@ -113,7 +115,7 @@ def default_source_name(source: Path) -> str:
 def _fetch_remote(records: list[RawRecord], workspace: Workspace, policy: DownloadPolicy,
                   reporter: Reporter) -> None:
     """Replace URL images by cached local files, or set the record's error."""
-    remote = [r for r in records if r.error is None and r.image and "://" in r.image]
+    remote = [r for r in records if r.error is None and r.image and "://" in r.image and not is_object_uri(r.image)]
     if not remote:
         return
     advance = reporter.task("downloading images", len(remote))
@@ -142,14 +144,14 @@ class CheckedImage:
 
 def check_image(path: str, max_pixels: int, max_file_bytes: int) -> CheckedImage:
     """Hash and fully verify one image file; never raises for a bad file."""
-    try:
-        size = os.path.getsize(path)
+    try:  # a local file or an object (s3://...: curata.objectstore)
+        size = objectstore.size(path)
         if size == 0:
             return CheckedImage(error=("empty_file", "file is empty (0 bytes)"))
         if size > max_file_bytes:
             return CheckedImage(error=("file_too_large",
                                    f"{size / 1e6:.1f} MB exceeds the file cap of {max_file_bytes / 1e6:.0f} MB"))
-        data = Path(path).read_bytes()
+        data = objectstore.read_bytes(path)
     except FileNotFoundError:
         return CheckedImage(error=("missing_file", f"file not found: {path}"))
     except OSError as e:
@@ -251,7 +253,8 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
         items.append(Item(
             id=item_id, source=source_name,
             collection=options.collection or record.collection or source_name,
-            image=os.path.abspath(record.image or ""), image_sha256=result.sha256,
+            image=record.image if is_object_uri(record.image) else os.path.abspath(record.image or ""),
+            image_sha256=result.sha256,
             width=result.width, height=result.height, image_mode=result.mode, image_format=result.format,
             text=record.text, captions=record.captions, label=record.label, tags=record.tags,
             attributes=record.attributes, split=record.split, meta=record.meta,

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from curata.ingest.records import RawRecord, SourceError, clean_text, split_tags
+from curata.objectstore import is_object_uri
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".tab", ".parquet", ".pq", ".jsonl", ".ndjson"}
 
@@ -130,7 +131,8 @@ def _pick(columns: list[str], wanted: str | None, role: str, required: bool = Fa
 
 
 def _is_url(value: str) -> bool:
-    return value.startswith(("http://", "https://", "ipfs://"))
+    """A URL to download, or an object URI kept as it is: either way not a path relative to the table."""
+    return value.startswith(("http://", "https://", "ipfs://")) or is_object_uri(value)
 
 
 def read_table(path: Path, columns: ColumnMap) -> Iterator[RawRecord]:

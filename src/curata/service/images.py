@@ -28,6 +28,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from curata.imageio import ImageError, load_image
+from curata.objectstore import is_object_uri
 from curata.service.errors import ApiError
 from curata.service.schemas import ImagesRequest
 from curata.service.settings import Settings
@@ -59,7 +60,7 @@ def sniff_image_type(head: bytes) -> str | None:
 class ItemLookup(Protocol):
     """What image reading needs from the workspace (the service state): an item's image path and text."""
 
-    def item_image(self, item_id: str) -> tuple[Path, str]: ...
+    def item_image(self, item_id: str) -> tuple[Path | str, str]: ...
 
 
 @dataclass
@@ -69,7 +70,7 @@ class ImageSource:
     field: str  # where it came from in the request, for error messages: "files[1]", "images[0].url"
     name: str  # a label for the result: the upload's file name, "images[0]", or the item id
     data: bytes | None = None
-    path: Path | None = None
+    path: Path | str | None = None  # a workspace item's file, or its object URI
     url: str | None = None
     text: str = ""
     item: str | None = None
@@ -257,7 +258,9 @@ def _check_request_pixels(sources: list[ImageSource], settings: Settings) -> Non
 
     total = 0
     for source in sources:
-        what: Path | io.BytesIO | None = source.path
+        what: Path | str | io.BytesIO | None = source.path
+        if is_object_uri(what):
+            continue  # measured at ingest; decoding still applies the per-image cap
         if what is None and source.data and sniff_image_type(source.data[:16]) is not None:
             what = io.BytesIO(source.data)
         if what is None:
@@ -290,7 +293,7 @@ def decode_source(source: ImageSource, settings: Settings, *, max_side: int | No
     return _load(data, settings, source.field, max_side)
 
 
-def _load(what: bytes | Path, settings: Settings, field: str, max_side: int | None) -> np.ndarray:
+def _load(what: bytes | Path | str, settings: Settings, field: str, max_side: int | None) -> np.ndarray:
     try:
         # Reduced to max_side in every format (the task needs no more); a client's bytes have every frame header
         # walked, as ingest's verify_image does, so the service refuses what ingest refuses.

@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pandas as pd
 
+from curata import objectstore
+from curata.objectstore import is_object_uri
 from curata.service.catalog import ColourCache, ItemsView
 from curata.service.errors import ApiError, hide_paths
 from curata.service.settings import Settings
@@ -251,9 +253,11 @@ class ServiceState:
             raise ApiError(404, "unknown_item", f"no item with id {item_id!r} in the collection", "item_id")
         return view, record
 
-    def item_image(self, item_id: str) -> tuple[Path, str]:
+    def item_image(self, item_id: str) -> tuple[Path | str, str]:
+        """The item's image (a local path, or an object URI as stored: curata.objectstore) and its text."""
         _, record = self.item_record(item_id)
-        return Path(record["image"]), str(record["text"] or "")
+        image = str(record["image"])
+        return (image if is_object_uri(image) else Path(image)), str(record["text"] or "")
 
     # bundles ---------------------------------------------------------------------------------------
     def bundle_names(self) -> list[str]:
@@ -494,8 +498,8 @@ class ServiceState:
             if cached is not None:
                 self._thumbs.move_to_end(key)
         if cached is None:
-            if not path.is_file():
-                raise ApiError(404, "image_missing", f"the image of {item_id!r} is no longer on disk", "item_id")
+            if not objectstore.exists(path):
+                raise ApiError(404, "image_missing", f"the image of {item_id!r} is no longer there", "item_id")
             # Decoded reduced, to no less than size + 1 on the long side: `small` below still means the original is.
             image = Image.fromarray(_load(path, self.settings, "item_id", size + 1))
             small = max(image.size) <= size

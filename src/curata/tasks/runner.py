@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curata import objectstore
 from curata.budget import memory_budget, rows_within_budget
 from curata.evaluate.cv import CVResult, chosen_model, comparison_table, cross_validate, take
 from curata.evaluate.splits import held_out, make_folds
@@ -557,7 +558,7 @@ def predict_images(bundle_dir: Path, paths: list[Path], texts: list[str] | None 
             rows[i]["error"] = getattr(e, "reason", str(e))
     if good:
         given = texts or [""] * len(paths)
-        hashes = [hashlib.sha256(Path(paths[i]).read_bytes()).hexdigest() for i in good]
+        hashes = [hashlib.sha256(objectstore.read_bytes(paths[i])).hexdigest() for i in good]
         blocks = _blocks_via_shared_cache(bundle_extractors(card, bundle_dir), images, [given[i] for i in good],
                                           hashes)
         for i, result in zip(good, predict_blocks(task, card, blocks, top), strict=True):

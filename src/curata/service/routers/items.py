@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
+from curata.objectstore import is_object_uri, read_bytes
 from curata.service.catalog import sql_text
 from curata.service.deps import get_state, require_api_key
 from curata.service.errors import ApiError
@@ -158,12 +159,17 @@ def item_image(item_id: str, state: ServiceState = Depends(get_state)) -> Respon
     if (whole := _whole_id(state, item_id, "image")) is not None:
         return JSONResponse(get_item(whole, state).model_dump())
     _, record = state.item_record(item_id)
-    path = Path(record["image"])
-    if not path.is_file():
-        raise ApiError(404, "image_missing", f"the image of {item_id!r} is no longer on disk", "item_id")
+    image = str(record["image"])
     media = _MEDIA.get(_text(record["image_format"]).upper(), "application/octet-stream")
-    return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=3600",
-                                                         "X-Content-Type-Options": "nosniff"})
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    if is_object_uri(image):  # on object storage: the bytes pass through (the client never sees the bucket)
+        try:
+            return Response(read_bytes(image), media_type=media, headers=headers)
+        except OSError:
+            raise ApiError(404, "image_missing", f"the image of {item_id!r} is no longer there", "item_id") from None
+    if not Path(image).is_file():
+        raise ApiError(404, "image_missing", f"the image of {item_id!r} is no longer on disk", "item_id")
+    return FileResponse(image, media_type=media, headers=headers)
 
 
 @router.get("/{item_id:path}/thumbnail", summary="A thumbnail (never upscaled; PNG for small images, else JPEG)",
