@@ -207,3 +207,32 @@ def test_ingest_ray_options_need_the_ray_engine(tmp_path):
     result = CliRunner().invoke(app, ["ingest", str(tmp_path / "img"), "-w", str(tmp_path / "ws"), "--ray-cpus", "2"])
     assert result.exit_code == 2 and "--engine ray" in result.output
     assert not Workspace(tmp_path / "ws").exists
+
+
+def test_the_driver_plans_window_by_window(collection, tmp_path, monkeypatch):
+    """Windows of 70 items: five Ray Data jobs, each committed before the next is planned, so an image listed
+    twice (in two windows) is computed once; the vectors equal the local engine's, and a rerun does nothing."""
+    import curata.scale.ray_engine as ray_engine
+
+    table = pd.read_csv(collection / "items.csv")
+    table["image"] = [str(collection / p) for p in table["image"]]
+    twice = pd.concat([table.assign(id=[f"a{i}" for i in range(300)]),
+                       table.assign(id=[f"b{i}" for i in range(300)])])
+    twice.to_csv(tmp_path / "twice.csv", index=False)
+    ws = Workspace(tmp_path / "ws")
+    ingest(tmp_path / "twice.csv", ws)
+    monkeypatch.setattr(ray_engine, "WINDOW_ITEMS", 70)
+    jobs = []
+    real = ray_engine.frame_dataset
+    monkeypatch.setattr(ray_engine, "frame_dataset", lambda frame, *a: jobs.append(len(frame)) or real(frame, *a))
+    run = compute_ray(make_extractor("color_stats"), ws, batch_size=16)
+    assert (run.items, run.computed, run.cached, run.errors) == (600, 300, 300, 0)
+    assert len(jobs) >= 5 and sum(jobs) == 300 and max(jobs) <= 70
+    local = _workspace(collection, "ws_local")
+    compute(make_extractor("color_stats"), local)
+    got = load_matrix(ws, make_extractor("color_stats"))[0]
+    expected = load_matrix(local, make_extractor("color_stats"))[0]
+    np.testing.assert_allclose(got[:300], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[300:], expected, rtol=1e-5, atol=1e-6)
+    again = compute_ray(make_extractor("color_stats"), ws)
+    assert (again.computed, again.cached) == (0, 600)

@@ -271,23 +271,29 @@ class Collection:
         dataset = self._dataset()
         return sorted(f.fragment_id for f in dataset.get_fragments()) if dataset is not None else []
 
+    def fragment_sizes(self) -> dict[int, int]:
+        """Rows per fragment of the current version (from the manifest, no data read), by fragment id."""
+        dataset = self._dataset()
+        return {f.fragment_id: f.count_rows() for f in dataset.get_fragments()} if dataset is not None else {}
+
     def count(self, where: str | None = None) -> int:
         dataset = self._dataset()
         return 0 if dataset is None else int(dataset.count_rows(filter=where))
 
     def read(self, columns: list[str] | None = None, where: str | pc.Expression | None = None,
              limit: int | None = None, offset: int | None = None, fragments: Sequence[int] | None = None,
-             active_only: bool = False) -> pd.DataFrame:
+             active_only: bool = False, version: int | None = None) -> pd.DataFrame:
         """Items as a DataFrame: only `columns` (in that order; the source columns by default, curation
         columns on request), only rows matching `where` (a Lance SQL filter or a pyarrow expression, applied in
         the scan), optionally a page (`limit`, `offset`); `fragments`: only the rows of these fragments (see
-        `fragment_ids`); `active_only`: without the items a curator excluded or marked as duplicates."""
+        `fragment_ids`); `active_only`: without the items a curator excluded or marked as duplicates; `version`:
+        as it was at that version (pages of a long scan stay consistent while others write)."""
         if columns is not None:
             unknown = [c for c in columns if c not in COLUMNS and c not in CURATION_COLUMNS]
             if unknown:
                 raise ValueError(f"not collection columns: {', '.join(unknown)}")
         wanted = list(columns or COLUMNS)
-        dataset = self._dataset()
+        dataset = self._dataset(version)
         if dataset is None:
             return _empty(wanted)
         scan: dict[str, Any] = {}

@@ -253,13 +253,47 @@ def feature_lock(extractor: Extractor, workspace: Workspace, reporter: Reporter 
 @dataclass
 class ComputePlan:
     """What a run has to do: the store to append to, the sources still missing (content hash -> image path
-    or text, identical content once) and the run record to fill in. Shared by the local and Ray engines."""
+    or text, identical content once) and the run record to fill in. Shared by the local and Ray engines.
+
+    A plan made with a `window` lists nothing up front: `windows()` plans that many items at a time, as the
+    run goes (the Ray engine's driver, whose memory then does not grow with the collection)."""
 
     store: FeatureStore
     todo: dict[str, str]
     run: FeatureRun
     started: float
     through: list[int] = field(default_factory=list)  # the collection's fragments when planned
+    window: int = 0  # with a window: items planned at a time by windows()
+    collection: Any = None
+    version: int = 0  # the collection's version when planned: every window reads that one
+    columns: list[str] = field(default_factory=list)
+    extractor: Extractor | None = None
+
+    def windows(self) -> Iterator[dict[str, str]]:
+        """The sources still missing, `window` items of the collection at a time. A window is planned once the
+        caller is done with the one before (its vectors committed), so content met again later is found stored,
+        not computed twice. Fills in the run's `cached` and `computed` counts."""
+        mark = self.store.plan_mark()
+        unmarked = self.through if mark is None else [f for f in self.through if f not in mark]
+        offset = missing_items = 0
+        while True:
+            items = self.collection.read(self.columns, fragments=unmarked, limit=self.window, offset=offset,
+                                         version=self.version)
+            if not len(items):
+                break
+            keys = item_keys(items, self.extractor)
+            missing = self.store.missing(keys)  # repairs a damaged table: its dropped items are missing again
+            if mark is not None and self.store.plan_mark() is None:  # so check every item, from the start
+                mark, unmarked, offset, missing_items, self.run.computed = None, self.through, 0, 0, 0
+                continue
+            offset += len(items)
+            missing_items += int(missing.sum())
+            todo = _todo(keys, items, missing, self.extractor)
+            self.run.computed += len(todo)
+            self.run.cached = self.run.items - missing_items
+            if todo:
+                yield todo
+        self.run.cached = self.run.items - missing_items
 
     def finish(self) -> None:
         """After the run's appends: index them, and when nothing failed, remember that the store holds every
@@ -270,26 +304,37 @@ class ComputePlan:
 
 
 def plan_compute(extractor: Extractor, workspace: Workspace, *, refit: bool = False,
-                 reporter: Reporter = SILENT) -> ComputePlan:
-    """Fit the extractor if it needs the collection (once), then list the items its store lacks."""
+                 reporter: Reporter = SILENT, window: int = 0) -> ComputePlan:
+    """Fit the extractor if it needs the collection (once), then list the items its store lacks (with a
+    `window`: leave that to `ComputePlan.windows`, `window` items at a time)."""
     started = time.perf_counter()
     # Only the columns the plan needs: the text of a million items is not read to plan an image extractor.
     columns = ["text"] if extractor.modality == "text" else ["image", "image_sha256"]
     collection = workspace.collection
     through = collection.fragment_ids()  # before reading: items added meanwhile are checked next time
+    version = collection.version
     total = collection.count()
     fit_id = ""
     if extractor.needs_fit:  # fitting (once) reads the whole collection; a fitted state is loaded
         fit_id = ensure_fitted(extractor, workspace, collection.read(columns), refit=refit, reporter=reporter)
     store = FeatureStore.for_extractor(workspace.dir("features"), extractor, fit_id)
+    if window:
+        run = FeatureRun(extractor.key, total, 0, 0, 0, 0.0, fitted=bool(fit_id), notes=list(store.notes))
+        return ComputePlan(store, {}, run, started, through, window, collection, version, columns, extractor)
     items, keys, missing = _unstored(store, collection, columns, extractor)
-    sources = items["text"].fillna("") if extractor.modality == "text" else items["image"]
-    todo: dict[str, str] = {}
-    for key, source in zip(np.asarray(keys, dtype=object)[missing], sources.to_numpy()[missing], strict=True):
-        todo.setdefault(key, source)  # identical content is computed once
+    todo = _todo(keys, items, missing, extractor)
     run = FeatureRun(extractor.key, total, int(total - missing.sum()), len(todo), 0, 0.0,
                      fitted=bool(fit_id), notes=list(store.notes))
     return ComputePlan(store, todo, run, started, through)
+
+
+def _todo(keys: list[str], items: pd.DataFrame, missing: np.ndarray, extractor: Extractor) -> dict[str, str]:
+    """Content hash -> source of the missing items; identical content once."""
+    sources = items["text"].fillna("") if extractor.modality == "text" else items["image"]
+    todo: dict[str, str] = {}
+    for key, source in zip(np.asarray(keys, dtype=object)[missing], sources.to_numpy()[missing], strict=True):
+        todo.setdefault(key, source)
+    return todo
 
 
 def _unstored(store: FeatureStore, collection: Any, columns: list[str], extractor: Extractor

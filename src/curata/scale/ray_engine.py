@@ -1,23 +1,24 @@
 """`compute_ray`: the feature engine's work spread over a Ray cluster with Ray Data.
 
 The driver does what needs the whole collection, exactly as the local engine does (it calls the same
-`plan_compute`): fit collection-dependent extractors once with `ensure_fitted`, and diff the items
-against the feature store so only missing content hashes are computed. The missing (hash, source) pairs
-become a Ray dataset; `map_batches` runs them through a pool of actors, each holding one copy of the
-extractor (fitted state included: extractors pickle without their native sessions, by the `_lazy` rule
-of `features/base.py`, and load their model once per actor on first use). Each actor loads and
-transforms through the local engine's own `load_batch` and `transform_loaded`, so an unreadable image
-or a failing item gets the same error string as locally and never fails its batch.
+`plan_compute`): fit collection-dependent extractors once with `ensure_fitted`, and diff the items against
+the feature store so only missing content hashes are computed, but WINDOW_ITEMS items at a time
+(`ComputePlan.windows`), so its memory does not grow with the collection. Each window's missing (hash,
+source) pairs become a Ray dataset; `map_batches` runs them through a pool of actors, each holding one copy
+of the extractor (fitted state included: extractors pickle without their native sessions, by the `_lazy`
+rule of `features/base.py`, and load their model once per actor on first use). Each actor loads and
+transforms through the local engine's own `load_batch` and `transform_loaded`, so an unreadable image or a
+failing item gets the same error string as locally and never fails its batch.
 
 Each actor writes its batch's vectors (and per-item errors) straight into the workspace's feature store as
-uncommitted Lance fragment files (`features.store.write_fragments`) and returns only their metadata; the
-driver commits them (`FeatureStore.commit_fragments`, Lance's distributed write: one commit per
-`PART_SIZE` rows or so). The driver thus never receives a vector: its memory does not grow with the
-collection. `load_matrix`, every later stage and the vector index read the rows like locally computed
-features; a killed run keeps every committed part (fragments written but never committed are unreferenced
-files that `curata compact` deletes once a week old), and failed rows stay uncached (retried next run). Workers need the
-workspace's `features/` folder and the images at the paths in the collection (one machine, or a shared
-filesystem).
+one uncommitted Lance fragment file (`features.store.write_fragments`; WRITE_ROWS items, several model
+batches) and returns only its metadata; the driver commits them (`FeatureStore.commit_fragments`, Lance's
+distributed write: one commit per `PART_SIZE` rows or so) and never receives a vector. `load_matrix`, every
+later stage and the vector index read the rows like locally computed features; a killed run keeps every
+committed part (fragments written but never committed are unreferenced files that `curata compact` deletes
+once a week old), and failed rows stay uncached (retried next run). Workers need the workspace's
+`features/` folder and the images at the paths in the collection (one machine, a shared filesystem, or
+object storage: `curata.objectstore`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -37,16 +40,25 @@ from curata.progress import SILENT, Reporter
 from curata.scale.runtime import actor_pool, frame_dataset, limit_threads, quiet_data_context, ray_runtime
 from curata.workspace import Workspace
 
+WINDOW_ITEMS = 50_000  # items the driver plans at a time (about 2 KB each while planned)
+WRITE_ROWS = 512  # items an actor writes as one fragment: a few hundred fragments per 100k items, not thousands
+
+
+def write_rows(batch_size: int) -> int:
+    """Rows per Ray Data batch, i.e. per fragment file: WRITE_ROWS, in whole model batches."""
+    return max(batch_size, WRITE_ROWS // batch_size * batch_size)
+
 
 class FeatureActor:
     """One model replica: built once per actor, then called on batches of (hash, source) rows, whose vectors it
     writes as fragment files of the store's table (`curata.features.store.write_fragments`). It returns only
     their metadata and counts: the driver commits them and never holds a vector."""
 
-    def __init__(self, extractor: Extractor, threads: int, target: str):
+    def __init__(self, extractor: Extractor, threads: int, target: str, batch_size: int):
         limit_threads(threads)
         self.extractor = extractor
         self.target = target
+        self.batch_size = batch_size
         import ray
 
         self.node = ray.get_runtime_context().get_node_id()  # reported with each batch: where the work ran
@@ -54,16 +66,22 @@ class FeatureActor:
         self.pool = ThreadPoolExecutor(max_workers=max(2, threads))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        loaded = load_batch(self.extractor, batch["source"].to_pylist(), self.pool)
-        vectors, errors = transform_loaded(self.extractor, loaded)
+        sources = batch["source"].to_pylist()
+        parts, errors = [], []
+        for start in range(0, len(sources), self.batch_size):  # the model's batches; one fragment for them all
+            loaded = load_batch(self.extractor, sources[start : start + self.batch_size], self.pool)
+            part, part_errors = transform_loaded(self.extractor, loaded)
+            parts.append(part)
+            errors += part_errors
+        vectors = np.concatenate(parts)
         fragments = write_fragments(self.target, batch["hash"].to_pylist(), vectors, errors, vectors.shape[1])
         return pa.table({"fragments": [json.dumps(fragments)], "rows": [len(errors)],
                          "errors": [sum(e is not None for e in errors)], "node": [self.node]})
 
 
-def _commit_written(results: Any, store: FeatureStore, run: FeatureRun, advance: Any) -> None:
+def _commit_written(results: Any, store: FeatureStore, run: FeatureRun, advance: Any) -> set[str]:
     """Commit the fragments the actors wrote, one commit per PART_SIZE rows or so (a killed run keeps every
-    committed part), counting failures."""
+    committed part), counting failures; returns the nodes whose actors computed."""
     pending: list[str] = []
     size = 0
     nodes: set[str] = set()
@@ -85,8 +103,7 @@ def _commit_written(results: Any, store: FeatureStore, run: FeatureRun, advance:
         if size >= PART_SIZE:
             flush()
     flush()
-    run.nodes = len(nodes)
-    run.notes.append(f"{run.extractor}: computed by actors on {len(nodes)} Ray node{'s' if len(nodes) != 1 else ''}")
+    return nodes
 
 
 def compute_ray(extractor: Extractor, workspace: Workspace, *, batch_size: int = 32, refit: bool = False,
@@ -114,29 +131,41 @@ def compute_ray(extractor: Extractor, workspace: Workspace, *, batch_size: int =
 
 def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, refit: bool, address: str | None,
                  num_cpus: int | None, actors: int | None, reporter: Reporter) -> FeatureRun:
-    plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter)  # fit once, on the driver
-    if plan.todo:  # nothing to do starts nothing
-        advance = reporter.task(f"{extractor.name} (ray)", len(plan.todo))
-        with ray_runtime(address, num_cpus), quiet_data_context():
-            pool = actor_pool(actors)
+    # Fit once, on the driver; then plan WINDOW_ITEMS items at a time, so the driver's memory does not grow with
+    # the collection. Each window is one Ray Data job whose vectors are committed before the next is planned.
+    plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter, window=WINDOW_ITEMS)
+    advance: Any = None
+    nodes: set[str] = set()
+    with ExitStack() as running:
+        for todo in plan.windows():
+            if advance is None:  # the first window with work starts Ray: nothing to do starts nothing
+                advance = reporter.task(f"{extractor.name} (ray)", None)
+                running.enter_context(ray_runtime(address, num_cpus))
+                running.enter_context(quiet_data_context())
+                pool = actor_pool(actors)
             import ray
 
-            todo = pd.DataFrame({"hash": list(plan.todo), "source": list(plan.todo.values())})
-            results = frame_dataset(todo, batch_size, pool.actors).map_batches(
+            frame = pd.DataFrame({"hash": list(todo), "source": list(todo.values())})
+            del todo
+            results = frame_dataset(frame, write_rows(batch_size), pool.actors).map_batches(
                 FeatureActor,
                 fn_constructor_kwargs={"extractor": extractor, "threads": pool.threads,
-                                       "target": plan.store.fragment_target()},
-                batch_size=batch_size,
+                                       "target": plan.store.fragment_target(), "batch_size": batch_size},
+                batch_size=write_rows(batch_size),
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=pool.actors),
                 num_cpus=pool.cpus,
                 scheduling_strategy="SPREAD",  # replicas over every node, not packed on the first
             )
             try:
-                _commit_written(results, plan.store, plan.run, advance)
+                nodes |= _commit_written(results, plan.store, plan.run, advance)
             except BaseException:  # interrupted: what was appended is indexed, the plan mark stays
                 plan.store.finish()
                 raise
+    if nodes:
+        plan.run.nodes = len(nodes)
+        plan.run.notes.append(f"{extractor.name}: computed by actors on {len(nodes)} Ray "
+                              f"node{'s' if len(nodes) != 1 else ''}")
     plan.finish()
     plan.run.seconds = time.perf_counter() - plan.started
     return plan.run
