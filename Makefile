@@ -36,7 +36,7 @@ lint: $(STAMP)
 
 # Every benchmark (long: about an hour on 2 cores); each prints a table and writes benchmarks/results/.
 bench: $(STAMP)
-	for b in ingest features accuracy cluster describe colour_names finetune retrieval hybrid search search_open service hostile scale scale_store curate; do \
+	for b in ingest features accuracy cluster describe colour_names finetune retrieval hybrid search search_open service hostile scale scale_cluster objectstore scale_store curate; do \
 		$(BIN)/python benchmarks/$$b.py || exit 1; done
 	$(BIN)/python benchmarks/accuracy.py --held-out
 

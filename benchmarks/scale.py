@@ -27,9 +27,9 @@ Each configuration runs twice, on the first --limit/3 images and on all --limit,
                        daemons (raylet, GCS) are left out. CPU time, unlike wall time, hardly moves when
                        other work shares the machine, so this is the figure the cost estimate uses.
 
-End-to-end rates and the time to the first result are reported too. The marginal CPU cost times the
-7.5 M images of NFT1000 and a vCPU-hour price gives the table printed at the end (the wall time on 64
-vCPUs there assumes they are kept busy). Absolute times on a shared machine are noisy: compare ratios
+End-to-end rates and the time to the first result are reported too. The marginal CPU cost times 7.5 M
+(NFT1000's images), 10 M and 100 M items and a vCPU-hour price gives the table printed at the end (the wall
+time on 64 vCPUs there assumes they are kept busy). Absolute times on a shared machine are noisy: compare ratios
 from the same run.
 """
 
@@ -48,7 +48,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-NFT1000_IMAGES = 7_500_000
+COST_SIZES = (7_500_000, 10_000_000, 100_000_000)  # NFT1000's image count, then 10 M and 100 M items
 INGEST = "ingest"  # the name of `--stage ingest` rows, in place of an extractor's
 
 
@@ -241,7 +241,7 @@ def main() -> int:
                       f"first result after {row['first_result_s']:.1f} s (+{row['runtime_start_s']:.1f} s Ray start)",
                       flush=True)
     result = {"cpu_count": os.cpu_count(), "limit": args.limit, "price_per_vcpu_hour": args.price,
-              "nft1000_images": NFT1000_IMAGES, "rows": rows, "ratios": {}, "cost_7_5M": []}
+              "rows": rows, "ratios": {}, "cost": []}
     print("\n| extractor | engine | CPUs | items/s end-to-end | first result s | items/s marginal | x local "
           "(marginal) | core-s/image |")
     print("|---|---|---|---|---|---|---|---|")
@@ -254,22 +254,24 @@ def main() -> int:
             result["ratios"][f"{name}:{r['engine']}"] = ratio
             print(f"| {name} | {r['engine']} | {r['cores']} | {r['items_per_s']:.1f} | {r['first_result_s']:.1f} | "
                   f"{rate} | {ratio} | {r['core_seconds_per_image']} |")
-    print(f"\nNFT1000 ({NFT1000_IMAGES / 1e6:.1f} M images) at ${args.price}/vCPU-hour, from the lowest measured "
-          "marginal per-image cost of the Ray engine (images already on local disk, decoded at the extractor's size):")
-    print("| extractor | core-s/image | vCPU-hours | cost USD | wall time on 64 vCPUs |")
-    print("|---|---|---|---|---|")
+    print(f"\nCost at ${args.price}/vCPU-hour, from the lowest measured marginal per-image CPU cost of the Ray engine "
+          "(images already next to the workers, decoded at the extractor's size; 7.5 M = NFT1000):")
+    print("| stage | core-s/image | images | vCPU-hours | cost USD | wall time on 64 vCPUs |")
+    print("|---|---|---|---|---|---|")
     for name in names:
         costs = [r["core_seconds_per_image"] for r in rows if r["extractor"] == name and r["engine"] != "local"
                  and r["core_seconds_per_image"]]
         if not costs:
             continue
         per_image = min(costs)
-        hours = per_image * NFT1000_IMAGES / 3600
-        entry = {"extractor": name, "core_seconds_per_image": per_image, "vcpu_hours": round(hours, 1),
-                 "usd": round(hours * args.price, 2), "wall_hours_on_64_vcpus": round(hours / 64, 2)}
-        result["cost_7_5M"].append(entry)
-        print(f"| {name} | {per_image:.4f} | {entry['vcpu_hours']:.0f} | {entry['usd']:.0f} | "
-              f"{entry['wall_hours_on_64_vcpus']:.1f} h |")
+        for images in COST_SIZES:
+            hours = per_image * images / 3600
+            entry = {"extractor": name, "images": images, "core_seconds_per_image": per_image,
+                     "vcpu_hours": round(hours, 1), "usd": round(hours * args.price, 2),
+                     "wall_hours_on_64_vcpus": round(hours / 64, 2)}
+            result["cost"].append(entry)
+            print(f"| {name} | {per_image:.5f} | {images / 1e6:g} M | {entry['vcpu_hours']:,.1f} | "
+                  f"{entry['usd']:,.2f} | {entry['wall_hours_on_64_vcpus']:.2f} h |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")

@@ -48,6 +48,24 @@ def test_upsert_commits_only_what_changed(tmp_path):
     assert sorted(ws.collection.by_ids(["src/3", "src/54", "nope"], ["id"])["id"]) == ["src/3", "src/54"]
 
 
+def test_pages_of_a_collection_of_small_ingests_are_whole(tmp_path):
+    """Five ingests of 7 items are five fragments; pages of 10 gather them: 10, 10, 10, 5, every item once, and
+    only from the fragments asked for."""
+    ws = Workspace(tmp_path)
+    for k in range(5):
+        ws.add_items(frame(7, start=7 * k))
+    collection = ws.collection
+    assert len(collection.fragment_ids()) == 5
+    pages = list(collection.iter_read(["id", "image_sha256"], batch_rows=10))
+    assert [len(p) for p in pages] == [10, 10, 10, 5]
+    assert sorted(pd.concat(pages)["id"]) == sorted(f"src/{i}" for i in range(35))
+    first_two = collection.fragment_ids()[:2]
+    assert [len(p) for p in collection.iter_read(["id"], batch_rows=10, fragments=first_two)] == [10, 4]
+    assert list(collection.iter_read(["id"], batch_rows=10, fragments=[])) == []
+    with pytest.raises(ValueError, match="not source columns"):
+        list(collection.iter_read(["source_label"], batch_rows=10))
+
+
 def test_history_and_rollback_undo_a_bad_ingest(tmp_path):
     ws = Workspace(tmp_path)
     ws.add_items(frame(10), "ingest good")

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -271,29 +271,23 @@ class Collection:
         dataset = self._dataset()
         return sorted(f.fragment_id for f in dataset.get_fragments()) if dataset is not None else []
 
-    def fragment_sizes(self) -> dict[int, int]:
-        """Rows per fragment of the current version (from the manifest, no data read), by fragment id."""
-        dataset = self._dataset()
-        return {f.fragment_id: f.count_rows() for f in dataset.get_fragments()} if dataset is not None else {}
-
     def count(self, where: str | None = None) -> int:
         dataset = self._dataset()
         return 0 if dataset is None else int(dataset.count_rows(filter=where))
 
     def read(self, columns: list[str] | None = None, where: str | pc.Expression | None = None,
              limit: int | None = None, offset: int | None = None, fragments: Sequence[int] | None = None,
-             active_only: bool = False, version: int | None = None) -> pd.DataFrame:
+             active_only: bool = False) -> pd.DataFrame:
         """Items as a DataFrame: only `columns` (in that order; the source columns by default, curation
         columns on request), only rows matching `where` (a Lance SQL filter or a pyarrow expression, applied in
         the scan), optionally a page (`limit`, `offset`); `fragments`: only the rows of these fragments (see
-        `fragment_ids`); `active_only`: without the items a curator excluded or marked as duplicates; `version`:
-        as it was at that version (pages of a long scan stay consistent while others write)."""
+        `fragment_ids`); `active_only`: without the items a curator excluded or marked as duplicates."""
         if columns is not None:
             unknown = [c for c in columns if c not in COLUMNS and c not in CURATION_COLUMNS]
             if unknown:
                 raise ValueError(f"not collection columns: {', '.join(unknown)}")
         wanted = list(columns or COLUMNS)
-        dataset = self._dataset(version)
+        dataset = self._dataset()
         if dataset is None:
             return _empty(wanted)
         scan: dict[str, Any] = {}
@@ -320,6 +314,39 @@ class Collection:
                     frame[name] = frame[source] if source in frame.columns and source != name else None
             frame = frame[wanted]
         return frame
+
+    def iter_read(self, columns: list[str], *, batch_rows: int, fragments: Sequence[int] | None = None,
+                  version: int | None = None) -> Iterator[pd.DataFrame]:
+        """`read` of source columns in pages of `batch_rows` rows (the last one shorter), streamed by one scan (a
+        long collection costs one pass, not a pass per page; memory holds about one page). Small fragments'
+        batches are gathered into whole pages, so a collection of many small ingests still gives full pages."""
+        unknown = [c for c in columns if c not in COLUMNS]
+        if unknown:
+            raise ValueError(f"not source columns of the collection: {', '.join(unknown)}")
+        dataset = self._dataset(version)
+        if dataset is None:
+            return
+        scan: dict[str, Any] = {}
+        if fragments is not None:
+            chosen = set(fragments)
+            scan["fragments"] = [f for f in dataset.get_fragments() if f.fragment_id in chosen]
+            if not scan["fragments"]:
+                return
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        try:
+            for batch in tables.batches(dataset, self.path, FIX, columns=columns, batch_size=batch_rows, **scan):
+                pending.append(batch)
+                rows += batch.num_rows
+                while rows >= batch_rows:
+                    page = pa.Table.from_batches(pending)
+                    yield page.slice(0, batch_rows).to_pandas()
+                    rest = page.slice(batch_rows)
+                    pending, rows = rest.to_batches(), rest.num_rows
+        except tables.CorruptTable as e:
+            raise CollectionError(str(e)) from e.__cause__
+        if rows:
+            yield pa.Table.from_batches(pending).to_pandas()
 
     def by_ids(self, ids: list[str], columns: list[str] | None = None, where: pc.Expression | None = None
                ) -> pd.DataFrame:

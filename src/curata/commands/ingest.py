@@ -129,13 +129,13 @@ def ingest_cmd(
     from curata.ingest.pipeline import IngestOptions, default_source_name, ingest
     from curata.ingest.table import ColumnMap
 
-    # Item ids are "<source name>/<local id>": two sources of one run under the same name (one
-    # --source-name for all, or two folders both called "images") would share ids, and the later
-    # source would silently overwrite the earlier one's items.
     if engine not in ("local", "ray"):
         raise BadInput(f"unknown --engine '{engine}'; choose local or ray")
     if engine == "local" and (ray_address or ray_cpus):
         raise BadInput("--ray-address and --ray-cpus need --engine ray")
+    # Item ids are "<source name>/<local id>": two sources of one run under the same name (one
+    # --source-name for all, or two folders both called "images") would share ids, and the later
+    # source would silently overwrite the earlier one's items.
     if source_name and len(sources) > 1:
         raise BadInput("--source-name names one source; ingest several sources without it, or one at a time")
     names = Counter(default_source_name(s) for s in sources)

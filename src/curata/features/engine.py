@@ -275,20 +275,20 @@ class ComputePlan:
         not computed twice. Fills in the run's `cached` and `computed` counts."""
         mark = self.store.plan_mark()
         unmarked = self.through if mark is None else [f for f in self.through if f not in mark]
-        offset = missing_items = 0
-        while True:
-            items = self.collection.read(self.columns, fragments=unmarked, limit=self.window, offset=offset,
-                                         version=self.version)
-            if not len(items):
-                break
+        missing_items = 0
+        pages = self.collection.iter_read(self.columns, batch_rows=self.window, fragments=unmarked,
+                                          version=self.version)
+        while (items := next(pages, None)) is not None:
             keys = item_keys(items, self.extractor)
             missing = self.store.missing(keys)  # repairs a damaged table: its dropped items are missing again
             if mark is not None and self.store.plan_mark() is None:  # so check every item, from the start
-                mark, unmarked, offset, missing_items, self.run.computed = None, self.through, 0, 0, 0
+                mark, missing_items, self.run.computed = None, 0, 0
+                pages = self.collection.iter_read(self.columns, batch_rows=self.window, fragments=self.through,
+                                                  version=self.version)
                 continue
-            offset += len(items)
             missing_items += int(missing.sum())
             todo = _todo(keys, items, missing, self.extractor)
+            del items, keys, missing  # not held while the caller works on this window and the next is read
             self.run.computed += len(todo)
             self.run.cached = self.run.items - missing_items
             if todo:

@@ -28,7 +28,6 @@ from curata.ingest.records import RawRecord, SourceError
 from curata.ingest.report import Entry, IngestReport
 from curata.ingest.table import TABLE_SUFFIXES, ColumnMap, read_table
 from curata.ingest.urls import URL_LIST_SUFFIXES, read_url_list
-from curata.objectstore import is_object_uri
 from curata.progress import SILENT, Reporter
 from curata.workspace import Workspace
 
@@ -115,7 +114,8 @@ def default_source_name(source: Path) -> str:
 def _fetch_remote(records: list[RawRecord], workspace: Workspace, policy: DownloadPolicy,
                   reporter: Reporter) -> None:
     """Replace URL images by cached local files, or set the record's error."""
-    remote = [r for r in records if r.error is None and r.image and "://" in r.image and not is_object_uri(r.image)]
+    remote = [r for r in records if r.error is None and r.image and "://" in r.image
+              and not objectstore.is_object_uri(r.image)]
     if not remote:
         return
     advance = reporter.task("downloading images", len(remote))
@@ -150,7 +150,7 @@ def check_image(path: str, max_pixels: int, max_file_bytes: int) -> CheckedImage
             return CheckedImage(error=("empty_file", "file is empty (0 bytes)"))
         if size > max_file_bytes:
             return CheckedImage(error=("file_too_large",
-                                   f"{size / 1e6:.1f} MB exceeds the file cap of {max_file_bytes / 1e6:.0f} MB"))
+                                       f"{size / 1e6:.1f} MB exceeds the file cap of {max_file_bytes / 1e6:.0f} MB"))
         data = objectstore.read_bytes(path)
     except FileNotFoundError:
         return CheckedImage(error=("missing_file", f"file not found: {path}"))
@@ -163,7 +163,7 @@ def check_image(path: str, max_pixels: int, max_file_bytes: int) -> CheckedImage
     except Exception as e:  # a decoder failure imageio does not know yet must reject one file, not the run
         return CheckedImage(error=("corrupt", f"cannot decode image: {type(e).__name__}: {e}"))
     return CheckedImage(hashlib.sha256(data).hexdigest(), info.width, info.height, info.mode, info.format,
-                    info.notes)
+                        info.notes)
 
 
 def _check_all(records: list[RawRecord], options: IngestOptions, advance: Callable[[int], Any],
@@ -253,7 +253,7 @@ def ingest_records(records: list[RawRecord], workspace: Workspace, options: Inge
         items.append(Item(
             id=item_id, source=source_name,
             collection=options.collection or record.collection or source_name,
-            image=record.image if is_object_uri(record.image) else os.path.abspath(record.image or ""),
+            image=record.image if objectstore.is_object_uri(record.image) else os.path.abspath(record.image or ""),
             image_sha256=result.sha256,
             width=result.width, height=result.height, image_mode=result.mode, image_format=result.format,
             text=record.text, captions=record.captions, label=record.label, tags=record.tags,

@@ -24,6 +24,7 @@ object storage: `curata.objectstore`).
 from __future__ import annotations
 
 import json
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -44,9 +45,11 @@ WINDOW_ITEMS = 50_000  # items the driver plans at a time (about 2 KB each while
 WRITE_ROWS = 512  # items an actor writes as one fragment: a few hundred fragments per 100k items, not thousands
 
 
-def write_rows(batch_size: int) -> int:
-    """Rows per Ray Data batch, i.e. per fragment file: WRITE_ROWS, in whole model batches."""
-    return max(batch_size, WRITE_ROWS // batch_size * batch_size)
+def write_rows(batch_size: int, items: int, actors: int) -> int:
+    """Rows per Ray Data batch, i.e. per fragment file, in whole model batches: WRITE_ROWS, or fewer so that
+    every actor gets four batches or more (a small job is not one actor's work while the others wait)."""
+    rows = min(WRITE_ROWS, max(batch_size, math.ceil(items / (actors * 4))))
+    return max(batch_size, rows // batch_size * batch_size)
 
 
 class FeatureActor:
@@ -147,11 +150,12 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
 
             frame = pd.DataFrame({"hash": list(todo), "source": list(todo.values())})
             del todo
-            results = frame_dataset(frame, write_rows(batch_size), pool.actors).map_batches(
+            rows = write_rows(batch_size, len(frame), pool.actors)
+            results = frame_dataset(frame, rows, pool.actors).map_batches(
                 FeatureActor,
                 fn_constructor_kwargs={"extractor": extractor, "threads": pool.threads,
                                        "target": plan.store.fragment_target(), "batch_size": batch_size},
-                batch_size=write_rows(batch_size),
+                batch_size=rows,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=pool.actors),
                 num_cpus=pool.cpus,
@@ -162,6 +166,7 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
             except BaseException:  # interrupted: what was appended is indexed, the plan mark stays
                 plan.store.finish()
                 raise
+            del frame, results  # this window's table and job, before the next window is planned
     if nodes:
         plan.run.nodes = len(nodes)
         plan.run.notes.append(f"{extractor.name}: computed by actors on {len(nodes)} Ray "
