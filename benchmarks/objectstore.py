@@ -47,7 +47,7 @@ def _moto(port: int, log: Path) -> subprocess.Popen:
 
 def _stage(args: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "curata.cli", *args, "--quiet"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "curata.cli", *args], env=env, capture_output=True,
                           text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"curata {' '.join(args)} failed:\n{done.stderr[-3000:]}")
@@ -55,13 +55,13 @@ def _stage(args: list[str], env: dict[str, str]) -> float:
 
 
 def _pipeline(table: Path, workspace: Path, env: dict[str, str]) -> dict[str, float]:
-    ws = ["-w", str(workspace)]
+    ws = ["-w", str(workspace), "--quiet"]
     commands = {
         "ingest": ["ingest", str(table), *ws],
         "features": ["features", "-e", "effnet_lite0,color_stats", *ws],
         "train": ["train", "classify", "--features", "effnet_lite0", *ws],
         "index": ["index", "build", "--model", "zeroshot", *ws],
-        "search": ["search", "--text", "a red shirt", "--model", "zeroshot", *ws],
+        "search": ["search", "--text", "a red shirt", "--model", "zeroshot", "-w", str(workspace), "--json"],
     }
     return {stage: round(_stage(commands[stage], env), 2) for stage in STAGES}
 

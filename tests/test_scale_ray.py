@@ -209,30 +209,34 @@ def test_ingest_ray_options_need_the_ray_engine(tmp_path):
     assert not Workspace(tmp_path / "ws").exists
 
 
-def test_the_driver_plans_window_by_window(collection, tmp_path, monkeypatch):
-    """Windows of 70 items: five Ray Data jobs, each committed before the next is planned, so an image listed
+def test_the_driver_plans_window_by_window(tmp_path, monkeypatch):
+    """Windows of 30 items: several Ray Data jobs, each committed before the next is planned, so an image listed
     twice (in two windows) is computed once; the vectors equal the local engine's, and a rerun does nothing."""
     import curata.scale.ray_engine as ray_engine
 
-    table = pd.read_csv(collection / "items.csv")
-    table["image"] = [str(collection / p) for p in table["image"]]
-    twice = pd.concat([table.assign(id=[f"a{i}" for i in range(300)]),
-                       table.assign(id=[f"b{i}" for i in range(300)])])
-    twice.to_csv(tmp_path / "twice.csv", index=False)
-    ws = Workspace(tmp_path / "ws")
+    rows = []
+    for i in range(100):
+        label = list(COLOURS)[i % 3]
+        path = write_image(tmp_path / "img" / f"{i:03d}.png", size=(16 + i % 13, 12 + i % 9), color=COLOURS[label])
+        rows.append({"image": str(path), "label": label})
+    table = pd.DataFrame(rows)
+    table.assign(id=[f"a{i}" for i in range(100)]).to_csv(tmp_path / "once.csv", index=False)
+    pd.concat([table.assign(id=[f"a{i}" for i in range(100)]),
+               table.assign(id=[f"b{i}" for i in range(100)])]).to_csv(tmp_path / "twice.csv", index=False)
+    ws, local = Workspace(tmp_path / "ws"), Workspace(tmp_path / "local")
     ingest(tmp_path / "twice.csv", ws)
-    monkeypatch.setattr(ray_engine, "WINDOW_ITEMS", 70)
+    ingest(tmp_path / "once.csv", local)
+    monkeypatch.setattr(ray_engine, "WINDOW_ITEMS", 30)
     jobs = []
     real = ray_engine.frame_dataset
     monkeypatch.setattr(ray_engine, "frame_dataset", lambda frame, *a: jobs.append(len(frame)) or real(frame, *a))
-    run = compute_ray(make_extractor("color_stats"), ws, batch_size=16)
-    assert (run.items, run.computed, run.cached, run.errors) == (600, 300, 300, 0)
-    assert len(jobs) >= 5 and sum(jobs) == 300 and max(jobs) <= 70
-    local = _workspace(collection, "ws_local")
+    run = compute_ray(make_extractor("color_stats"), ws, batch_size=8)
+    assert (run.items, run.computed, run.cached, run.errors) == (200, 100, 100, 0)
+    assert len(jobs) >= 4 and sum(jobs) == 100 and max(jobs) <= 30
     compute(make_extractor("color_stats"), local)
     got = load_matrix(ws, make_extractor("color_stats"))[0]
     expected = load_matrix(local, make_extractor("color_stats"))[0]
-    np.testing.assert_allclose(got[:300], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(got[300:], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[:100], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[100:], expected, rtol=1e-5, atol=1e-6)
     again = compute_ray(make_extractor("color_stats"), ws)
-    assert (again.computed, again.cached) == (0, 600)
+    assert (again.computed, again.cached) == (0, 200)
