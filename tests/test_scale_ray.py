@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_image
+from curata import tables
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.features.store import FeatureStore
 from curata.ingest.pipeline import ingest
@@ -211,7 +212,8 @@ def test_ingest_ray_options_need_the_ray_engine(tmp_path):
 
 def test_the_driver_plans_window_by_window(tmp_path, monkeypatch):
     """Windows of 30 items: several Ray Data jobs, each committed before the next is planned, so an image listed
-    twice (in two windows) is computed once; the vectors equal the local engine's, and a rerun does nothing."""
+    twice (in two windows) is computed once; the run's many small fragments are merged by Ray tasks, not by the
+    driver; the vectors equal the local engine's, and a rerun does nothing."""
     import curata.scale.ray_engine as ray_engine
 
     rows = []
@@ -227,12 +229,20 @@ def test_the_driver_plans_window_by_window(tmp_path, monkeypatch):
     ingest(tmp_path / "twice.csv", ws)
     ingest(tmp_path / "once.csv", local)
     monkeypatch.setattr(ray_engine, "WINDOW_ITEMS", 30)
+    monkeypatch.setattr(ray_engine, "WRITE_ROWS", 2)  # 50 fragments: more than finish() leaves unmerged
+
+    def not_on_the_driver(*args, **kwargs):
+        raise AssertionError("the driver compacted the store: Ray tasks should have merged its fragments")
+
+    monkeypatch.setattr(tables, "compact", not_on_the_driver)
     jobs = []
     real = ray_engine.frame_dataset
     monkeypatch.setattr(ray_engine, "frame_dataset", lambda frame, *a: jobs.append(len(frame)) or real(frame, *a))
-    run = compute_ray(make_extractor("color_stats"), ws, batch_size=8)
+    run = compute_ray(make_extractor("color_stats"), ws, batch_size=2)
     assert (run.items, run.computed, run.cached, run.errors) == (200, 100, 100, 0)
     assert len(jobs) >= 4 and sum(jobs) == 100 and max(jobs) <= 30
+    fragments = FeatureStore.for_extractor(ws.dir("features"), make_extractor("color_stats"))._dataset().get_fragments()
+    assert len(fragments) <= 3  # merged by Ray tasks (Lance's distributed compaction), committed by the driver
     compute(make_extractor("color_stats"), local)
     got = load_matrix(ws, make_extractor("color_stats"))[0]
     expected = load_matrix(local, make_extractor("color_stats"))[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -99,6 +99,17 @@ def compact(dataset: Any, *, keep_versions: timedelta | None = None) -> dict[str
     return {"fragments_before": before, "fragments_after": len(dataset.get_fragments()),
             "fragments_removed": int(getattr(metrics, "fragments_removed", 0)),
             "fragments_added": int(getattr(metrics, "fragments_added", 0))}
+
+
+def compact_with(dataset: Any, rewrite: Callable[[list[Any], str], list[Any]]) -> None:
+    """Merge fragments as `compact` does, with the rows rewritten by `rewrite(tasks, uri)` (workers each
+    running `task.execute(lance.dataset(uri))`: Lance's distributed compaction) and only the commit here.
+    Indexes are not merged: the next `index_new_rows` covers the merged fragments."""
+    from lance.optimize import Compaction
+
+    plan = Compaction.plan(dataset, {"target_rows_per_fragment": TARGET_ROWS_PER_FRAGMENT})
+    if plan.tasks:
+        Compaction.commit(dataset, rewrite(plan.tasks, dataset.uri))
 
 
 def compact_small(dataset: Any) -> None:

@@ -25,7 +25,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -322,6 +322,16 @@ class FeatureStore:
             tables.compact(dataset)
         else:
             tables.index_new_rows(dataset)
+
+    def merge_fragments(self, rewrite: Callable[[list[Any], str], list[Any]]) -> bool:
+        """When the table has many fragments (a Ray run writes hundreds), merge them with the rows rewritten by
+        `rewrite` (`tables.compact_with`: workers rewrite, this process only commits), before `finish`, which
+        would otherwise rewrite them here. Returns whether it merged."""
+        dataset = self._dataset()
+        if dataset is None or not tables.needs_compaction(dataset):
+            return False
+        tables.compact_with(dataset, rewrite)
+        return True
 
     def compact(self) -> dict[str, int]:
         """Merge every fragment into large ones and delete unreferenced files; no vector is lost."""

@@ -132,6 +132,21 @@ def compute_ray(extractor: Extractor, workspace: Workspace, *, batch_size: int =
         return _compute_ray(extractor, workspace, batch_size, refit, address, num_cpus, actors, reporter)
 
 
+def _rewrite_fragments(task: Any, uri: str) -> Any:
+    """Runs in a Ray task: one Lance compaction task's rewrite of the table at `uri`."""
+    import lance
+
+    return task.execute(lance.dataset(uri))
+
+
+def _rewrite_on_ray(tasks: list[Any], uri: str) -> list[Any]:
+    """The rewrites of a Lance compaction plan (`tables.compact_with`), one Ray task each, over the nodes."""
+    import ray
+
+    rewrite = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_rewrite_fragments)
+    return ray.get([rewrite.remote(task, uri) for task in tasks])
+
+
 def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, refit: bool, address: str | None,
                  num_cpus: int | None, actors: int | None, reporter: Reporter) -> FeatureRun:
     # Fit once, on the driver; then plan WINDOW_ITEMS items at a time, so the driver's memory does not grow with
@@ -167,6 +182,8 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
                 plan.store.finish()
                 raise
             del frame, results  # this window's table and job, before the next window is planned
+        if advance is not None:  # the run's small fragments merged by workers too, while Ray is up
+            plan.store.merge_fragments(_rewrite_on_ray)
     if nodes:
         plan.run.nodes = len(nodes)
         plan.run.notes.append(f"{extractor.name}: computed by actors on {len(nodes)} Ray "
