@@ -268,6 +268,7 @@ class ComputePlan:
     version: int = 0  # the collection's version when planned: every window reads that one
     columns: list[str] = field(default_factory=list)
     extractor: Extractor | None = None
+    checked: int = 0  # windows(): items read so far (computed, stored, or the same content as another)
 
     def windows(self) -> Iterator[dict[str, str]]:
         """The sources still missing, `window` items of the collection at a time. A window is planned once the
@@ -282,12 +283,13 @@ class ComputePlan:
             keys = item_keys(items, self.extractor)
             missing = self.store.missing(keys)  # repairs a damaged table: its dropped items are missing again
             if mark is not None and self.store.plan_mark() is None:  # so check every item, from the start
-                mark, missing_items, self.run.computed = None, 0, 0
+                mark, missing_items, self.run.computed, self.checked = None, 0, 0, 0
                 pages = self.collection.iter_read(self.columns, batch_rows=self.window, fragments=self.through,
                                                   version=self.version)
                 continue
             missing_items += int(missing.sum())
             todo = _todo(keys, items, missing, self.extractor)
+            self.checked += len(items)
             del items, keys, missing  # not held while the caller works on this window and the next is read
             self.run.computed += len(todo)
             self.run.cached = self.run.items - missing_items

@@ -3,7 +3,7 @@
 The driver does what needs the whole collection, exactly as the local engine does (it calls the same
 `plan_compute`): fit collection-dependent extractors once with `ensure_fitted`, and diff the items against
 the feature store so only missing content hashes are computed, but WINDOW_ITEMS items at a time
-(`ComputePlan.windows`), so its memory does not grow with the collection. Each window's missing (hash,
+(`ComputePlan.windows`), so what it holds to plan does not grow with the collection. Each window's missing (hash,
 source) pairs become a Ray dataset; `map_batches` runs them through a pool of actors, each holding one copy
 of the extractor (fitted state included: extractors pickle without their native sessions, by the `_lazy`
 rule of `features/base.py`, and load their model once per actor on first use). Each actor loads and
@@ -16,7 +16,8 @@ batches) and returns only its metadata; the driver commits them (`FeatureStore.c
 distributed write: one commit per `PART_SIZE` rows or so) and never receives a vector. `load_matrix`, every
 later stage and the vector index read the rows like locally computed features; a killed run keeps every
 committed part (fragments written but never committed are unreferenced files that `curata compact` deletes
-once a week old), and failed rows stay uncached (retried next run). Workers need the workspace's
+once a week old), and failed rows stay uncached (retried next run). At the end, Ray tasks merge the run's
+small fragments (`FeatureStore.merge_fragments`); the driver only commits the merge. Workers need the workspace's
 `features/` folder and the images at the paths in the collection (one machine, a shared filesystem, or
 object storage: `curata.objectstore`).
 """
@@ -149,18 +150,22 @@ def _rewrite_on_ray(tasks: list[Any], uri: str) -> list[Any]:
 
 def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, refit: bool, address: str | None,
                  num_cpus: int | None, actors: int | None, reporter: Reporter) -> FeatureRun:
-    # Fit once, on the driver; then plan WINDOW_ITEMS items at a time, so the driver's memory does not grow with
-    # the collection. Each window is one Ray Data job whose vectors are committed before the next is planned.
+    # Fit once, on the driver; then plan WINDOW_ITEMS items at a time, so what the driver holds to plan does not
+    # grow with the collection. Each window is one Ray Data job whose vectors are committed before the next is
+    # planned.
     plan = plan_compute(extractor, workspace, refit=refit, reporter=reporter, window=WINDOW_ITEMS)
     advance: Any = None
     nodes: set[str] = set()
+    counted = 0  # items not to compute (stored, or content met before) advanced on the bar of every item
     with ExitStack() as running:
         for todo in plan.windows():
             if advance is None:  # the first window with work starts Ray: nothing to do starts nothing
-                advance = reporter.task(f"{extractor.name} (ray)", None)
+                advance = reporter.task(f"{extractor.name} (ray)", plan.run.items)
                 running.enter_context(ray_runtime(address, num_cpus))
                 running.enter_context(quiet_data_context())
                 pool = actor_pool(actors)
+            advance(plan.checked - plan.run.computed - counted)
+            counted = plan.checked - plan.run.computed
             import ray
 
             frame = pd.DataFrame({"hash": list(todo), "source": list(todo.values())})
@@ -183,6 +188,7 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
                 raise
             del frame, results  # this window's table and job, before the next window is planned
         if advance is not None:  # the run's small fragments merged by workers too, while Ray is up
+            advance(plan.checked - plan.run.computed - counted)
             plan.store.merge_fragments(_rewrite_on_ray)
     if nodes:
         plan.run.nodes = len(nodes)
