@@ -148,8 +148,8 @@ def test_a_missing_bucket_is_one_items_error_that_does_not_show_the_credentials(
 
 @pytest.mark.slow
 def test_ray_workers_and_the_service_read_the_objects(s3_env, bucket, tmp_path):
-    """The CLI in its own process with the AWS environment: Ray workers verify and compute from the bucket (no
-    shared filesystem needed), and the service serves an item's image and thumbnail from it."""
+    """The CLI in its own process with the AWS environment: Ray workers verify, compute and predict from the
+    bucket (no shared filesystem needed), and the service serves an item's image and thumbnail from it."""
     env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled", "CURATA_FEATURE_CACHE": "off"}
     ws = tmp_path / "ws"
 
@@ -166,6 +166,14 @@ def test_ray_workers_and_the_service_read_the_objects(s3_env, bucket, tmp_path):
     features = curata("features", "-w", str(ws), "-e", "color_stats", "--engine", "ray", "--ray-cpus", "2", "--json")
     assert features.returncode == 0, features.stderr[-2000:]
     assert json.loads(features.stdout)[0]["computed"] == 24
+    trained = curata("train", "classify", "--features", "color_stats", "--model", "logreg", "--name", "colours",
+                     "-w", str(ws), "--json")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    uris = ["s3://pictures/img/blue_02.png", "s3://pictures/img/absent.png"]
+    predicted = curata("predict", "colours", *uris, "-w", str(ws), "--engine", "ray", "--ray-cpus", "2", "--json")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    rows = json.loads(predicted.stdout)
+    assert [r["image"] for r in rows] == uris and rows[0]["prediction"] == "blue" and "absent.png" in rows[1]["error"]
 
     (item,) = Workspace(ws).items(["id"], where="image = 's3://pictures/img/red_00.png'")["id"]
     server = Server(ws, env=s3_env, log=tmp_path / "server.log").wait()
@@ -177,3 +185,26 @@ def test_ray_workers_and_the_service_read_the_objects(s3_env, bucket, tmp_path):
     finally:
         server.stop()
     assert SECRET not in _written_text(ws) + (tmp_path / "server.log").read_text(errors="replace")
+
+
+def test_predict_takes_object_uris(aws, bucket, tmp_path):
+    """`curata predict BUNDLE s3://…`: the URIs reach the model as URIs (not folded into paths), a missing object
+    is that row's error, and a colour model trained on the objects' features names the objects' colours."""
+    from typer.testing import CliRunner
+
+    from curata.cli import app
+
+    ws = Workspace(tmp_path / "ws")
+    ingest(bucket["remote"], ws)
+    compute(make_extractor("color_stats"), ws)
+    cli = CliRunner()
+    trained = cli.invoke(app, ["train", "classify", "--features", "color_stats", "--model", "logreg", "--name",
+                               "colours", "-w", str(ws.root), "--json"])
+    assert trained.exit_code == 0, trained.output
+    uris = ["s3://pictures/img/red_00.png", "s3://pictures/img/green_01.png", "s3://pictures/img/absent.png"]
+    predicted = cli.invoke(app, ["predict", "colours", *uris, "-w", str(ws.root), "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    rows = json.loads(predicted.stdout)
+    assert [r["image"] for r in rows] == uris
+    assert [r.get("prediction") for r in rows[:2]] == ["red", "green"]
+    assert "absent.png" in rows[2]["error"] and SECRET not in predicted.stdout

@@ -258,10 +258,10 @@ def _evaluate_namer(ws: Workspace, target: str, model: str, as_json: bool, quiet
 def predict_cmd(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder (models/<name>) or a bundle name in the "
                                            "workspace.")],
-    images: Annotated[list[Path] | None, typer.Argument(help="Image files to predict. With --engine ray also "
-                                                        "folders of images, a Parquet file (or folder of "
-                                                        "Parquet shards) with an image column, or a text "
-                                                        "file listing one image path per line.")] = None,
+    images: Annotated[list[str] | None, typer.Argument(help="Image files (or s3:// object URIs) to predict. With "
+                                                       "--engine ray also folders of images, a Parquet file "
+                                                       "(or folder of Parquet shards) with an image column, or "
+                                                       "a text file listing one image path per line.")] = None,
     workspace: WorkspaceOpt = default_workspace(),
     text: Annotated[str | None, typer.Option(help="Text for every image, for bundles with text features.")] = None,
     all_items: Annotated[bool, typer.Option("--all", help="Predict every item of the workspace (cached "
@@ -282,7 +282,11 @@ def predict_cmd(
     """Predict with a trained bundle, for image files or for every workspace item. An open-set model's rows
     (with --json) also say whether the answer was accepted, and its probability and novelty distance against
     the thresholds of the class it chose."""
+    from curata.objectstore import is_object_uri
     from curata.tasks.runner import predict_images, predict_workspace
+
+    # Object URIs stay strings (a Path would fold "s3://" into "s3:/"); everything else is a path.
+    inputs: list[Path | str] = [i if is_object_uri(i) else Path(i) for i in images or []]
 
     if engine not in ("local", "ray"):
         raise BadInput(f"unknown --engine '{engine}'; choose local or ray")
@@ -301,7 +305,7 @@ def predict_cmd(
             raise BadInput("--batch-size must be at least 1")
         if not images and not ws.exists:
             raise BadInput(f"no collection in workspace {ws.root}")
-        source = (images[0] if len(images) == 1 else list(images)) if images else ws
+        source = (inputs[0] if len(inputs) == 1 and isinstance(inputs[0], Path) else inputs) if inputs else ws
         with rich_reporter(not quiet and not as_json) as reporter:
             result = predict_ray(bundle_dir, source, texts=text, output=output, batch_size=batch_size,
                                  address=ray_address, num_cpus=ray_cpus, actors=ray_actors, reporter=reporter)
@@ -314,7 +318,7 @@ def predict_cmd(
             return
         rows = result.rows
     elif images:
-        rows = predict_images(bundle_dir, list(images), [text or ""] * len(images), top=top)
+        rows = predict_images(bundle_dir, inputs, [text or ""] * len(inputs), top=top)
     else:
         rows = predict_workspace(bundle_dir, ws, top=top)
     if as_json:

@@ -544,9 +544,10 @@ def _open_set_row(details: dict[str, np.ndarray], i: int) -> dict[str, Any]:
             "distance_threshold": num(details["distance_threshold"][i])}
 
 
-def predict_images(bundle_dir: Path, paths: list[Path], texts: list[str] | None = None, top: int = 3
+def predict_images(bundle_dir: Path, paths: list[Path | str], texts: list[str] | None = None, top: int = 3
                    ) -> list[dict[str, Any]]:
-    """Predict for image files; an image that cannot be loaded gets an error entry, the rest go on."""
+    """Predict for image files (or object URIs: `curata.objectstore`); an image that cannot be loaded gets an
+    error entry, the rest go on."""
     task, card = load_bundle(bundle_dir)
     rows: list[dict[str, Any]] = [{"image": str(p)} for p in paths]
     good, images = [], []
