@@ -84,9 +84,9 @@ def main() -> int:
         return 0
     import pandas as pd
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from curata.scale.local_cluster import free_ports
+
+    (port,) = free_ports(1)
     aws = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     env = {**os.environ, **aws, "CURATA_FEATURE_CACHE": "off"}

@@ -25,7 +25,7 @@ from curata import objectstore
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.ingest.pipeline import ingest
 from curata.workspace import Workspace
-from test_service_support import Server
+from test_service_support import Server, free_port
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
@@ -37,9 +37,7 @@ COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory) -> Iterator[dict[str, str]]:
     """`moto_server` on a free loopback port; the AWS environment a client reaches it with."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=log.open("wb"), stderr=subprocess.STDOUT)

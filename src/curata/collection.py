@@ -229,6 +229,16 @@ class Upsert:
     kept_edits: int = 0  # updated items whose curated values were kept over the source's new ones
 
 
+def _fragment_scan(dataset: Any, fragments: Sequence[int] | None) -> dict[str, Any] | None:
+    """Scanner options for the rows of these fragment ids only (all rows for None); None when none of them is
+    in this version."""
+    if fragments is None:
+        return {}
+    chosen = set(fragments)
+    found = [f for f in dataset.get_fragments() if f.fragment_id in chosen]
+    return {"fragments": found} if found else None
+
+
 class Collection:
     """The items table of one workspace (`root/collection.lance`) and its history (`root/history.jsonl`:
     what each version was, written by curata next to Lance's own version list)."""
@@ -290,12 +300,9 @@ class Collection:
         dataset = self._dataset()
         if dataset is None:
             return _empty(wanted)
-        scan: dict[str, Any] = {}
-        if fragments is not None:
-            chosen = set(fragments)
-            scan["fragments"] = [f for f in dataset.get_fragments() if f.fragment_id in chosen]
-            if not scan["fragments"]:
-                return _empty(wanted)
+        scan = _fragment_scan(dataset, fragments)
+        if scan is None:
+            return _empty(wanted)
         curated = _has_curation(dataset)
         if active_only and curated:
             where = ACTIVE if where is None else (f"({where}) AND {ACTIVE}" if isinstance(where, str)
@@ -326,12 +333,9 @@ class Collection:
         dataset = self._dataset(version)
         if dataset is None:
             return
-        scan: dict[str, Any] = {}
-        if fragments is not None:
-            chosen = set(fragments)
-            scan["fragments"] = [f for f in dataset.get_fragments() if f.fragment_id in chosen]
-            if not scan["fragments"]:
-                return
+        scan = _fragment_scan(dataset, fragments)
+        if scan is None:
+            return
         pending: list[pa.RecordBatch] = []
         rows = 0
         try:

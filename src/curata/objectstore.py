@@ -69,16 +69,31 @@ def exists(ref: str | Path) -> bool:
     return True
 
 
-def read_bytes(ref: str | Path) -> bytes:
-    """The whole content of a local file or an object. FileNotFoundError when there is none, OSError when it
-    cannot be read; both name the file or URI."""
+class TooLarge(OSError):
+    """The file or object is larger than the reader's cap (`size`: its size in bytes); nothing was read."""
+
+    def __init__(self, ref: str | Path, size: int):
+        super().__init__(f"{ref} is {size} bytes")
+        self.size = size
+
+
+def read_bytes(ref: str | Path, max_bytes: int | None = None) -> bytes:
+    """The whole content of a local file or an object, unless it is larger than `max_bytes` (TooLarge, before
+    reading it). FileNotFoundError when there is none, OSError when it cannot be read; both name the file or URI.
+    An object is opened once: its size and its bytes come from the same open (a HEAD and a GET)."""
     if not is_object_uri(ref):
+        if max_bytes is not None and (found := os.path.getsize(ref)) > max_bytes:
+            raise TooLarge(ref, found)
         return Path(ref).read_bytes()
     filesystem, path = _resolve(str(ref))
     try:
-        with filesystem.open_input_stream(path) as stream:
+        with filesystem.open_input_file(path) as stream:
+            if max_bytes is not None and (found := stream.size()) > max_bytes:
+                raise TooLarge(ref, found)
             return stream.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"object not found: {ref}") from None
+    except TooLarge:
+        raise
     except OSError as e:
         raise OSError(f"cannot read {ref}: {e}") from e

@@ -144,14 +144,13 @@ class CheckedImage:
 
 def check_image(path: str, max_pixels: int, max_file_bytes: int) -> CheckedImage:
     """Hash and fully verify one image file; never raises for a bad file."""
-    try:  # a local file or an object (s3://...: curata.objectstore)
-        size = objectstore.size(path)
-        if size == 0:
+    try:  # a local file or an object (s3://...: curata.objectstore), read once
+        data = objectstore.read_bytes(path, max_bytes=max_file_bytes)
+        if not data:
             return CheckedImage(error=("empty_file", "file is empty (0 bytes)"))
-        if size > max_file_bytes:
-            return CheckedImage(error=("file_too_large",
-                                       f"{size / 1e6:.1f} MB exceeds the file cap of {max_file_bytes / 1e6:.0f} MB"))
-        data = objectstore.read_bytes(path)
+    except objectstore.TooLarge as e:
+        return CheckedImage(error=("file_too_large",
+                                   f"{e.size / 1e6:.1f} MB exceeds the file cap of {max_file_bytes / 1e6:.0f} MB"))
     except FileNotFoundError:
         return CheckedImage(error=("missing_file", f"file not found: {path}"))
     except OSError as e:

@@ -160,13 +160,14 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
     with ExitStack() as running:
         for todo in plan.windows():
             if advance is None:  # the first window with work starts Ray: nothing to do starts nothing
+                import ray
+
                 advance = reporter.task(f"{extractor.name} (ray)", plan.run.items)
                 running.enter_context(ray_runtime(address, num_cpus))
                 running.enter_context(quiet_data_context())
                 pool = actor_pool(actors)
             advance(plan.checked - plan.run.computed - counted)
             counted = plan.checked - plan.run.computed
-            import ray
 
             frame = pd.DataFrame({"hash": list(todo), "source": list(todo.values())})
             del todo
