@@ -36,7 +36,15 @@ import pandas as pd
 import pyarrow as pa
 
 from curata.features.base import Extractor
-from curata.features.engine import PART_SIZE, FeatureRun, feature_lock, load_batch, plan_compute, transform_loaded
+from curata.features.engine import (
+    PART_SIZE,
+    ComputePlan,
+    FeatureRun,
+    feature_lock,
+    load_batch,
+    plan_compute,
+    transform_loaded,
+)
 from curata.features.store import FeatureStore, write_fragments
 from curata.progress import SILENT, Reporter
 from curata.scale.runtime import actor_pool, frame_dataset, limit_threads, quiet_data_context, ray_runtime
@@ -133,6 +141,14 @@ def compute_ray(extractor: Extractor, workspace: Workspace, *, batch_size: int =
         return _compute_ray(extractor, workspace, batch_size, refit, address, num_cpus, actors, reporter)
 
 
+def _advance_skipped(advance: Any, plan: ComputePlan, counted: int) -> int:
+    """Advance the bar by the items planned but not to compute (stored, or content met before) since `counted`;
+    returns the new count. Never backwards: a repair in mid-run makes the plan start its count again."""
+    skipped = plan.checked - plan.run.computed
+    advance(max(0, skipped - counted))
+    return max(counted, skipped)
+
+
 def _rewrite_fragments(task: Any, uri: str) -> Any:
     """Runs in a Ray task: one Lance compaction task's rewrite of the table at `uri`."""
     import lance
@@ -166,8 +182,7 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
                 running.enter_context(ray_runtime(address, num_cpus))
                 running.enter_context(quiet_data_context())
                 pool = actor_pool(actors)
-            advance(plan.checked - plan.run.computed - counted)
-            counted = plan.checked - plan.run.computed
+            counted = _advance_skipped(advance, plan, counted)
 
             frame = pd.DataFrame({"hash": list(todo), "source": list(todo.values())})
             del todo
@@ -189,7 +204,7 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
                 raise
             del frame, results  # this window's table and job, before the next window is planned
         if advance is not None:  # the run's small fragments merged by workers too, while Ray is up
-            advance(plan.checked - plan.run.computed - counted)
+            _advance_skipped(advance, plan, counted)
             plan.store.merge_fragments(_rewrite_on_ray)
     if nodes:
         plan.run.nodes = len(nodes)
