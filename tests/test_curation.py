@@ -1,5 +1,5 @@
 """Curation as data: curated values beside the source's, kept over re-ingest, an append-only log with undo,
-optimistic versions, and a kill between the two commits of an edit."""
+optimistic versions, the edit journal, and a kill at any point of a write."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from curata.collection import COLUMNS, SCHEMA, Item, items_to_frame
-from curata.curation import PENDING, Change, Curation, EditConflict, EditError, changes_from
+from curata.collection import COLUMNS, SCHEMA, Collection, Item, items_to_frame
+from curata.curation import PENDING, Change, Curation, EditConflict, EditError, EditJob, changes_from
+from curata.edit_journal import APPLYING, JOURNAL, EditJournal
 from curata.workspace import Workspace
 
 
@@ -142,26 +143,85 @@ def test_unknown_items_and_bad_duplicates_write_nothing(ws):
     assert cur.count() == 0 and row(ws, "s/1")["label"] == "cat"
 
 
-def _killed_between_commits(ws: Workspace) -> None:
-    """Apply an edit in another process that dies (os._exit, no cleanup) after the log commit."""
+def _killed(ws: Workspace, at: str) -> None:
+    """Apply an edit in another process that dies (os._exit, no clean-up) when it reaches `at`: "log" (the
+    journal line is written, the log append not made), "collection" (the log append made, the collection
+    commit not) or "journal" (a deferred write: journaled, nothing applied)."""
     script = textwrap.dedent(f"""
         import os
         from curata import curation
         from curata.workspace import Workspace
-        curation.Collection.apply_curation = lambda *a, **k: os._exit(9)
-        curation.Curation(Workspace({str(ws.root)!r})).apply(["s/6"], curation.changes_from({{"label": "ox"}}),
-                                                             who="ana")
+        at = {at!r}
+        if at == "log":
+            curation.Curation._append_log = lambda *a, **k: os._exit(9)
+        if at == "collection":
+            curation.Collection.apply_curation = lambda *a, **k: os._exit(9)
+        cur = curation.Curation(Workspace({str(ws.root)!r}))
+        jobs = [curation.EditJob(["s/6"], curation.changes_from({{"label": "ox"}}), "ana")]
+        cur.apply_many(jobs, defer=at == "journal")
+        os._exit(9)
     """)
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ}, capture_output=True, timeout=120)
     assert done.returncode == 9, done.stderr.decode()[-2000:]
 
 
-def test_a_kill_between_the_two_commits_is_finished_by_the_next_writer(ws):
-    _killed_between_commits(ws)
-    assert (ws.root / PENDING).exists() and row(ws, "s/6")["label"] == "dog"  # logged, not yet applied
-    Curation(ws).apply(["s/7"], changes_from({"label": "elk"}), who="bo")
-    assert row(ws, "s/6")["label"] == "ox" and row(ws, "s/6")["edit_version"] == 1
-    assert not (ws.root / PENDING).exists()
+def _stored(ws: Workspace, item: str) -> dict:
+    """The row as the table holds it, without applying the journal (what `row` would do first)."""
+    return Collection(ws.root).by_ids([item], ["id", "label", "edit_version"]).iloc[0].to_dict()
+
+
+@pytest.mark.parametrize("at", ["log", "collection", "journal"])
+def test_a_kill_anywhere_in_a_write_leaves_the_edit_whole_for_the_next_reader(ws, at):
+    _killed(ws, at)
+    assert _stored(ws, "s/6")["label"] == "dog"  # journaled, not in the table yet
+    assert (ws.root / (JOURNAL if at == "journal" else APPLYING)).exists()
+    assert Curation(ws).count() == 1 and Curation(ws).log(item="s/6")[0]["after"] == "ox"
+    assert row(ws, "s/6")["label"] == "ox" and row(ws, "s/6")["edit_version"] == 1  # a reader applies it
+    assert not (ws.root / APPLYING).exists() and not EditJournal(ws.root).pending()
+    assert Curation(ws).count() == 1  # the log append is not made twice
+    Curation(ws).apply(["s/6"], changes_from({"label": "elk"}), who="bo", expected={"s/6": 1})
+    assert row(ws, "s/6")["label"] == "elk" and Curation(ws).count() == 2
+
+
+def test_a_deferred_edit_is_seen_by_writers_and_readers_before_it_reaches_the_table(ws):
+    cur = Curation(ws)
+    first = cur.apply_many([EditJob(["s/1"], changes_from({"label": "fox"}), "ana")], defer=True)[0]
+    assert first.versions == {"s/1": 1} and _stored(ws, "s/1")["label"] == "cat"
+    assert [e["after"] for e in cur.log(item="s/1")] == ["fox"] and cur.count() == 1
+    stale = cur.apply_many([EditJob(["s/1"], changes_from({"label": "owl"}), "bo", expected={"s/1": 0})],
+                           defer=True)[0]
+    assert isinstance(stale, EditConflict) and stale.current == 1  # the journal's version, not the table's
+    again = cur.apply_many([EditJob(["s/1"], changes_from({"add_tags": ["hat=red"]}), "bo", expected={"s/1": 1})],
+                           defer=True)[0]
+    assert again.versions == {"s/1": 2} and _stored(ws, "s/1")["label"] == "cat"
+    one = row(ws, "s/1")  # a reader: the journal is applied first
+    assert (one["label"], one["tags"], one["curated"], one["edit_version"]) == (
+        "fox", ["size=big", "hat=red"], ["label", "tags"], 2)
+    assert _stored(ws, "s/1")["edit_version"] == 2 and not EditJournal(ws.root).pending()
+    assert cur.count() == 2 and len(cur.log(item="s/1")) == 2
+    cur.undo("ana", batch=again.batch)
+    assert row(ws, "s/1")["tags"] == ["size=big"] and row(ws, "s/1")["edit_version"] == 3
+
+
+def test_a_reingest_applies_the_journal_first_and_keeps_its_edits(ws):
+    Curation(ws).apply_many([EditJob(["s/2"], changes_from({"label": "fox"}), "ana")], defer=True)
+    ws.add_items(frame(8, label_of=lambda i: "emu"))
+    assert not EditJournal(ws.root).pending()
+    two, three = row(ws, "s/2"), row(ws, "s/3")
+    assert (two["label"], two["source_label"], two["edit_version"]) == ("fox", "emu", 1)
+    assert three["label"] == "emu"
+
+
+def test_a_torn_journal_line_is_skipped_and_cut_off_before_the_next(ws):
+    journal = EditJournal(ws.root)
+    Curation(ws).apply_many([EditJob(["s/1"], changes_from({"label": "fox"}), "ana")], defer=True)
+    with open(journal.path, "ab") as fh:  # a power cut in the middle of the next append
+        fh.write(b'{"batches": ["b-torn"], "log": [{"item": "s/2"')
+    assert Curation(ws).count() == 1
+    Curation(ws).apply_many([EditJob(["s/3"], changes_from({"label": "owl"}), "bo")], defer=True)
+    lines = journal.path.read_bytes().split(b"\n")
+    assert len(lines) == 3 and lines[-1] == b"" and all(json.loads(line) for line in lines[:2])
+    assert (row(ws, "s/1")["label"], row(ws, "s/2")["label"], row(ws, "s/3")["label"]) == ("fox", "dog", "owl")
     assert Curation(ws).count() == 2
 
 

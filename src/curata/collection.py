@@ -479,13 +479,14 @@ class Collection:
         else:
             tables.index_new_rows(dataset)
 
-    def rows_by_ids(self, ids: list[str]) -> pa.Table:
-        """Whole stored rows (every column, the digest and curation included) of these ids, through the index."""
+    def rows_by_ids(self, ids: list[str], columns: list[str] | None = None) -> pa.Table:
+        """Whole stored rows (every column, the digest and curation included; or only `columns`) of these ids,
+        through the index."""
         dataset = self._dataset()
         if dataset is None or not ids:
-            return TABLE_SCHEMA.empty_table()
+            return TABLE_SCHEMA.empty_table().select(columns or TABLE_SCHEMA.names)
         try:
-            return pa.concat_tables([tables.read(dataset, self.path, FIX, columns=TABLE_SCHEMA.names,
+            return pa.concat_tables([tables.read(dataset, self.path, FIX, columns=columns or TABLE_SCHEMA.names,
                                                  filter=pc.field("id").isin(ids[i:i + PROBE_CHUNK]))
                                      for i in range(0, len(ids), PROBE_CHUNK)])
         except tables.CorruptTable as e:

@@ -4,19 +4,25 @@
       collection.lance/     label / tags hold the curated value where there is one; source_label /
                             source_tags the source's; curated, excluded, duplicate_of, edit_version
       edits.lance/          the edit log: one row per (item, field) an edit changed, never rewritten
-      edits-pending.json    only between the two commits of an edit (see `Curation.apply`)
+      edits-journal.jsonl   edits acknowledged and not yet in the two tables (curata.edit_journal)
 
 An edit is one batch: every item it changes gets one log row per field (who, when, why, before, after) and
 its `edit_version` (its ETag) goes up by one. A write (one batch, or a group of them from `apply_many`) is
-two commits, the log first and then the collection, with what the collection must become kept in
-`edits-pending.json` meanwhile; the next writer finishes a write whose log commit landed (the collection
-update is idempotent) and drops one whose log commit did not, so a kill never leaves an edit half applied.
+one fsynced journal line, and is then applied to the tables: the log first, then the collection.
+- From the command line it is applied at once.
+- The service's writer (`defer=True`) acknowledges after the journal line and applies many writes together
+  a moment later. A write costs ~1 ms of fsync instead of two commits.
+- Every reader first applies what the journal holds (`settle`, called by `Workspace.collection`), and
+  writers read the journal's values over the table's, so nobody sees an acknowledged edit missing.
+- A kill while the tables are written is finished by the next writer or reader: the log append is skipped
+  when it landed, and the collection update is idempotent. So a kill never leaves an edit half applied.
 Undo is itself an edit that puts the `before` values back (a field the edit was the first to curate goes
 back to following the source).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -31,14 +37,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curata import tables
-from curata.atomic import atomic_write_text
 from curata.collection import Collection, plain_value
+from curata.edit_journal import EditJournal
 from curata.workspace import Workspace
 
 FIELDS = ("label", "tags", "excluded", "duplicate_of")
 SOURCE_FIELDS = ("label", "tags")  # the fields a source also sets: uncurated, they follow the source
 LOG = "edits.lance"
-PENDING = "edits-pending.json"
+PENDING = "edits-pending.json"  # a write of a release before the journal, interrupted between its commits
+APPLY_LOCK = "edits"  # held while the journal's edits are committed (`Workspace.lock(APPLY_LOCK)`)
 FIX = "move edits.lance aside to start a new log (the collection keeps its curated values)"
 LOG_SCHEMA = pa.schema([
     ("edit_id", pa.string()), ("batch", pa.string()), ("seq", pa.int64()),
@@ -154,6 +161,7 @@ class Curation:
         self.workspace = workspace
         self.path = workspace.root / LOG
         self.pending = workspace.root / PENDING
+        self.journal = EditJournal(workspace.root)
 
     # Writing ------------------------------------------------------------------------------------
     def apply(self, ids: Iterable[str], changes: list[Change], who: str, why: str = "",
@@ -165,19 +173,20 @@ class Curation:
             raise result
         return result
 
-    def apply_many(self, jobs: list[EditJob], compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS
-                   ) -> list[EditResult | EditError]:
-        """Several edits, each its own batch (its own result, conflict check and undo), written together in
-        one pair of commits: how the service absorbs many small concurrent edits (group commit). Later jobs
-        see the earlier ones' values; a job that fails (unknown item, stale version) writes nothing and the
-        others go on. `compact_above`: see `Collection.apply_curation`."""
+    def apply_many(self, jobs: list[EditJob], compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS,
+                   defer: bool = False) -> list[EditResult | EditError]:
+        """Several edits, each its own batch (its own result, conflict check and undo), written together as
+        one journal line (group commit: how the service absorbs many small concurrent edits). Later jobs see
+        the earlier ones' values; a job that fails (unknown item, stale version) writes nothing and the others
+        go on. `defer`: leave the line for a later `apply_journal` (the tables are not written now; every
+        reader applies it first). `compact_above`: see `Collection.apply_curation`."""
         for job in jobs:
             for change in job.changes:
                 _check(change)
         with self.workspace.lock():
             collection = self._ready()
             wanted = list(dict.fromkeys(i for job in jobs for i in job.ids))
-            table, state = self._state(collection, wanted)
+            state = self._state(collection, wanted, self._journaled())
             results: list[EditResult | EditError] = []
             staged: list[dict[str, Any]] = []
             for job in jobs:
@@ -189,13 +198,27 @@ class Curation:
                 result, log_rows = self._stage(state, plan, job.who, job.why, undoes=None)
                 results.append(result)
                 staged.extend(log_rows)
-            self._write(collection, state, staged, table, compact_above)
+            self._write(state, staged, compact_above, defer)
         return results
 
-    def merge_small_fragments(self, above: int = tables.COMPACT_ABOVE_FRAGMENTS) -> bool:
-        """Merge the small fragments edits left once there are more than `above` (under the lock)."""
-        with self.workspace.lock():
-            return self.workspace.collection.merge_small_fragments(above)
+    def apply_journal(self, compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS, holding_lock: bool = False
+                      ) -> bool:
+        """Write the journaled edits into the tables. The workspace lock is taken only to move the journal
+        aside (`holding_lock`: the caller holds it already), the apply lock for the commits: edits are
+        journaled meanwhile. Whoever changes the collection otherwise (ingest, rollback, compaction) calls this
+        under the workspace lock first, so no commit of theirs runs beside an apply. Returns whether there was
+        anything to apply."""
+        if not self.journal.pending() and not self.pending.exists():
+            return False
+        for _ in range(2):  # a file another applier (or a killed one) left first, then the journal
+            with contextlib.nullcontext() if holding_lock else self.workspace.lock():
+                collection = self._ready()
+                self.journal.rotate()
+            with self.workspace.lock(APPLY_LOCK):
+                self._apply_file(collection, compact_above)
+            if not self.journal.pending():
+                break
+        return True
 
     def undo(self, who: str, batch: str | None = None, edit_ids: list[str] | None = None, why: str = ""
              ) -> EditResult:
@@ -205,6 +228,7 @@ class Curation:
             raise EditError("name a batch or edit ids to undo")
         with self.workspace.lock():
             collection = self._ready()
+            self.apply_journal(holding_lock=True)  # the log and the table complete: what is undone is read there
             undone = self.log(batch=batch, edit_ids=edit_ids, limit=None)
             if not undone:
                 raise EditError(f"no edit {'batch ' + batch if batch else ', '.join(edit_ids or [])} in the log")
@@ -216,7 +240,7 @@ class Curation:
             first: dict[tuple[str, str], dict[str, Any]] = {}
             for edit in sorted(undone, key=lambda e: e["seq"]):  # the earliest edit of a field has its before
                 first.setdefault((edit["item"], edit["field"]), edit)
-            table, state = self._state(collection, list(dict.fromkeys(item for item, _ in first)))
+            state = self._state(collection, list(dict.fromkeys(item for item, _ in first)), {})
             plan: dict[str, dict[str, tuple[Any, bool]]] = {}
             for (item, name), edit in first.items():
                 if item not in state:
@@ -227,25 +251,42 @@ class Curation:
                 plan.setdefault(item, {})[name] = (before, curated)
             reason = why or (f"undo of batch {batch}" if batch else f"undo of {', '.join(edit_ids or [])}")
             result, log_rows = self._stage(state, plan, who, reason, undoes=batch or ",".join(edit_ids or []))
-            self._write(collection, state, log_rows, table)
+            self._write(state, log_rows)
         return result
 
     def _ready(self) -> Collection:
-        collection = self.workspace.collection
+        """The collection, with the work a kill interrupted finished (the caller holds the lock)."""
+        collection = Collection(self.workspace.root)
+        collection.convert_parquet()  # a workspace written before Lance (under the lock already held)
         if not collection.exists:
             raise EditError("the workspace has no collection: ingest one first")
         collection.upgrade()
         self._finish_pending(collection)
         return collection
 
+    def current(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The items' current values (`_ROW`) as plain Python, by id: the table's with the journal's edits over
+        them. Nothing is applied, so a by-id read beside a busy writer costs no commit."""
+        return self._state(Collection(self.workspace.root), list(dict.fromkeys(ids)), self._journaled())
+
+    def _journaled(self) -> dict[str, dict[str, Any]]:
+        """The values the journal's writes set, by item (the newest write of an item wins)."""
+        return {row["id"]: row for entry in self.journal.entries() for row in entry["rows"]}
+
     @staticmethod
-    def _state(collection: Collection, ids: list[str]) -> tuple[pa.Table, dict[str, dict[str, Any]]]:
-        """The items' whole stored rows (for the commit) and their current values as plain Python, by id;
-        the edits of a group update the values as they are staged."""
-        table = collection.rows_by_ids(ids)
+    def _state(collection: Collection, ids: list[str], journaled: dict[str, dict[str, Any]]
+               ) -> dict[str, dict[str, Any]]:
+        """The items' current values as plain Python, by id: the table's, with the values of writes still in
+        the journal over them (read first: an apply finishing meanwhile is then in the table). The edits of a
+        group update the values as they are staged."""
+        table = collection.rows_by_ids(ids, _ROW)
         state = {row["id"]: {name: (_version(row[name]) if name == "edit_version" else _value(name, row[name]))
-                             for name in _ROW} for row in table.select(_ROW).to_pylist()}
-        return table, state
+                             for name in _ROW} for row in table.to_pylist()}
+        for item, row in state.items():
+            if item in journaled:
+                row.update({name: (_version(value) if name == "edit_version" else _value(name, value))
+                            for name, value in journaled[item].items() if name != "id"})
+        return state
 
     def _plan(self, collection: Collection, state: dict[str, dict[str, Any]], job: EditJob
               ) -> dict[str, dict[str, tuple[Any, bool]]]:
@@ -299,7 +340,7 @@ class Curation:
                undoes: str | None) -> tuple[EditResult, list[dict[str, Any]]]:
         """One batch: its log rows, its result, and `state` updated to the values it sets."""
         batch = f"b-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-        at = pd.Timestamp.now(tz="UTC")
+        at = pd.Timestamp.now(tz="UTC").floor("ms")  # the log's precision: the same time before and after applying
         seq = time.time_ns()
         log_rows: list[dict[str, Any]] = []
         versions, unchanged = {}, []
@@ -331,26 +372,46 @@ class Curation:
             return EditResult(None, [], versions, unchanged), []
         return EditResult(batch, [_public(r) for r in log_rows], versions, unchanged), log_rows
 
-    def _write(self, collection: Collection, state: dict[str, dict[str, Any]], log_rows: list[dict[str, Any]],
-               table: pa.Table, compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS) -> None:
-        """The staged batches as two commits, the pending file between them (module doc): a kill at any point
-        loses no half-edit."""
+    def _write(self, state: dict[str, dict[str, Any]], log_rows: list[dict[str, Any]],
+               compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS, defer: bool = False) -> None:
+        """The staged batches as one journal line, then (unless `defer`) applied to the tables."""
         if not log_rows:
             return
-        batches = list(dict.fromkeys(r["batch"] for r in log_rows))
         written = [{"id": item, "label": row["label"], "tags": row["tags"], "curated": row["curated"] or None,
                     "excluded": row["excluded"] or None, "duplicate_of": row["duplicate_of"],
                     "edit_version": row["edit_version"]} for item, row in state.items() if row.get("_changed")]
-        atomic_write_text(self.pending, json.dumps({"batches": batches, "rows": written}))
-        log = pa.Table.from_pylist(log_rows, schema=LOG_SCHEMA)
+        self.journal.append({"batches": list(dict.fromkeys(r["batch"] for r in log_rows)),
+                             "log": [{**r, "at": r["at"].isoformat()} for r in log_rows], "rows": written})
+        if not defer:
+            self.apply_journal(compact_above, holding_lock=True)
+
+    def _apply_file(self, collection: Collection, compact_above: int) -> None:
+        """The journal file being applied, if any (under the apply lock): its log rows in one append (skipped
+        when a kill came after it), then the items' newest values in one collection commit (idempotent), then
+        the file is deleted."""
+        if not self.journal.applying.exists():
+            return
+        entries = self.journal.applying_entries()
+        if entries:
+            batches = [b for entry in entries for b in entry["batches"]]
+            if not self._logged(batches[0]):
+                self._append_log([{**r, "at": datetime.fromisoformat(r["at"])}
+                                  for entry in entries for r in entry["log"]])
+            rows = list({row["id"]: row for entry in entries for row in entry["rows"]}.values())
+            collection.apply_curation(rows, batches, compact_above=compact_above)
+        self.journal.applied()
+
+    def _append_log(self, rows: list[dict[str, Any]]) -> None:
+        log = pa.Table.from_pylist(rows, schema=LOG_SCHEMA)
         if tables.exists(self.path):
             tables.write(log, self.path, mode="append")
         else:
             created = tables.write(log, self.path, mode="create")
             for column in ("item", "batch"):  # an item's history, a batch to undo: probes, not scans
                 created.create_scalar_index(column, "BTREE")
-        collection.apply_curation(written, batches, current=table, compact_above=compact_above)
-        self.pending.unlink(missing_ok=True)
+
+    def _logged(self, batch: str) -> bool:
+        return bool(self._read_log(pc.field("batch") == batch, limit=1))
 
     def _finish_pending(self, collection: Collection) -> None:
         """Complete the batches a kill interrupted after their log commit; forget those whose log commit never
@@ -363,17 +424,15 @@ class Curation:
         except (ValueError, KeyError, TypeError):  # torn: the log commit cannot have happened (written first)
             self.pending.unlink(missing_ok=True)
             return
-        if self.log(batch=batches[0], limit=1):
+        if self._logged(batches[0]):
             collection.apply_curation(pending["rows"], batches)
         self.pending.unlink(missing_ok=True)
 
     # Reading ------------------------------------------------------------------------------------
     def log(self, item: str | None = None, batch: str | None = None, edit_ids: list[str] | None = None,
             limit: int | None = 100) -> list[dict[str, Any]]:
-        """Edits, newest first: of one item (through the log's item index), one batch, these ids, or all."""
-        if not tables.exists(self.path):
-            return []
-        dataset = tables.open_table(self.path, FIX)
+        """Edits, newest first: of one item (through the log's item index), one batch, these ids, or all;
+        with the journal's edits not yet applied."""
         where = None
         if item is not None:
             where = pc.field("item") == item
@@ -382,12 +441,36 @@ class Curation:
         if edit_ids:
             ids = pc.field("edit_id").isin(edit_ids)
             where = ids if where is None else where & ids
-        table = tables.read(dataset, self.path, FIX, filter=where)
-        rows = sorted(table.to_pylist(), key=lambda r: r["seq"], reverse=True)
-        return [_public(r) for r in (rows if limit is None else rows[:limit])]
+        # The journal before the table: an apply finishing in between then shows its rows in the table.
+        waiting = [r for entry in self.journal.entries() for r in entry["log"]
+                   if (item is None or r["item"] == item) and (batch is None or r["batch"] == batch)
+                   and (not edit_ids or r["edit_id"] in edit_ids)]
+        rows = {r["edit_id"]: r for r in self._read_log(where)}
+        for r in waiting:  # one applied and not yet forgotten is in both: counted once
+            rows.setdefault(r["edit_id"], r)
+        ordered = sorted(rows.values(), key=lambda r: r["seq"], reverse=True)
+        return [_public(r) for r in (ordered if limit is None else ordered[:limit])]
+
+    def _read_log(self, where: pc.Expression | None, limit: int | None = None) -> list[dict[str, Any]]:
+        if not tables.exists(self.path):
+            return []
+        dataset = tables.open_table(self.path, FIX)
+        return tables.read(dataset, self.path, FIX, filter=where, limit=limit).to_pylist()
 
     def count(self) -> int:
-        return tables.open_table(self.path, FIX).count_rows() if tables.exists(self.path) else 0
+        waiting = self.journal.waiting_entries()
+        applying = self.journal.applying_entries()
+        if applying and self._logged(applying[0]["batches"][0]):  # its log append landed already
+            applying = []
+        stored = tables.open_table(self.path, FIX).count_rows() if tables.exists(self.path) else 0
+        return stored + sum(len(entry["log"]) for entry in applying + waiting)
+
+
+def settle(workspace: Workspace) -> bool:
+    """Apply the edits a writer journaled and has not applied yet (the first step of every reader of the
+    collection, `Workspace.collection`, so an acknowledged edit is never missing). Costs a `stat` when there
+    are none. Returns whether there were any."""
+    return Curation(workspace).apply_journal()
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

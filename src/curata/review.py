@@ -32,7 +32,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,8 +44,7 @@ import pyarrow as pa
 
 from curata import tables
 from curata.atomic import atomic_write_text
-from curata.collection import plain_value
-from curata.curation import Curation, changes_from
+from curata.curation import Curation, EditJob, EditResult, changes_from
 from curata.tasks.bundle import newest_card
 from curata.workspace import Workspace
 
@@ -57,7 +56,6 @@ QUALITY = Path("reports") / "quality-latest.json"
 CACHE_FORMAT = 1  # bump when the raw proposals of a queue change meaning: every cache is rebuilt
 MIN_TAG_SCORE = 0.5  # a tag proposal also needs this probability: tuned thresholds of rare tags can be ~0.1
 MAX_PROPOSALS = 20_000  # open raw proposals kept per queue, highest scores first (see `_cut`)
-_ITEM_COLUMNS = ["id", "label", "tags", "curated", "excluded", "duplicate_of", "edit_version"]
 _FIELD_OF = {"labels": "label", "tags": "tags", "duplicates": "duplicate_of", "outliers": "excluded",
              "uncertain": "label"}
 SCHEMA = pa.schema([
@@ -140,10 +138,12 @@ def build_queue(workspace: Workspace, queue: str, *, refresh: bool = False) -> Q
                  cache.get("cached", False))
 
 
-def decide(workspace: Workspace, proposal_id: str, decision: str, who: str, queue: str) -> dict[str, Any]:
+def decide(workspace: Workspace, proposal_id: str, decision: str, who: str, queue: str,
+           edit: Callable[[EditJob], EditResult] | None = None) -> dict[str, Any]:
     """Accept (apply it as an edit, why `review:<queue>`, and record it with the edit batch), reject (record
     it: never offered again for that item and value) or skip (nothing recorded; last in the queue for this
-    process) one open proposal. Returns {decision, proposal, batch, done, left}."""
+    process) one open proposal. `edit`: how an accept is written (the service's group-commit writer; by
+    default `Curation.apply_many` at once). Returns {decision, proposal, batch, done, left}."""
     _check_queue(queue)
     if decision not in DECISIONS:
         raise ReviewError(f"unknown decision '{decision}' ({', '.join(DECISIONS)})")
@@ -162,13 +162,20 @@ def decide(workspace: Workspace, proposal_id: str, decision: str, who: str, queu
     batch = None
     if decision == "accept":
         # `expected`: the version the proposal was checked against, so an edit made since is a conflict.
-        result = Curation(workspace).apply([proposal.item], changes_from(_edit(proposal)), who,
-                                           why=f"review:{queue}", expected={proposal.item: proposal.version})
-        batch = result.batch
+        job = EditJob([proposal.item], changes_from(_edit(proposal)), who, f"review:{queue}",
+                      expected={proposal.item: proposal.version})
+        batch = (edit or _apply_now(workspace))(job).batch
     _record(workspace, proposal, decision, who, batch)
     skipped.pop(proposal_id, None)
     return {"decision": decision, "proposal": proposal.to_dict(), "batch": batch, "done": done + 1,
             "left": max(0, left - 1)}
+
+
+def _apply_now(workspace: Workspace) -> Callable[[EditJob], EditResult]:
+    def apply(job: EditJob) -> EditResult:
+        return Curation(workspace).apply(job.ids, job.changes, job.who, job.why, job.expected)
+
+    return apply
 
 
 def _find_open(workspace: Workspace, queue: str, cache: dict[str, Any], decisions: _Decisions, pid: str
@@ -316,16 +323,8 @@ def _open(workspace: Workspace, queue: str, cache: dict[str, Any], decisions: _D
 
 
 def _rows(workspace: Workspace, ids: list[str]) -> dict[str, dict[str, Any]]:
-    if not ids:
-        return {}
-    frame = workspace.collection.by_ids(ids, _ITEM_COLUMNS)
-    out = {}
-    for record in frame.to_dict("records"):
-        row = {name: plain_value(name, record[name]) for name in _ITEM_COLUMNS}
-        row["tags"], row["curated"] = row["tags"] or [], row["curated"] or []
-        row["excluded"], row["edit_version"] = bool(row["excluded"]), int(row["edit_version"] or 0)
-        out[row["id"]] = row
-    return out
+    """The items' current values, edits still in the journal included (none is applied for this read)."""
+    return Curation(workspace).current(ids) if ids else {}
 
 
 def _active(row: dict[str, Any] | None) -> bool:

@@ -66,11 +66,16 @@ class Workspace:
     # Collection -----------------------------------------------------------------------------
     @property
     def collection(self) -> Collection:
-        """The items table; a workspace written before Lance is converted here, once, under the lock."""
+        """The items table as readers see it: a workspace written before Lance is converted here, once, and
+        edits a writer journaled and has not applied yet are applied first (both under the lock). Not for
+        code that holds the lock: it uses `Collection(root)`."""
         table = Collection(self.root)
         if table.legacy_path.exists():
             with self.lock():
                 table.convert_parquet()
+        from curata.curation import settle  # imported here: curation builds on the workspace
+
+        settle(self)
         return table
 
     def items(self, columns: list[str] | None = None, where: Any = None, include_excluded: bool = False
@@ -90,6 +95,7 @@ class Workspace:
         with self.lock():
             table = Collection(self.root)
             table.convert_parquet()  # a workspace written before Lance: its items first
+            self.apply_edits()
             return table.upsert(frame, what)
 
     def add_items(self, frame: pd.DataFrame, what: str = "ingest") -> tuple[int, int, int]:
@@ -104,7 +110,16 @@ class Workspace:
         with self.lock():
             table = Collection(self.root)
             table.convert_parquet()  # so the Parquet file is not converted over the replacement later
+            self.apply_edits()
             return table.replace(frame, what)
+
+    def apply_edits(self) -> None:
+        """Journaled edits into the table before anything else changes it (the caller holds the lock): the
+        source's new values and the curated ones are then kept apart as for any stored edit, and no commit
+        runs beside the service's applying of edits (`Curation.apply_journal`)."""
+        from curata.curation import Curation  # imported here: curation builds on the workspace
+
+        Curation(self).apply_journal(holding_lock=True)
 
     @contextmanager
     def lock(self, name: str = "", on_wait: Callable[[], None] | None = None) -> Iterator[None]:

@@ -50,6 +50,7 @@ def rollback_cmd(version: Annotated[int, typer.Argument(help="The version to res
     ws = _existing(workspace)
     table = ws.collection  # converts a pre-Lance workspace first (that takes the lock itself)
     with ws.lock():
+        ws.apply_edits()  # none journaled meanwhile may be committed beside this
         new = table.rollback(version)
     items = table.count()
     if as_json:
@@ -74,6 +75,7 @@ def compact_cmd(workspace: WorkspaceOpt = default_workspace(),
     out = {}
     table = ws.collection
     with ws.lock():
+        ws.apply_edits()  # none journaled meanwhile may be committed beside this
         out["collection"] = table.compact(keep_days)
         out.update(_compact_logs(ws))
     folders = [p.parent for p in sorted((ws.root / "features").glob(f"*/{TABLE}"))
@@ -113,11 +115,17 @@ def repair_cmd(workspace: WorkspaceOpt = default_workspace(), as_json: JsonOpt =
     """Rewrite a damaged collection from the fragments that can still be read, dropping the others (their
     items are listed as lost: ingest their sources again). Damaged feature tables need no command: the next
     `curata features` run drops what it cannot read and recomputes it."""
+    from curata.collection import Collection
+    from curata.curation import APPLY_LOCK
+
     ws = _existing(workspace)
-    table = ws.collection
-    with ws.lock():
+    # Not `ws.collection`: it would first apply the edits waiting in the journal, to a table that may not read.
+    # Both locks, so that no edit is applied beside the repair; the journal's edits are applied after it.
+    table = Collection(ws.root)
+    with ws.lock(), ws.lock(APPLY_LOCK):
         before = table.history(1)
         dropped = table.repair()
+    table = ws.collection
     result = {"dropped_items": dropped, "items": table.count(),
               "version_before": before[0]["version"] if before else None, "version": table.version}
     if as_json:

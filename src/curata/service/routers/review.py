@@ -46,7 +46,7 @@ def decide(body: ReviewDecision, queue: str = QUEUE, state: ServiceState = Depen
     from curata.review import ReviewError, decide
 
     try:
-        return decide(state.workspace, body.proposal_id, body.decision, who.name, queue)
+        return decide(state.workspace, body.proposal_id, body.decision, who.name, queue, edit=state.edits.apply)
     except (ReviewError, EditError) as e:
         raise _review_error(e) from None
 
