@@ -203,3 +203,44 @@ def test_download_the_curated_collection(client, workspace):
     while list((workspace / "cache").glob("export-*")) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not list((workspace / "cache").glob("export-*"))
+
+
+def test_edits_acknowledged_by_a_server_killed_at_once_are_all_kept(workspace, tmp_path):
+    """A power cut right after the answers: the edits were journaled (fsync) before each 200, and the first
+    reader afterwards writes them into the tables."""
+    from curata.curation import Curation
+    from curata.edit_journal import EditJournal
+
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"name": "ed", "key": EDITOR_KEY, "scopes": ["read", "write"]}]}))
+    copy = tmp_path / "ws"
+    shutil.copytree(workspace, copy)
+    before = Curation(Workspace(copy)).count()
+    srv = Server(copy, "--keys-file", str(keys), "--lazy", log=tmp_path / "server.log").wait(headers=ED)
+    try:
+        items = [f"demo/blue-{i}" for i in range(6)]
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            done = [c.post("/v1/edits", headers=ED, json={"ids": [it], "changes": {"label": "sky"}}) for it in items]
+        assert all(r.status_code == 200 for r in done), [r.text for r in done]
+        srv.proc.kill()  # SIGKILL: no shutdown, no flush
+        srv.proc.wait(30)
+    finally:
+        srv.stop()
+    ws = Workspace(copy)
+    labels = ws.items(["id", "label"], include_excluded=True).set_index("id")["label"]  # a reader applies what waits
+    assert all(labels[it] == "sky" for it in items)
+    assert not EditJournal(copy).pending() and Curation(ws).count() == before + len(items)
+
+
+def test_the_service_writes_journaled_edits_into_the_tables_by_itself(client, workspace):
+    from curata.collection import Collection
+    from curata.edit_journal import EditJournal
+
+    done = client.post("/v1/edits", headers=ED, json={"ids": ["demo/red-3"], "changes": {"label": "brick"}})
+    assert done.status_code == 200, done.text
+    deadline = time.monotonic() + 20
+    while EditJournal(workspace).pending() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not EditJournal(workspace).pending()  # no reader came: the applier thread did it
+    stored = Collection(workspace).by_ids(["demo/red-3"], ["label", "edit_version"]).iloc[0]  # the table itself
+    assert stored["label"] == "brick" and stored["edit_version"] == done.json()["versions"]["demo/red-3"]
