@@ -21,6 +21,7 @@ COMPACT_ABOVE_FRAGMENTS = 32
 TARGET_ROWS_PER_FRAGMENT = 262_144
 SMALL_FRAGMENT_ROWS = 16_384  # `compact_small` merges fragments under this size only
 MERGE_ALL = 1 << 20  # `num_indices_to_merge` for "every delta segment of an index"
+DELTA_SHARE = 0.25  # an index's delta segments are merged once they hold this share of its main segment
 
 
 class CorruptTable(ValueError):
@@ -133,8 +134,17 @@ def readable_fragments(dataset: Any) -> tuple[list[pa.Table], int]:
 
 def index_new_rows(dataset: Any) -> None:
     """Cover the fragments added since the last index update with a small delta index (merging it into the
-    main index would rewrite an index the size of the table on every commit; `compact` merges)."""
+    main index would rewrite an index the size of the table on every commit). An index whose deltas together
+    reach DELTA_SHARE of its largest segment is merged into one: every lookup probes each segment, so they must
+    stay few, and merging only past a share of the table keeps the rewriting to a constant per row, amortised
+    (as in an LSM tree). `compact` merges everything."""
     dataset.optimize.optimize_indices(num_indices_to_merge=0)
+    for index in dataset.describe_indices():
+        if len(index.segments) < 2:
+            continue
+        deltas = sorted(dataset.stats.index_stats(index.name).get("num_indexed_rows_per_delta") or [])
+        if deltas and sum(deltas[:-1]) >= DELTA_SHARE * deltas[-1]:
+            dataset.optimize.optimize_indices(num_indices_to_merge=MERGE_ALL, index_names=[index.name])
 
 
 def needs_compaction(dataset: Any, above: int = COMPACT_ABOVE_FRAGMENTS) -> bool:

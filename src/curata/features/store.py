@@ -4,6 +4,8 @@
       extractor.json        the full key, dim, modality
       vectors.lance/        columns: hash (str, BTREE index), vector (fixed-size list<float32>),
                             error (str|null), seq (int64: write time, the later success wins)
+      hashes/               the stored hashes as sorted 64-bit keys, so planning need not load the BTREE
+                            (curata.features.hash_filter)
 
 Rows are only ever appended (one fragment per flush, merged by `compact`), so an interrupted run keeps
 every committed flush and a rerun computes only what is missing. Looking up k hashes goes through the
@@ -39,6 +41,7 @@ import pyarrow.parquet as pq
 from curata import tables
 from curata.atomic import atomic_write_text, name_file
 from curata.features.base import Extractor
+from curata.features.hash_filter import HashFilter
 
 TABLE = "vectors.lance"
 # Above this share of the store, a lookup scans the table (streamed) instead of probing the index per hash.
@@ -77,6 +80,7 @@ def write_fragments(target: str, hashes: list[str], vectors: np.ndarray, errors:
     """Write rows as fragment files of the table at `target` (`FeatureStore.fragment_target`) without committing
     them, from any process that can reach it (a Ray worker); returns their metadata as JSON for the committer."""
     lance = tables._lance()
+    HashFilter(Path(target).parent).add([h for h, e in zip(hashes, errors, strict=True) if e is None])
     written = lance.fragment.write_fragments(rows_table(hashes, vectors, errors, dim), target,
                                              schema=rows_schema(dim), max_rows_per_file=tables.TARGET_ROWS_PER_FRAGMENT)
     return [json.dumps(f.to_json()) for f in written]
@@ -107,6 +111,10 @@ class FeatureStore:
         store = cls(folder.parent, meta["key"], int(meta["dim"]), meta.get("modality", "image"))
         store.path, store.table_path = folder, folder / TABLE  # the folder as found, whatever its name
         return store
+
+    @property
+    def hash_filter(self) -> HashFilter:
+        return HashFilter(self.path)
 
     @property
     def fix(self) -> str:
@@ -147,13 +155,30 @@ class FeatureStore:
         (a missing model or a full disk must not be cached forever). Called by the writers before computing:
         a damaged table is repaired here (its unreadable fragments dropped, their items then missing)."""
         try:
-            ok = self._computed(hashes)
+            ok = self._computed_among(hashes)
         except CorruptPart:
             self.repair()
-            ok = self._computed(hashes)
+            ok = self._computed_among(hashes)
         if ok is None or not len(hashes):
             return np.ones(len(hashes), bool)
         return ~pc.is_in(pa.array(hashes, pa.string()), value_set=ok).to_numpy(zero_copy_only=False)
+
+    def _computed_among(self, hashes: list[str] | np.ndarray) -> pa.Array | None:
+        """`_computed(hashes)`, with the store's hash runs ruling out the hashes it certainly lacks (new items,
+        mostly), so only the others are probed in the index. Runs missing or damaged are rebuilt from one scan
+        of the hash column, which also answers this call; so is a question about much of the store."""
+        dataset = self._dataset()
+        if dataset is None or not len(hashes):
+            return self._computed(hashes)
+        runs = self.hash_filter
+        maybe = None if len(hashes) > SCAN_SHARE * dataset.count_rows() else runs.contains(list(hashes))
+        if maybe is not None:
+            return self._computed(np.asarray(hashes, dtype=object)[maybe])
+        every = self._computed()
+        if not runs.readable():
+            with contextlib.suppress(OSError):  # a read-only workspace: the index keeps answering
+                runs.build(every.to_pylist())
+        return every
 
     def _computed(self, among: list[str] | np.ndarray | None = None) -> pa.Array | None:
         """Hashes with a computed vector: all of them, or those of `among` (a few, through the index)."""
@@ -268,6 +293,7 @@ class FeatureStore:
             return
         self._prepare_write()
         table = rows_table(hashes, vectors, errors, self.dim)
+        self.hash_filter.add([h for h, e in zip(hashes, errors, strict=True) if e is None])  # before the commit
         try:
             if tables.exists(self.table_path):
                 tables.write(table, self.table_path, mode="append")
