@@ -59,11 +59,14 @@ def test_missing_asks_the_index_only_about_hashes_the_runs_hold(store, monkeypat
     monkeypatch.setattr(FeatureStore, "_computed", counting)
     wanted = [h(i) for i in range(15, 20)] + [h(i) for i in range(1000, 1020)]  # 3 stored, 2 failed, 20 new
     missing = store.missing(wanted)
-    assert asked == [-1]  # a store without runs yet: one scan builds them, and answers
     assert missing.tolist() == [False] * 3 + [True] * 22
+    assert asked == [3]  # the failed and the new hashes never reach the index
+    (store.path / hash_filter.FOLDER / hash_filter.COMPLETE).unlink()  # as a store written before the runs
     asked.clear()
     assert store.missing(wanted).tolist() == missing.tolist()
-    assert asked == [3]  # the failed and the new hashes never reach the index
+    assert asked == [-1]  # one scan builds the runs, and answers
+    asked.clear()
+    assert store.missing(wanted).tolist() == missing.tolist() and asked == [3]
     asked.clear()
     assert store.missing([h(i) for i in range(2000, 2090)]).all() and asked == [0]
     asked.clear()
@@ -71,7 +74,6 @@ def test_missing_asks_the_index_only_about_hashes_the_runs_hold(store, monkeypat
 
 
 def test_a_key_the_runs_hold_without_a_row_is_still_missing(store):
-    store.missing([h(0)])  # builds the runs
     store.hash_filter.add([h(500)])  # a write killed after recording its hashes, before its commit
     assert store.missing([h(500), h(1)]).tolist() == [True, False]
 
@@ -89,7 +91,6 @@ def test_runs_lost_or_damaged_change_no_answer(store):
 
 
 def test_fragments_written_by_workers_record_their_hashes(store):
-    store.missing([h(0)])  # runs complete
     target = store.fragment_target()
     written = write_fragments(target, [h(5000), h(5001)], vectors(2), [None, "timeout"], 4)
     store.commit_fragments(written)

@@ -10,9 +10,10 @@ the index pages, and 1,000 random hashes touch nearly every page. So the cost gr
 search): a hash absent here is certainly not stored, and only the hashes found here are checked in the table.
 
 Writers add the hashes of their successful rows before they commit them. So the runs are a superset of the
-table: a killed write leaves extra keys, and an extra key only costs one index probe. A store written before
-the runs existed gets them from one scan of its hash column, the first time a plan asks
-(`FeatureStore.missing`). Until then, and if the folder is damaged, the table's index answers as before.
+table: a killed write leaves extra keys, and an extra key only costs one index probe. A store curata creates
+has complete runs from its first row. One written before the runs existed, or whose runs are damaged, gets
+them from one scan of its hash column the first time a plan asks (`FeatureStore.missing`); until then the
+table's index answers as before.
 """
 
 from __future__ import annotations
@@ -65,6 +66,11 @@ class HashFilter:
 
     def complete(self) -> bool:
         return (self.folder / COMPLETE).exists()
+
+    def mark_complete(self) -> None:
+        """The runs cover the table: said by the writer that created it (every row since went through `add`)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / COMPLETE).touch()
 
     def readable(self) -> bool:
         """Whether the runs are complete and every one of them reads (else `build` them again)."""

@@ -300,6 +300,7 @@ class FeatureStore:
             else:
                 dataset = tables.write(table, self.table_path, mode="create")
                 dataset.create_scalar_index("hash", "BTREE")
+                self.hash_filter.mark_complete()  # its every row went through `add`
         except BaseException as e:  # a full disk: the error names the store
             name_file(e, self.table_path)
             raise
@@ -311,6 +312,7 @@ class FeatureStore:
         self._prepare_write()
         if not tables.exists(self.table_path):  # an empty table, so workers append to it (its index comes later)
             tables.write(rows_table([], np.zeros((0, self.dim)), [], self.dim), self.table_path, mode="create")
+            self.hash_filter.mark_complete()
         return str(self.table_path)
 
     def commit_fragments(self, fragments: list[str]) -> None:
@@ -387,6 +389,7 @@ class FeatureStore:
             dataset = tables.write(table, staged, mode="create")
             if len(table):
                 dataset.create_scalar_index("hash", "BTREE")
+            self.hash_filter.build(pc.filter(table["hash"], table["error"].is_null()).to_pylist())
             if tables.open_table(staged, self.fix).count_rows() != len(table):
                 raise OSError(f"verifying {staged} failed: row count differs")
             old = self.path / f".{TABLE}.old-{uuid.uuid4().hex[:8]}"
