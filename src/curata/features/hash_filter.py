@@ -110,16 +110,19 @@ class HashFilter:
         return final
 
     def _merge(self) -> None:
-        """Merge the runs into one: the new run is in place before the old ones go, so a reader between the
-        two sees duplicates, never a gap."""
+        """Merge the small runs into one, and the largest too once they add up to its size (so a key is
+        rewritten a few times over the store's life, not at every merge). The new run is in place before the
+        old ones go: a reader between the two sees duplicates, never a gap."""
         with open(self.folder / ".merge.lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return  # another writer is merging
-            runs = self._runs()
+            runs = sorted(self._runs(), key=lambda run: run.stat().st_size)
             if len(runs) <= MAX_RUNS:
                 return
+            if sum(run.stat().st_size for run in runs[:-1]) < runs[-1].stat().st_size:
+                runs = runs[:-1]
             merged = np.unique(np.concatenate([np.load(run) for run in runs]))
             self._write_run(merged)
             for run in runs:
