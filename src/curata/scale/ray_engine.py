@@ -17,7 +17,8 @@ distributed write: one commit per `PART_SIZE` rows or so) and never receives a v
 later stage and the vector index read the rows like locally computed features; a killed run keeps every
 committed part (fragments written but never committed are unreferenced files that `curata compact` deletes
 once a week old), and failed rows stay uncached (retried next run). At the end, Ray tasks merge the run's
-small fragments (`FeatureStore.merge_fragments`); the driver only commits the merge. Workers need the workspace's
+small fragments (`FeatureStore.merge_fragments`; the driver only commits the merge), and one more task builds or
+extends the hash index over the run's rows (`FeatureStore.finish`). Workers need the workspace's
 `features/` folder and the images at the paths in the collection (one machine, a shared filesystem, or
 object storage: `curata.objectstore`).
 """
@@ -29,6 +30,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -156,6 +158,14 @@ def _rewrite_fragments(task: Any, uri: str) -> Any:
     return task.execute(lance.dataset(uri))
 
 
+def _finish_store(folder: str) -> None:
+    """Runs in a Ray task: the store's end-of-run upkeep (the hash index over the run's rows, built or extended),
+    so that the memory it takes is a worker's, not the driver's."""
+    from curata.features.store import FeatureStore
+
+    FeatureStore.in_folder(Path(folder)).finish()
+
+
 def _rewrite_on_ray(tasks: list[Any], uri: str) -> list[Any]:
     """The rewrites of a Lance compaction plan (`tables.compact_with`), one Ray task each, over the nodes."""
     import ray
@@ -203,9 +213,10 @@ def _compute_ray(extractor: Extractor, workspace: Workspace, batch_size: int, re
                 plan.store.finish()
                 raise
             del frame, results  # this window's table and job, before the next window is planned
-        if advance is not None:  # the run's small fragments merged by workers too, while Ray is up
+        if advance is not None:  # the run's small fragments merged and indexed by workers too, while Ray is up
             _advance_skipped(advance, plan, counted)
             plan.store.merge_fragments(_rewrite_on_ray)
+            ray.get(ray.remote(num_cpus=1)(_finish_store).remote(str(plan.store.path)))
     if nodes:
         plan.run.nodes = len(nodes)
         plan.run.notes.append(f"{extractor.name}: computed by actors on {len(nodes)} Ray "
