@@ -165,8 +165,9 @@ class FeatureStore:
 
     def _computed_among(self, hashes: list[str] | np.ndarray) -> pa.Array | None:
         """`_computed(hashes)`, with the store's hash runs ruling out the hashes it certainly lacks (new items,
-        mostly), so only the others are probed in the index. Runs missing or damaged are rebuilt from one scan
-        of the hash column, which also answers this call; so is a question about much of the store."""
+        mostly), so only the others are probed in the index. A question about much of the store is answered by
+        one scan of the hash column, as are questions while the runs are missing or damaged (they are rebuilt
+        from that scan)."""
         dataset = self._dataset()
         if dataset is None or not len(hashes):
             return self._computed(hashes)
