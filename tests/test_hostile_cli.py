@@ -411,3 +411,15 @@ def test_a_full_disk_is_one_line_not_an_internal_error(tmp_path, monkeypatch, co
     one_line_error(proc, f"error: {said} while writing {tmp_path / 'ws' / 'collection.lance'}", "rerun")
     assert sorted(p.name for p in (tmp_path / "ws").glob("*collection*")) == []  # nothing half-written left
 
+
+
+@pytest.mark.parametrize("command", [["info"], ["ingest", "pics"], ["features", "-e", "color_stats"]])
+def test_a_workspace_uri_is_refused_in_one_line_and_creates_no_folder(tmp_path, monkeypatch, command):
+    """`-w s3://bucket/x` would otherwise become a local folder `s3:/bucket/x` (a Path folds the `//`)."""
+    monkeypatch.chdir(tmp_path)
+    for uri in ("s3://bucket/prefix", "gs://b/p"):
+        result = CliRunner().invoke(app, [*command, "-w", uri])
+        assert result.exit_code == 2, result.output
+        assert "object storage" in result.output and "mount" in result.output
+        assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []

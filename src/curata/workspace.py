@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -38,6 +39,11 @@ def default_workspace() -> Path:
 class Workspace:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_workspace()
+        first = self.root.parts[0] if self.root.parts else ""
+        if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]+:", first):  # `s3://b/x` (a Path folds it into `s3:/b/x`)
+            raise ValueError(f"a workspace on object storage ({first}//...) is not supported yet: the workspace "
+                             "must be a folder (mount the bucket, e.g. with mountpoint-s3 or s3fs, and pass the "
+                             "mounted folder); the images of a collection may be object URIs")
         if (self.root / "plugins.json").is_file():  # the plug-in paths its features were computed with
             from curata.features.plugins import read_plugin_paths, use_plugin_paths
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from curata.clibase import BadInput, WorkspaceOpt, app, console, err, handle_errors
-from curata.workspace import default_workspace
+from curata.workspace import Workspace, default_workspace
 
 
 @app.command("serve")
@@ -66,6 +66,7 @@ def serve_cmd(
 
     from curata.service.settings import ENV_SETTINGS, Settings
 
+    Workspace(workspace)  # refuses an object-store URI in one line
     if not workspace.is_dir():
         raise BadInput(f"workspace {workspace} does not exist; run `curata ingest` first")
     if workers < 1 or compute_slots < 1 or not 0 < port < 65536:
