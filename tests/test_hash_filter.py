@@ -34,11 +34,17 @@ def test_runs_answer_for_what_they_hold_and_merge_without_losing_a_key(tmp_path,
     assert found is not None and found[:60].all() and not found[60:].any()
 
 
-def test_a_damaged_run_hands_the_question_back_to_the_table(tmp_path):
+def test_a_damaged_run_hands_the_question_back_to_the_table_and_blocks_no_write(tmp_path, monkeypatch):
+    monkeypatch.setattr(hash_filter, "MAX_RUNS", 2)
     runs = HashFilter(tmp_path)
     runs.build([h(1)])
-    next((tmp_path / hash_filter.FOLDER).glob("run-*.npy")).write_bytes(b"not a numpy file")
+    next((tmp_path / hash_filter.FOLDER).glob("run-*.npy")).write_bytes(b"")  # a run a power cut emptied
     assert runs.contains([h(1)]) is None
+    for i in range(2, 5):  # past MAX_RUNS: the merge meets the damaged run and leaves it for the rebuild
+        runs.add([h(i)])
+    assert runs.contains([h(2)]) is None and not runs.readable()
+    runs.build([h(1)])
+    assert runs.readable() and runs.contains([h(1), h(4), h(9)]).tolist() == [True, True, False]
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ class HashFilter:
                 np.load(run, mmap_mode="r")
             except FileNotFoundError:
                 continue
-            except (OSError, ValueError):
+            except (OSError, ValueError, EOFError):  # EOFError: a run a power cut left empty
                 run.unlink(missing_ok=True)
         (self.folder / COMPLETE).touch()
 
@@ -93,7 +93,7 @@ class HashFilter:
                 return found
             except FileNotFoundError:
                 found[:] = False
-            except (OSError, ValueError):  # a damaged run: the table's index answers instead
+            except (OSError, ValueError, EOFError):  # a damaged run: the table's index answers instead
                 return None
         return None
 
@@ -118,12 +118,16 @@ class HashFilter:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return  # another writer is merging
-            runs = sorted(self._runs(), key=lambda run: run.stat().st_size)
-            if len(runs) <= MAX_RUNS:
+            try:
+                sizes = {run: run.stat().st_size for run in self._runs()}
+                runs = sorted(sizes, key=sizes.__getitem__)
+                if len(runs) <= MAX_RUNS:
+                    return
+                if sum(sizes[run] for run in runs[:-1]) < sizes[runs[-1]]:
+                    runs = runs[:-1]
+                merged = np.unique(np.concatenate([np.load(run) for run in runs]))
+            except (OSError, ValueError, EOFError):  # a run dropped meanwhile, or damaged (a plan rebuilds them)
                 return
-            if sum(run.stat().st_size for run in runs[:-1]) < runs[-1].stat().st_size:
-                runs = runs[:-1]
-            merged = np.unique(np.concatenate([np.load(run) for run in runs]))
             self._write_run(merged)
             for run in runs:
                 with contextlib.suppress(FileNotFoundError):
