@@ -58,9 +58,9 @@ def test_missing_asks_the_index_only_about_hashes_the_runs_hold(store, monkeypat
     asked: list[int] = []
     probe = FeatureStore._computed
 
-    def counting(self, among=None):
+    def counting(self, dataset, among=None):
         asked.append(-1 if among is None else len(among))
-        return probe(self, among)
+        return probe(self, dataset, among)
 
     monkeypatch.setattr(FeatureStore, "_computed", counting)
     wanted = [h(i) for i in range(15, 20)] + [h(i) for i in range(1000, 1020)]  # 3 stored, 2 failed, 20 new

@@ -168,7 +168,11 @@ class Curation:
               expected: dict[str, int] | None = None) -> EditResult:
         """Apply `changes` to every item of `ids` as one batch. `expected`: the edit_version each item had
         when the caller read it; any other current version raises EditConflict and nothing is written."""
-        result = self.apply_many([EditJob(list(ids), changes, who, why, expected)])[0]
+        return self.apply_job(EditJob(list(ids), changes, who, why, expected))
+
+    def apply_job(self, job: EditJob) -> EditResult:
+        """`apply` of one EditJob: written at once, its error raised."""
+        result = self.apply_many([job])[0]
         if isinstance(result, EditError):
             raise result
         return result
@@ -198,7 +202,7 @@ class Curation:
                 result, log_rows = self._stage(state, plan, job.who, job.why, undoes=None)
                 results.append(result)
                 staged.extend(log_rows)
-            self._write(state, staged, compact_above, defer)
+            self._write(collection, state, staged, compact_above, defer)
         return results
 
     def apply_journal(self, compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS, holding_lock: bool = False
@@ -210,15 +214,19 @@ class Curation:
         anything to apply."""
         if not self.journal.pending() and not self.pending.exists():
             return False
+        self._apply_journal(None, compact_above, holding_lock)
+        return True
+
+    def _apply_journal(self, collection: Collection | None, compact_above: int, holding_lock: bool) -> None:
+        """`apply_journal`; `collection`: the one `_ready` gave a caller holding the lock (not opened again)."""
         for _ in range(2):  # a file another applier (or a killed one) left first, then the journal
             with contextlib.nullcontext() if holding_lock else self.workspace.lock():
-                collection = self._ready()
+                collection = collection or self._ready()
                 self.journal.rotate()
             with self.workspace.lock(APPLY_LOCK):
                 self._apply_file(collection, compact_above)
             if not self.journal.pending():
                 break
-        return True
 
     def undo(self, who: str, batch: str | None = None, edit_ids: list[str] | None = None, why: str = ""
              ) -> EditResult:
@@ -228,7 +236,8 @@ class Curation:
             raise EditError("name a batch or edit ids to undo")
         with self.workspace.lock():
             collection = self._ready()
-            self.apply_journal(holding_lock=True)  # the log and the table complete: what is undone is read there
+            # The log and the table complete: what is undone is read there.
+            self._apply_journal(collection, tables.COMPACT_ABOVE_FRAGMENTS, holding_lock=True)
             undone = self.log(batch=batch, edit_ids=edit_ids, limit=None)
             if not undone:
                 raise EditError(f"no edit {'batch ' + batch if batch else ', '.join(edit_ids or [])} in the log")
@@ -251,7 +260,7 @@ class Curation:
                 plan.setdefault(item, {})[name] = (before, curated)
             reason = why or (f"undo of batch {batch}" if batch else f"undo of {', '.join(edit_ids or [])}")
             result, log_rows = self._stage(state, plan, who, reason, undoes=batch or ",".join(edit_ids or []))
-            self._write(state, log_rows)
+            self._write(collection, state, log_rows)
         return result
 
     def _ready(self) -> Collection:
@@ -372,7 +381,7 @@ class Curation:
             return EditResult(None, [], versions, unchanged), []
         return EditResult(batch, [_public(r) for r in log_rows], versions, unchanged), log_rows
 
-    def _write(self, state: dict[str, dict[str, Any]], log_rows: list[dict[str, Any]],
+    def _write(self, collection: Collection, state: dict[str, dict[str, Any]], log_rows: list[dict[str, Any]],
                compact_above: int = tables.COMPACT_ABOVE_FRAGMENTS, defer: bool = False) -> None:
         """The staged batches as one journal line, then (unless `defer`) applied to the tables."""
         if not log_rows:
@@ -383,7 +392,7 @@ class Curation:
         self.journal.append({"batches": list(dict.fromkeys(r["batch"] for r in log_rows)),
                              "log": [{**r, "at": r["at"].isoformat()} for r in log_rows], "rows": written})
         if not defer:
-            self.apply_journal(compact_above, holding_lock=True)
+            self._apply_journal(collection, compact_above, holding_lock=True)
 
     def _apply_file(self, collection: Collection, compact_above: int) -> None:
         """The journal file being applied, if any (under the apply lock): its log rows in one append (skipped

@@ -143,7 +143,7 @@ def decide(workspace: Workspace, proposal_id: str, decision: str, who: str, queu
     """Accept (apply it as an edit, why `review:<queue>`, and record it with the edit batch), reject (record
     it: never offered again for that item and value) or skip (nothing recorded; last in the queue for this
     process) one open proposal. `edit`: how an accept is written (the service's group-commit writer; by
-    default `Curation.apply_many` at once). Returns {decision, proposal, batch, done, left}."""
+    default `Curation.apply_job`, written at once). Returns {decision, proposal, batch, done, left}."""
     _check_queue(queue)
     if decision not in DECISIONS:
         raise ReviewError(f"unknown decision '{decision}' ({', '.join(DECISIONS)})")
@@ -164,18 +164,11 @@ def decide(workspace: Workspace, proposal_id: str, decision: str, who: str, queu
         # `expected`: the version the proposal was checked against, so an edit made since is a conflict.
         job = EditJob([proposal.item], changes_from(_edit(proposal)), who, f"review:{queue}",
                       expected={proposal.item: proposal.version})
-        batch = (edit or _apply_now(workspace))(job).batch
+        batch = (edit or Curation(workspace).apply_job)(job).batch
     _record(workspace, proposal, decision, who, batch)
     skipped.pop(proposal_id, None)
     return {"decision": decision, "proposal": proposal.to_dict(), "batch": batch, "done": done + 1,
             "left": max(0, left - 1)}
-
-
-def _apply_now(workspace: Workspace) -> Callable[[EditJob], EditResult]:
-    def apply(job: EditJob) -> EditResult:
-        return Curation(workspace).apply(job.ids, job.changes, job.who, job.why, job.expected)
-
-    return apply
 
 
 def _find_open(workspace: Workspace, queue: str, cache: dict[str, Any], decisions: _Decisions, pid: str

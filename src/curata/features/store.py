@@ -169,23 +169,22 @@ class FeatureStore:
         one scan of the hash column, as are questions while the runs are missing or damaged (they are rebuilt
         from that scan)."""
         dataset = self._dataset()
-        if dataset is None or not len(hashes):
-            return self._computed(hashes)
+        if dataset is None:
+            return None
+        if not len(hashes):
+            return pa.array([], pa.string())
         runs = self.hash_filter
         maybe = None if len(hashes) > SCAN_SHARE * dataset.count_rows() else runs.contains(list(hashes))
         if maybe is not None:
-            return self._computed(np.asarray(hashes, dtype=object)[maybe])
-        every = self._computed()
+            return self._computed(dataset, np.asarray(hashes, dtype=object)[maybe])
+        every = self._computed(dataset)
         if not runs.readable():
             with contextlib.suppress(OSError):  # a read-only workspace: the index keeps answering
                 runs.build(every.to_pylist())
         return every
 
-    def _computed(self, among: list[str] | np.ndarray | None = None) -> pa.Array | None:
+    def _computed(self, dataset: Any, among: list[str] | np.ndarray | None = None) -> pa.Array:
         """Hashes with a computed vector: all of them, or those of `among` (a few, through the index)."""
-        dataset = self._dataset()
-        if dataset is None:
-            return None
         computed = pc.field("error").is_null()
         if among is not None and not len(among):
             return pa.array([], pa.string())

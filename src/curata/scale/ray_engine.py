@@ -25,7 +25,6 @@ object storage: `curata.objectstore`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -163,14 +162,12 @@ def _give_back_memory() -> None:
     """Return the memory a window freed to the system: glibc keeps freed blocks of its many arenas, so the
     driver's resident size grew by each window's leftovers (Linux only; elsewhere a no-op)."""
     import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if name and "libc" in name:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(name).malloc_trim(0)
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # this process's own symbols: glibc's, if any
+    if trim is not None:
+        trim(0)
 
 
 def _finish_store(folder: str) -> None:
