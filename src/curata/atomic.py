@@ -12,12 +12,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
+import io
 import os
 import re
 import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from curata.storage import StorePath, is_remote
 
 STAGING = ".staging"  # hidden, and one level down, so `models/*/card.json` globs never see a staged bundle
 _STAGED = re.compile(r"\.(\d+)-[0-9a-f]{8}(\.old)?$")  # <name>.<writer pid>-<random>[.old]
@@ -31,11 +38,24 @@ def name_file(error: BaseException, path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically (temp file in the same folder, then rename)."""
+    """Write a text file atomically (`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file atomically: a temp file in the same folder, fsynced, then renamed; on object storage one PUT,
+    which is atomic by itself."""
+    if is_remote(path):
+        try:
+            path.write_bytes(data)
+        except BaseException as e:
+            name_file(e, path)
+            raise
+        return
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -46,10 +66,21 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def atomic_write_parquet(frame: Any, path: Path) -> None:
+    """A DataFrame as a Parquet file, written atomically (readers never see half a file)."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 @contextlib.contextmanager
 def replace_folder(directory: Path) -> Iterator[Path]:
     """Yield an empty staging folder to write into. If the block succeeds, the staging folder replaces
     `directory` (the previous one, if any, is deleted); if it raises, `directory` is left untouched."""
+    if is_remote(directory):
+        with _replace_remote_folder(directory) as tmp:
+            yield tmp
+        return
     directory = Path(directory)
     staging = directory.parent / STAGING
     tmp = staging / f"{directory.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -73,6 +104,73 @@ def replace_folder(directory: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)  # after an exchange, it holds the previous folder
         with contextlib.suppress(OSError):  # only when empty: another writer may be staging there
             staging.rmdir()
+
+
+CURRENT = "CURRENT"  # on object storage: the name of the folder's published generation
+
+
+@contextlib.contextmanager
+def _replace_remote_folder(directory: StorePath) -> Iterator[Path]:
+    """`replace_folder` on object storage, where nothing renames: the folder is staged locally, uploaded as a new
+    generation (`<directory>/<generation>/...`), then published by one PUT of `<directory>/CURRENT`. Readers go
+    through `folder_view`, so they see the old generation or the new one, whole; a writer killed before the
+    PUT leaves an unpublished generation, deleted by a later writer."""
+    tmp = Path(tempfile.mkdtemp(prefix="curata-folder-"))
+    try:
+        yield tmp
+        generation = f"g{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        for file in sorted(tmp.rglob("*")):
+            if file.is_file():
+                (directory / generation / file.relative_to(tmp).as_posix()).write_bytes(file.read_bytes())
+        pointer = directory / CURRENT
+        try:
+            previous = pointer.read_text().strip()
+        except FileNotFoundError:
+            previous = ""
+        pointer.write_text(generation)
+        for entry in directory.iterdir():  # the generation replaced, and those of writers that died unpublished
+            if entry.name not in (generation, CURRENT) and (entry.name == previous or _abandoned(entry.name)):
+                entry.rmtree()
+    except BaseException as e:
+        name_file(e, directory)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _abandoned(generation: str, after_s: float = 3600.0) -> bool:
+    """Whether a generation neither current nor just replaced was started over `after_s` ago: its writer died
+    before publishing it (a live one publishes within that), or a reader still had it (it has its copy)."""
+    found = re.fullmatch(r"g(\d+)-[0-9a-f]{8}", generation)
+    return found is not None and (time.time_ns() - int(found.group(1))) / 1e9 > after_s
+
+
+def folder_view(directory: Path | StorePath) -> Path:
+    """A local folder holding what `replace_folder` last published at `directory`: the folder itself on local
+    disk; on object storage, the current generation copied once into the cache (generations never change, so
+    later reads in any process reuse the copy). A folder never published gives a path that does not exist."""
+    if not is_remote(directory):
+        return Path(directory)
+    from curata.paths import cache_dir
+
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:24]
+    try:
+        generation = (directory / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return cache_dir() / "folders" / digest / "unpublished"
+    local = cache_dir() / "folders" / digest / generation
+    if not local.is_dir():
+        staged = local.with_name(f".{generation}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        for path, _ in (directory / generation).walk_files():
+            target = staged / path.relative_to(directory / generation)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+        staged.mkdir(parents=True, exist_ok=True)
+        try:
+            staged.rename(local)
+        except OSError:  # another process copied it first
+            shutil.rmtree(staged, ignore_errors=True)
+    return local
 
 
 def sync_dir(directory: Path) -> None:

@@ -36,9 +36,11 @@ console = Console()
 err = Console(stderr=True)
 
 WorkspaceOpt = Annotated[
-    Path,
+    str,  # not a Path: that would fold `s3://bucket/x` into `s3:/bucket/x`
     typer.Option("--workspace", "-w", envvar="CURATA_WORKSPACE",
-                 help="Workspace folder holding the collection, features, models, index and reports."),
+                 help="Workspace folder holding the collection, features, models, index and reports, or a "
+                      "prefix on object storage (s3://bucket/prefix, gs://…, az://…; credentials and endpoint "
+                      "from the environment)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout instead of tables.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]

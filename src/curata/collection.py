@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from curata import tables
 from curata.atomic import name_file
+from curata.storage import is_remote
 
 SCHEMA = pa.schema(
     [
@@ -448,7 +449,13 @@ class Collection:
                          dtype=object)
 
     def _create(self, table: pa.Table) -> None:
-        """The first commit, staged aside and renamed in: a crash leaves no half-created table."""
+        """The first commit, staged aside and renamed in: a crash leaves no half-created table. On object storage
+        (no rename) the table is created in place: until its first manifest it does not exist for readers, and
+        the next create clears what a crash left."""
+        if is_remote(self.path):
+            tables.write(table, self.path, mode="create")
+            self._index()
+            return
         staged = self.root / f".collection.lance.{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             tables.write(table, staged, mode="create")
@@ -533,8 +540,20 @@ class Collection:
     def _log(self, action: str, what: str, added: int, updated: int, unchanged: int, **extra: Any) -> None:
         entry = {"version": self.version, "at": datetime.now(UTC).isoformat(timespec="seconds"), "action": action,
                  "what": what, "added": added, "updated": updated, "unchanged": unchanged, **extra}
+        line = json.dumps(entry, ensure_ascii=False)
+        if is_remote(self.history_path):  # no append on object storage: one object per entry, named in order
+            (self.root / "history.d" / f"{self.version:012d}-{uuid.uuid4().hex[:8]}.json").write_text(line)
+            return
         with open(self.history_path, "a", encoding="utf-8") as fh:  # one short line: appended whole
-            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            fh.write(line + "\n")
+
+    def _logged_lines(self) -> list[str]:
+        if is_remote(self.history_path):
+            folder = self.root / "history.d"
+            return [path.read_text() for path in sorted(folder.iterdir())] if folder.is_dir() else []
+        if not self.history_path.exists():
+            return []
+        return self.history_path.read_text(encoding="utf-8").splitlines()
 
     def history(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest `limit` versions, newest first: Lance's version list joined with what curata logged."""
@@ -542,13 +561,12 @@ class Collection:
         if dataset is None:
             return []
         logged: dict[int, dict[str, Any]] = {}
-        if self.history_path.exists():
-            for line in self.history_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                    logged[int(entry["version"])] = entry
-                except (ValueError, KeyError, TypeError):
-                    continue  # a torn last line after a crash
+        for line in self._logged_lines():
+            try:
+                entry = json.loads(line)
+                logged[int(entry["version"])] = entry
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line after a crash
         versions = sorted(dataset.versions(), key=lambda v: v["version"], reverse=True)
         if logged:  # curata's own commits; the index updates Lance commits after each one are left out
             versions = [v for v in versions if int(v["version"]) in logged or int(v["version"]) == dataset.version]

@@ -8,13 +8,14 @@ version readable and at worst some unreferenced files, which `compact` cleans up
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+from curata.storage import is_remote, rmtree
 
 # Small fragments (one per `features` flush, one per ingest) are merged past this many.
 COMPACT_ABOVE_FRAGMENTS = 32
@@ -49,7 +50,9 @@ def session() -> Any:
 def exists(path: Path) -> bool:
     """Whether a table was committed at `path` (a folder without a manifest is a create that died first)."""
     try:
-        return any(e.name.endswith(".manifest") for e in os.scandir(path / "_versions"))
+        names = (e.name for e in (path / "_versions").iterdir()) if is_remote(path) else \
+            (e.name for e in os.scandir(path / "_versions"))
+        return any(name.endswith(".manifest") for name in names)
     except OSError:
         return False
 
@@ -82,7 +85,7 @@ def write(table: pa.Table, path: Path, *, mode: str, message: str = "") -> Any:
     """Create, append to or overwrite the table (one commit). Returns the new dataset."""
     kwargs: dict[str, Any] = {"commit_message": message} if message else {}
     if mode == "create" and path.exists() and not exists(path):
-        shutil.rmtree(path)  # files of a create killed before its first commit
+        rmtree(path)  # files of a create killed before its first commit
     return _lance().write_dataset(table, str(path), mode=mode, max_rows_per_file=TARGET_ROWS_PER_FRAGMENT,
                                   **kwargs)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -27,23 +26,20 @@ import pandas as pd
 
 from curata.atomic import atomic_write_text
 from curata.collection import Collection, Upsert
+from curata.storage import StorePath, lease, location
 
 DEFAULT_WORKSPACE = "curata-workspace"
 SUBDIRS = ("features", "models", "index", "reports", "cache")
 
 
-def default_workspace() -> Path:
-    return Path(os.environ.get("CURATA_WORKSPACE", DEFAULT_WORKSPACE))
+def default_workspace() -> str:
+    return os.environ.get("CURATA_WORKSPACE", DEFAULT_WORKSPACE)
 
 
 class Workspace:
-    def __init__(self, root: str | Path | None = None):
-        self.root = Path(root) if root is not None else default_workspace()
-        first = self.root.parts[0] if self.root.parts else ""
-        if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]+:", first):  # `s3://b/x` (a Path folds it into `s3:/b/x`)
-            raise ValueError(f"a workspace on object storage ({first}//...) is not supported yet: the workspace "
-                             "must be a folder (mount the bucket, e.g. with mountpoint-s3 or s3fs, and pass the "
-                             "mounted folder); the images of a collection may be object URIs")
+    def __init__(self, root: str | Path | StorePath | None = None):
+        # A local folder (`Path`) or a prefix on object storage (`StorePath`, see curata.storage).
+        self.root: Any = location(root if root is not None else default_workspace())
         if (self.root / "plugins.json").is_file():  # the plug-in paths its features were computed with
             from curata.features.plugins import read_plugin_paths, use_plugin_paths
 
@@ -131,8 +127,13 @@ class Workspace:
     def lock(self, name: str = "", on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold an exclusive lock across processes: the collection's (`.lock`), or a named one (`.lock-<name>`,
         e.g. one per feature extractor). `on_wait` is called once if another process holds it."""
+        path = self.root / (f".lock-{name}" if name else ".lock")
+        if isinstance(path, StorePath):  # no flock on object storage: a lease object (curata.storage.lease)
+            with lease(path, on_wait):
+                yield
+            return
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / (f".lock-{name}" if name else ".lock"), "w") as fh:
+        with open(path, "w") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -19,6 +19,7 @@ known labels when given.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from curata.storage import is_remote
 from curata.vectors import l2_rows
 
 METHODS = ("kmeans", "gmm", "agglomerative", "spectral", "hdbscan")
@@ -386,9 +388,14 @@ def plot_k_curve(curve: KCurve, path: str | Path, title: str = "") -> Path:
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Lay out, write (creating the folder) and close a matplotlib figure."""
     fig.tight_layout()
-    path = Path(path)
+    path = path if is_remote(path) else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    if is_remote(path):  # matplotlib writes files or file objects: one PUT of the drawn bytes
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix.lstrip(".") or "png")
+        path.write_bytes(buffer.getvalue())
+    else:
+        fig.savefig(path)
     _pyplot().close(fig)
     return path
 

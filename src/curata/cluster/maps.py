@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from curata.atomic import atomic_write_parquet
 from curata.cluster.core import ClusterInputError, _pyplot, check_matrix, normalise, reduce, save_figure
+from curata.storage import location
 
 MAP_METHODS = ("auto", "tsne", "umap", "pca")
 TSNE_LIMIT = 20000  # above this many items t-SNE takes many minutes on a laptop; "auto" switches to UMAP
@@ -274,10 +276,8 @@ def write_assignments(root: str | Path, run_name: str, ids: Sequence[str], label
         "x": xy[:, 0].astype(np.float32) if xy is not None else np.full(len(labels), np.nan, np.float32),
         "y": xy[:, 1].astype(np.float32) if xy is not None else np.full(len(labels), np.nan, np.float32),
     })
-    folder = Path(root) / "clusters"
+    folder = location(root) / "clusters"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{run_name}.parquet"
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)  # readers never see a half-written file
+    atomic_write_parquet(frame, path)  # readers never see a half-written file
     return path

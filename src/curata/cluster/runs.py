@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curata.atomic import atomic_write_parquet
 from curata.cluster.core import DEFAULT_K_RANGE, ClusterInputError, cluster, plot_k_curve
 from curata.cluster.duplicates import (
     DEFAULT_COSINE,
@@ -42,6 +43,7 @@ from curata.cluster.naming import name_clusters
 from curata.cluster.themes import TagThemes, tag_themes
 from curata.cluster.topics import TOPIC_METHODS, topics
 from curata.progress import SILENT, Reporter
+from curata.storage import readable
 from curata.workspace import Workspace
 
 STREAM_ABOVE_ROWS = 50_000  # k-means over more items streams (see cluster_workspace, cluster/stream.py)
@@ -275,7 +277,8 @@ def cluster_workspace(workspace: Workspace, features: Sequence[str] = ("minilm",
 def _cached_phashes(workspace: Workspace, items: pd.DataFrame, reporter: Reporter) -> tuple[np.ndarray, dict[int, str]]:
     """pHashes by image content hash, cached in clusters/phash.parquet so reruns only hash new images."""
     path = workspace.dir("clusters") / "phash.parquet"
-    cache = pd.read_parquet(path) if path.exists() else pd.DataFrame({"image_sha256": [], "phash": [], "error": []})
+    empty = pd.DataFrame({"image_sha256": [], "phash": [], "error": []})
+    cache = pd.read_parquet(readable(path)) if path.exists() else empty
     known = dict(zip(cache["image_sha256"], zip(cache["phash"], cache["error"], strict=True), strict=True))
     todo = items.drop_duplicates("image_sha256")
     todo = todo[~todo["image_sha256"].isin(known)]
@@ -287,9 +290,7 @@ def _cached_phashes(workspace: Workspace, items: pd.DataFrame, reporter: Reporte
             known[sha] = (int(np.int64(h.view(np.int64))), errors.get(r))
         frame = pd.DataFrame({"image_sha256": list(known), "phash": [v[0] for v in known.values()],
                               "error": [v[1] for v in known.values()]})
-        tmp = path.with_name(".phash.parquet.tmp")
-        frame.to_parquet(tmp, index=False)
-        tmp.replace(path)
+        atomic_write_parquet(frame, path)
     out = np.zeros(len(items), np.uint64)
     errs: dict[int, str] = {}
     for r, sha in enumerate(items["image_sha256"]):
@@ -340,5 +341,5 @@ def themes_workspace(workspace: Workspace, embedder: str = "minilm", n_themes: i
     folder = workspace.dir("clusters")
     _write_json(folder / f"themes-{embedder}.json", found.to_dict())
     frame = pd.DataFrame({"id": list(items["id"]), "themes": found.item_themes(tag_lists)})
-    frame.to_parquet(folder / f"themes-{embedder}.parquet", index=False)
+    atomic_write_parquet(frame, folder / f"themes-{embedder}.parquet")
     return found

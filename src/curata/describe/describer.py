@@ -32,7 +32,7 @@ from curata.describe.sentence import make_sentence
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.imageio import load_image
 from curata.progress import SILENT, Reporter
-from curata.tasks.bundle import BundleError, load_bundle, load_card
+from curata.tasks.bundle import BundleError, bundle_cards, load_bundle, load_card
 from curata.tasks.runner import bundle_extractors, extract_blocks, predict_blocks
 from curata.vectors import l2_rows
 from curata.workspace import Workspace
@@ -63,13 +63,13 @@ def find_bundle(workspace: Workspace, task: str, name: str | None = None) -> Pat
             raise BundleError(f"bundle '{name}' is a {card.task} model, not a {task} model")
         return path
     found = []
-    for card_path in models.glob("*/card.json"):
+    for folder, _ in bundle_cards(models):
         try:
-            card = load_card(card_path.parent)
+            card = load_card(folder)
         except BundleError:
             continue
         if card.task == task:
-            found.append((card.created, card_path.parent))
+            found.append((card.created, folder))
     return max(found)[1] if found else None
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from curata.evaluate import plots
 from curata.evaluate.cv import CVResult, comparison_table
+from curata.storage import is_remote, uploaded_folder
 
 LOWER_IS_BETTER = {"fit_seconds"}
 PROTOCOL_ORDER = ("task", "target", "features", "items_used", "skipped", "folds", "seed", "split", "groups",
@@ -60,6 +61,13 @@ def write_report(directory: Path, title: str, results: list[CVResult], *, protoc
     umap; tsne samples at most 2000 items). `importance` and `thresholds` describe the model fitted on all
     items. A plot that fails becomes a note, not a lost report. Returns {"json", "html", "plots": [paths]}.
     """
+    if is_remote(directory):  # written locally, then uploaded (curata.storage.uploaded_folder)
+        with uploaded_folder(directory) as local:
+            paths = write_report(local, title, results, protocol=protocol, embedding=embedding,
+                                 importance=importance, thresholds=thresholds, notes=notes, extra=extra,
+                                 embedding_method=embedding_method, seed=seed)
+        return {"json": directory / "report.json", "html": directory / "report.html",
+                "plots": [directory / "plots" / p.name for p in paths["plots"]]}
     directory = Path(directory)
     plot_dir = directory / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)

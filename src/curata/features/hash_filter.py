@@ -18,16 +18,16 @@ table's index answers as before.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
-import os
+import io
 import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from curata.storage import is_remote, local_copy, try_lock
 
 FOLDER = "hashes"
 COMPLETE = "complete"
@@ -57,7 +57,7 @@ class HashFilter:
         self._write_run(np.unique(keys(hashes)))
         for run in self._runs():
             try:
-                np.load(run, mmap_mode="r")
+                _load(run)
             except FileNotFoundError:
                 continue
             except (OSError, ValueError, EOFError):  # EOFError: a run a power cut left empty
@@ -86,7 +86,7 @@ class HashFilter:
         for _ in range(3):  # a merge may delete a run between listing and reading it: list again
             try:
                 for run in self._runs():
-                    stored = np.load(run, mmap_mode="r")
+                    stored = _load(run)
                     if len(stored):
                         at = np.minimum(np.searchsorted(stored, wanted), len(stored) - 1)
                         found |= np.asarray(stored[at]) == wanted
@@ -103,6 +103,11 @@ class HashFilter:
     def _write_run(self, values: np.ndarray) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"run-{time.time_ns()}-{uuid.uuid4().hex[:8]}.npy"
+        if is_remote(final):  # one PUT: atomic by itself
+            buffer = io.BytesIO()
+            np.save(buffer, values.astype(np.uint64), allow_pickle=False)
+            final.write_bytes(buffer.getvalue())
+            return final
         staged = self.folder / f".{final.name}.tmp"
         with open(staged, "wb") as fh:
             np.save(fh, values.astype(np.uint64), allow_pickle=False)
@@ -113,10 +118,8 @@ class HashFilter:
         """Merge the small runs into one, and the largest too once they add up to its size (so a key is
         rewritten a few times over the store's life, not at every merge). The new run is in place before the
         old ones go: a reader between the two sees duplicates, never a gap."""
-        with open(self.folder / ".merge.lock", "w") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+        with try_lock(self.folder / ".merge.lock") as held:
+            if not held:
                 return  # another writer is merging
             try:
                 sizes = {run: run.stat().st_size for run in self._runs()}
@@ -125,10 +128,15 @@ class HashFilter:
                     return
                 if sum(sizes[run] for run in runs[:-1]) < sizes[runs[-1]]:
                     runs = runs[:-1]
-                merged = np.unique(np.concatenate([np.load(run) for run in runs]))
+                merged = np.unique(np.concatenate([_load(run) for run in runs]))
             except (OSError, ValueError, EOFError):  # a run dropped meanwhile, or damaged (a plan rebuilds them)
                 return
             self._write_run(merged)
             for run in runs:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(run)
+                run.unlink(missing_ok=True)
+
+
+def _load(run: Path) -> np.ndarray:
+    """A run's keys, memory-mapped (a run on object storage is copied to the local cache once: runs never change
+    under their name)."""
+    return np.load(local_copy(run) if is_remote(run) else run, mmap_mode="r")

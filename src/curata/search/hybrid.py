@@ -91,16 +91,16 @@ def _text(value: Any) -> str:
 def newest_tags_bundle(workspace: Workspace) -> tuple[Any, Any] | None:
     """(folder, card) of the most recently created `tags` bundle in models/, like the Describer's choice
     (without importing the describe package, which is slow to import: Searcher.open calls this)."""
-    from curata.tasks.bundle import BundleError, load_card
+    from curata.tasks.bundle import BundleError, bundle_cards, load_card
 
     found = []
-    for card_path in (workspace.root / "models").glob("*/card.json"):
+    for folder, _ in bundle_cards(workspace.root / "models"):
         try:
-            card = load_card(card_path.parent)
+            card = load_card(folder)
         except (BundleError, OSError, ValueError):
             continue
         if card.task == "tags":
-            found.append((card.created, card_path.parent.name, card_path.parent, card))
+            found.append((card.created, folder.name, folder, card))
     if not found:
         return None
     newest = max(found, key=lambda f: (f[0], f[1]))

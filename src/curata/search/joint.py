@@ -469,15 +469,17 @@ def joint_bundles(workspace: Workspace, unreadable: list[str] | None = None) -> 
     are skipped; pass a list as `unreadable` to collect them (path and reason)."""
     found = []
     models = workspace.root / "models"
-    for card_path in models.glob("*/card.json") if models.is_dir() else []:
+    from curata.tasks.bundle import bundle_cards
+
+    for folder, data in bundle_cards(models):
         try:
-            card = json.loads(card_path.read_text(encoding="utf-8"))
+            card = json.loads(data)
         except ValueError as e:
             if unreadable is not None:
-                unreadable.append(f"{card_path} ({e})")
+                unreadable.append(f"{folder / 'card.json'} ({e})")
             continue
         if isinstance(card, dict) and card.get("kind") == KIND:
-            found.append((card_path.parent.name, card))
+            found.append((folder.name, card))
     return sorted(found, key=lambda nc: (str(nc[1].get("created", "")), nc[0]), reverse=True)
 
 

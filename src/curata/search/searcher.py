@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from curata.atomic import folder_view
 from curata.imageio import ImageError, load_image
 from curata.progress import SILENT, Reporter
 from curata.search.encoders import QueryEncoder, make_encoder
@@ -54,7 +55,7 @@ def _same_model(built: dict[str, Any], current: dict[str, Any]) -> bool:
 
 
 def _read_sidecar(directory: Path) -> dict[str, Any] | None:
-    path = directory / SIDECAR
+    path = folder_view(directory) / SIDECAR
     if not path.is_file():
         return None
     try:
@@ -96,7 +97,7 @@ def build_index(workspace: Workspace, model: str | None = None, *, reporter: Rep
             except IndexErrorBadInput as e:  # derived data: a rebuild repairs it
                 notes.append(f"{e}: rebuilt from scratch")
                 rebuilt = True
-    elif (directory / SIDECAR).exists():
+    elif (folder_view(directory) / SIDECAR).exists():
         notes.append(f"{directory / SIDECAR} is unreadable: the index is rebuilt from scratch")
         rebuilt = True
     if index is None:
@@ -140,7 +141,7 @@ def build_index(workspace: Workspace, model: str | None = None, *, reporter: Rep
     # unchanged untagged items; the tags model only runs on new or changed ones.
     previous = None
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        previous = json.loads((directory / LEXICAL_FILE).read_text(encoding="utf-8")).get("predictions")
+        previous = json.loads((folder_view(directory) / LEXICAL_FILE).read_text(encoding="utf-8")).get("predictions")
     lexical, lexical_summary = build_lexical(workspace, items, previous, reporter=reporter)
     notes.extend(lexical_summary.pop("notes"))
     # The sidecars are saved inside the index folder, so all are replaced together (or none, on a crash).
@@ -357,7 +358,7 @@ class Searcher:
 
 def _open_lexical(workspace: Workspace, directory: Path) -> tuple[LexicalIndex | None, list[str]]:
     """The lexical index beside the vectors, or None with a note (an index built before hybrid search)."""
-    path = directory / LEXICAL_FILE
+    path = folder_view(directory) / LEXICAL_FILE
     if not path.is_file():
         return None, ["this index has no lexical part (built before hybrid search): searched the joint space "
                       "only; run `curata index build` for hybrid search"]

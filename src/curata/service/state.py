@@ -30,6 +30,7 @@ from curata.service.catalog import ColourCache, ItemsView
 from curata.service.errors import ApiError, hide_paths
 from curata.service.settings import Settings
 from curata.service.writer import EditWriter
+from curata.storage import readable
 from curata.workspace import Workspace
 
 T = TypeVar("T")
@@ -264,7 +265,9 @@ class ServiceState:
         models = self.workspace.root / "models"
         if not models.is_dir():
             return []
-        return sorted(p.name for p in models.iterdir() if (p / "card.json").is_file() and _NAME.match(p.name))
+        from curata.tasks.bundle import bundle_cards
+
+        return sorted(folder.name for folder, _ in bundle_cards(models) if _NAME.match(folder.name))
 
     def bundle_dir(self, name: str) -> Path:
         check_name(name, "bundle")
@@ -469,7 +472,7 @@ class ServiceState:
         mtime = path.stat().st_mtime
         cached = self._runs_cache.get(run)
         if cached is None or cached[0] != mtime:
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(readable(path))
             self._runs_cache = {**self._runs_cache, run: (mtime, frame)}
             return frame
         return cached[1]

@@ -18,7 +18,7 @@ import hashlib
 import json
 import platform
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from curata import __version__
-from curata.atomic import replace_folder
+from curata.atomic import CURRENT, folder_view, replace_folder
 from curata.features.engine import make_extractor
+from curata.storage import is_remote
 
 # What a bundle folder may hold (classifier or joint space): anything else is not ours to replace.
 BUNDLE_FILES = {"card.json", "model.joblib", "extractors", "heads.pt", "heads.npz", "split.json"}
@@ -66,7 +67,7 @@ def _versions() -> dict[str, str]:
 def check_replaceable(directory: Path) -> None:
     """Refuse to replace a folder that is not a bundle (a bundle named `extractors` would wipe the fitted
     extractor state); replacing a bundle of either kind is fine."""
-    if directory.is_dir() and not {p.name for p in directory.iterdir()} <= BUNDLE_FILES:
+    if directory.is_dir() and not {p.name for p in folder_view(directory).iterdir()} <= BUNDLE_FILES:
         raise BundleError(f"{directory} exists and is not a model bundle; refusing to replace it (choose another "
                           "--name)")
 
@@ -82,7 +83,7 @@ def save_bundle(directory: Path, model: Any, card: Card, extractors: dict[str, P
 
         joblib.dump(model, tmp / "model.joblib")
         for name, source in (extractors or {}).items():
-            shutil.copytree(source, tmp / "extractors" / name)
+            shutil.copytree(folder_view(source), tmp / "extractors" / name)
         (tmp / "card.json").write_text(json.dumps(card.to_dict(), indent=2, default=str), encoding="utf-8")
     return directory
 
@@ -95,7 +96,7 @@ def retrain_hint(card: Card, directory: Path) -> str:
 def read_card_json(directory: Path, what: str = "a model bundle") -> Any:
     """The parsed `card.json` of a bundle folder (classifier or joint space); a missing or unreadable
     card is a BundleError naming the folder as not being `what`."""
-    path = Path(directory) / "card.json"
+    path = folder_view(directory) / "card.json"
     if not path.is_file():
         raise BundleError(f"{directory} is not {what} (no card.json)")
     try:
@@ -110,19 +111,35 @@ def newest_card(models: Path, match: Callable[[dict[str, Any]], bool]) -> tuple[
     `match`es (ties: the greater folder name), read with json alone: the search and review paths ask which
     bundle is newest without loading a model or importing the describe package."""
     found = []
-    for card_path in models.glob("*/card.json") if models.is_dir() else []:
+    for folder, data in bundle_cards(models):
         try:
-            data = card_path.read_bytes()
             card = json.loads(data)
-        except (OSError, ValueError):
+        except ValueError:
             continue
         if isinstance(card, dict) and card.get("kind") != "joint_space" and match(card):
-            found.append((str(card.get("created", "")), card_path.parent.name, card_path.parent, card,
-                          hashlib.sha256(data).hexdigest()[:16]))
+            digest = hashlib.sha256(data).hexdigest()[:16]
+            found.append((str(card.get("created", "")), folder.name, folder, card, digest))
     if not found:
         return None
     _, _, folder, card, digest = max(found, key=lambda f: (f[0], f[1]))
     return folder, card, digest
+
+
+def bundle_cards(models: Path) -> Iterator[tuple[Path, bytes]]:
+    """(folder, card.json bytes) of every bundle in `models` (classifiers and joint spaces; unreadable cards
+    are skipped). On object storage a bundle is a published folder (`atomic.folder_view`)."""
+    if not models.is_dir():
+        return
+    if is_remote(models):
+        folders = sorted({path.parent for path in models.glob(f"*/{CURRENT}")})
+        cards = [(folder, folder_view(folder) / "card.json") for folder in folders]
+    else:
+        cards = [(path.parent, path) for path in sorted(models.glob("*/card.json"))]
+    for folder, path in cards:
+        try:
+            yield folder, path.read_bytes()
+        except OSError:
+            continue
 
 
 def load_card(directory: Path) -> Card:
@@ -139,7 +156,7 @@ def load_card(directory: Path) -> Card:
 
 def load_bundle(directory: Path) -> tuple[Any, Card]:
     card = load_card(directory)
-    path = directory / "model.joblib"
+    path = folder_view(directory) / "model.joblib"
     try:
         import joblib
 

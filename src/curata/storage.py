@@ -1,0 +1,457 @@
+"""A workspace on object storage: `-w s3://bucket/prefix` (or `gs://`, `az://`, any URL the Rust `object_store`
+crate reads, the same crate Lance uses, so both read one configuration).
+
+The workspace's Lance tables are opened by URI and read and written in place by every node. Its other files
+(reports, history, bundles, journals, hash runs) are objects under the same prefix, reached through
+`StorePath`: the part of `pathlib.Path` the workspace code uses, over `obstore`. A `StorePath` has no
+`__fspath__`, so a call that only takes local files (`open()`, `os.replace`, `fcntl`) fails loudly instead of
+writing a local folder named `s3:`.
+
+What differs from a folder, and how the code copes:
+- a PUT is atomic and there is no rename: a file is written whole in one PUT (`atomic_write_text` does that),
+  and a folder that must change atomically (a model bundle) is written by `atomic.replace_folder` as a new
+  generation and published by one PUT of its pointer;
+- there is no `flock`: `lease` holds a lock object created with a conditional PUT (create only if absent),
+  refreshed while held and taken over once its holder stopped refreshing it (a killed process);
+- there is no append: appenders (`history.jsonl`, the edit journal) read and rewrite the object under the lock.
+
+Credentials, region and endpoint come from the environment as the cloud's own tools read them
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP` for a
+loopback server; `GOOGLE_*`, `AZURE_*`), never from curata's options or files.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://([^/]+)(/.*)?$")
+LOCAL_SCHEMES = ("file",)
+LEASE_S = 60.0  # a lock whose holder has not refreshed it for this long is taken over
+_stores: dict[str, Any] = {}
+_stores_lock = threading.Lock()
+
+
+def is_uri(root: str | os.PathLike[str]) -> bool:
+    """Whether `root` names a place on object storage (`s3://bucket/prefix`), not a local folder."""
+    found = URI.match(str(root)) if isinstance(root, str) else None
+    return found is not None and found.group(1).lower() not in LOCAL_SCHEMES
+
+
+def location(root: str | os.PathLike[str]) -> Path | StorePath:
+    """A workspace root: a `StorePath` for an object-store URL, else a local `Path`."""
+    if isinstance(root, StorePath):
+        return root
+    if isinstance(root, str) and is_uri(root):
+        return StorePath(root)
+    return Path(root)
+
+
+def is_remote(path: object) -> bool:
+    return isinstance(path, StorePath)
+
+
+def _store(base: str) -> Any:
+    """One client per bucket and process (`base`: `scheme://bucket`), configured from the environment."""
+    with _stores_lock:
+        store = _stores.get(base)
+        if store is None:
+            from obstore.store import from_url
+
+            try:
+                store = from_url(base)
+            except Exception as e:  # obstore's messages name the URL and the reason, never a secret
+                raise OSError(f"cannot reach {base}: {e}") from e
+            _stores[base] = store
+        return store
+
+
+class StorePath:
+    """A path under an object-store URL, with the `pathlib.Path` methods the workspace code uses."""
+
+    def __init__(self, uri: str):
+        found = URI.match(uri)
+        if found is None:
+            raise ValueError(f"not an object-store URL: {uri}")
+        self._base = f"{found.group(1).lower()}://{found.group(2)}"
+        self.key = str(PurePosixPath("/" + (found.group(3) or "").strip("/")))[1:]  # "" at the bucket's root
+
+    # Names ----------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return f"{self._base}/{self.key}" if self.key else self._base
+
+    def __repr__(self) -> str:
+        return f"StorePath({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StorePath) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+    def __lt__(self, other: StorePath) -> bool:
+        return str(self) < str(other)
+
+    def __truediv__(self, part: str | os.PathLike[str]) -> StorePath:
+        part = str(part).strip("/")
+        return StorePath(f"{self}/{part}") if part else self
+
+    def joinpath(self, *parts: str) -> StorePath:
+        path = self
+        for part in parts:
+            path = path / part
+        return path
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.key).name
+
+    @property
+    def stem(self) -> str:
+        return PurePosixPath(self.key).stem
+
+    @property
+    def suffix(self) -> str:
+        return PurePosixPath(self.key).suffix
+
+    @property
+    def parent(self) -> StorePath:
+        return StorePath(f"{self._base}/{PurePosixPath(self.key).parent}".rstrip("/.").rstrip("/"))
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        return (self._base, *PurePosixPath(self.key).parts)
+
+    def with_name(self, name: str) -> StorePath:
+        return self.parent / name
+
+    def with_suffix(self, suffix: str) -> StorePath:
+        return self.parent / (self.stem + suffix)
+
+    def relative_to(self, other: StorePath) -> PurePosixPath:
+        return PurePosixPath(self.key).relative_to(other.key)
+
+    def expanduser(self) -> StorePath:
+        return self
+
+    def resolve(self) -> StorePath:
+        return self
+
+    def absolute(self) -> StorePath:
+        return self
+
+    # Reading --------------------------------------------------------------------------------
+    @property
+    def store(self) -> Any:
+        return _store(self._base)
+
+    def _head(self) -> dict[str, Any] | None:
+        import obstore
+
+        try:
+            return obstore.head(self.store, self.key)
+        except FileNotFoundError:
+            return None
+
+    def is_file(self) -> bool:
+        return bool(self.key) and self._head() is not None
+
+    def is_dir(self) -> bool:
+        """Whether any object lies under this prefix (object storage has no empty folders)."""
+        import obstore
+
+        prefix = f"{self.key}/" if self.key else None
+        return any(chunk for chunk in obstore.list(self.store, prefix, chunk_size=1))
+
+    def exists(self) -> bool:
+        return self.is_file() or self.is_dir()
+
+    def stat(self) -> os.stat_result:
+        meta = self._head()
+        if meta is None:
+            raise FileNotFoundError(f"object not found: {self}")
+        mtime = meta["last_modified"].timestamp()
+        return os.stat_result((0o100644, 0, 0, 1, 0, 0, int(meta["size"]), mtime, mtime, mtime))
+
+    def read_bytes(self) -> bytes:
+        import obstore
+
+        try:
+            return bytes(obstore.get(self.store, self.key).bytes())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"object not found: {self}") from None
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def iterdir(self) -> Iterator[StorePath]:
+        """The objects and sub-prefixes directly under this one."""
+        import obstore
+
+        listing = obstore.list_with_delimiter(self.store, self.key or None)
+        for prefix in listing["common_prefixes"]:
+            yield StorePath(f"{self._base}/{prefix}")
+        for meta in listing["objects"]:
+            if meta["path"] != self.key:
+                yield StorePath(f"{self._base}/{meta['path']}")
+
+    def walk_files(self) -> Iterator[tuple[StorePath, int]]:
+        """Every object under this prefix, at any depth, with its size."""
+        import obstore
+
+        for chunk in obstore.list(self.store, f"{self.key}/" if self.key else None):
+            for meta in chunk:
+                yield StorePath(f"{self._base}/{meta['path']}"), int(meta["size"])
+
+    def glob(self, pattern: str) -> Iterator[StorePath]:
+        """Objects (and prefixes holding objects) matching `pattern`, one name per `/`-separated part."""
+        depth = pattern.count("/") + 1
+        seen: set[str] = set()
+        for path, _ in self.walk_files():
+            parts = path.relative_to(self).parts
+            if len(parts) < depth:
+                continue
+            candidate = "/".join(parts[:depth])
+            if candidate not in seen and fnmatch.fnmatchcase(candidate, pattern):
+                seen.add(candidate)
+                yield self / candidate
+
+    def open(self, mode: str = "r", encoding: str | None = "utf-8", **_: Any) -> Any:
+        """A file object: read modes hold the whole object; write modes PUT it whole when closed; append
+        rewrites it with the new bytes after the old (the caller holds the workspace lock)."""
+        if mode in ("r", "rt"):
+            return io.StringIO(self.read_text(encoding or "utf-8"))
+        if mode == "rb":
+            return io.BytesIO(self.read_bytes())
+        if mode in ("w", "wt", "a", "at", "wb", "ab"):
+            before = b""
+            if mode.startswith("a"):
+                with suppress(FileNotFoundError):
+                    before = self.read_bytes()
+            return _Upload(self, before, text="b" not in mode, encoding=encoding or "utf-8")
+        raise ValueError(f"mode {mode!r} is not supported on object storage ({self})")
+
+    # Writing --------------------------------------------------------------------------------
+    def write_bytes(self, data: bytes) -> int:
+        import obstore
+
+        obstore.put(self.store, self.key, data)
+        return len(data)
+
+    def write_text(self, text: str, encoding: str = "utf-8") -> int:
+        return self.write_bytes(text.encode(encoding))
+
+    def create_exclusive(self, data: bytes) -> bool:
+        """PUT only if no object is there (one conditional request); False if one was."""
+        import obstore
+        from obstore.exceptions import AlreadyExistsError
+
+        try:
+            obstore.put(self.store, self.key, data, mode="create")
+        except AlreadyExistsError:
+            return False
+        return True
+
+    def mkdir(self, parents: bool = False, exist_ok: bool = False, mode: int = 0o777) -> None:
+        """Nothing to do: a prefix exists once an object is written under it."""
+
+    def touch(self, exist_ok: bool = True) -> None:
+        if not self.is_file():
+            self.write_bytes(b"")
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        import obstore
+
+        if not missing_ok and self._head() is None:
+            raise FileNotFoundError(f"object not found: {self}")
+        obstore.delete(self.store, self.key)
+
+    def rmtree(self) -> None:
+        """Delete every object under this prefix (and the object of this name, if any)."""
+        import obstore
+
+        keys = [path.key for path, _ in self.walk_files()]
+        for start in range(0, len(keys), 1000):
+            obstore.delete(self.store, keys[start:start + 1000])
+        if self.key:
+            obstore.delete(self.store, self.key)
+
+    def replace(self, target: StorePath) -> StorePath:
+        """Copy, then delete (object storage has no rename; the copy is atomic for readers of `target`)."""
+        import obstore
+
+        obstore.copy(self.store, self.key, target.key)
+        obstore.delete(self.store, self.key)
+        return target
+
+    rename = replace
+
+
+class _Upload(io.BytesIO):
+    """A writable file whose bytes are PUT as one object when it is closed without an error."""
+
+    def __init__(self, path: StorePath, before: bytes, text: bool, encoding: str):
+        super().__init__()
+        self._path, self._text, self._encoding = path, text, encoding
+        super().write(before)
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        return super().write(data.encode(self._encoding) if self._text else data)
+
+    def __exit__(self, kind: Any, *rest: Any) -> None:
+        if kind is None:
+            self._path.write_bytes(self.getvalue())
+        super().__exit__(kind, *rest)
+
+
+def readable(path: Path | StorePath) -> Any:
+    """What a reader taking a file name or a file object (pandas, pyarrow, numpy) can open: the path itself on
+    local disk, the object's bytes in memory on object storage."""
+    return io.BytesIO(path.read_bytes()) if isinstance(path, StorePath) else path
+
+
+def rmtree(path: Path | StorePath) -> None:
+    """`shutil.rmtree` for a local folder (missing: nothing to do) or a prefix on object storage."""
+    if isinstance(path, StorePath):
+        path.rmtree()
+    else:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def lease(path: StorePath, on_wait: Callable[[], None] | None = None, lease_s: float = LEASE_S
+          ) -> Iterator[None]:
+    """Hold the lock object `path` for the block: created with a conditional PUT, so one holder at a time
+    across every node; refreshed every third of `lease_s` while held; taken over when its holder stopped
+    refreshing it for `lease_s` (a process killed while holding it); deleted on exit."""
+    import obstore
+    from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+    me = {"holder": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"}
+    waited = False
+    tag = ""
+    while not tag:
+        body = json.dumps({**me, "at": time.time()}).encode()
+        try:
+            tag = obstore.put(path.store, path.key, body, mode="create")["e_tag"] or "-"
+            break
+        except AlreadyExistsError:
+            pass
+        meta = path._head()
+        if meta is not None and time.time() - meta["last_modified"].timestamp() > lease_s:
+            try:  # its holder is gone: replace it only if nobody refreshed or took it meanwhile
+                tag = obstore.put(path.store, path.key, body, mode={"e_tag": meta["e_tag"]})["e_tag"] or "-"
+                break
+            except (PreconditionError, FileNotFoundError):
+                continue
+        if not waited and on_wait is not None:
+            on_wait()
+        waited = True
+        time.sleep(0.2)
+    stop = threading.Event()
+
+    def refresh() -> None:
+        nonlocal tag
+        while not stop.wait(lease_s / 3):
+            try:
+                tag = obstore.put(path.store, path.key, json.dumps({**me, "at": time.time()}).encode(),
+                                  mode={"e_tag": tag})["e_tag"] or tag
+            except OSError:
+                pass  # refreshed at the next tick; a lease lost to an outage is the worst case
+            except Exception:  # PreconditionError: taken over (this process stalled past the lease)
+                return
+
+    keeper = threading.Thread(target=refresh, name=f"curata-lease-{path.name}", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        keeper.join()
+        try:
+            if json.loads(path.read_bytes()).get("holder") == me["holder"]:
+                path.unlink(missing_ok=True)
+        except (OSError, ValueError):
+            pass
+
+
+@contextmanager
+def try_lock(path: Path | StorePath) -> Iterator[bool]:
+    """Hold the lock at `path` if nobody does (yields True), else yield False at once: a local `flock`, or a
+    lease object on object storage."""
+    if isinstance(path, StorePath):
+        if path.create_exclusive(b"{}"):
+            try:
+                yield True
+            finally:
+                path.unlink(missing_ok=True)
+        else:
+            yield False
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def local_copy(path: StorePath) -> Path:
+    """A local copy of an object that never changes under its name (a hash run, a generation's file), fetched
+    once into the cache (`$CURATA_CACHE/objects/`) and reused by every later read in any process."""
+    import hashlib
+
+    from curata.paths import cache_dir
+
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:24]
+    local = cache_dir() / "objects" / digest[:2] / f"{digest}-{path.name}"
+    if not local.is_file():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        staged = local.with_name(f".{local.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        staged.write_bytes(path.read_bytes())
+        staged.replace(local)
+    return local
+
+
+@contextmanager
+def uploaded_folder(directory: StorePath) -> Iterator[Path]:
+    """A temporary local folder whose files are uploaded under `directory` when the block succeeds (one PUT
+    each, so each file is whole), after which objects under `directory` the block did not write are deleted
+    (a previous run's plots). For folders read by people and tools, not swapped atomically: bundles and
+    indexes use `atomic.replace_folder`."""
+    import shutil
+    import tempfile
+
+    local = Path(tempfile.mkdtemp(prefix="curata-upload-"))
+    try:
+        yield local
+        written = set()
+        for file in sorted(local.rglob("*")):
+            if file.is_file():
+                target = directory / file.relative_to(local).as_posix()
+                target.write_bytes(file.read_bytes())
+                written.add(target.key)
+        stale = [path.key for path, _ in directory.walk_files() if path.key not in written]
+        if stale:
+            import obstore
+
+            obstore.delete(directory.store, stale)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
