@@ -10,23 +10,35 @@ milliseconds for the two table commits, so the service acknowledges an edit firs
 later, for many edits at once (`curata.curation`). A line torn by a kill was never acknowledged. Readers skip
 it, and the next append cuts it off first, so the next line is not glued onto it. Callers hold the workspace
 lock.
+
+On object storage, which cannot append or rename, the journal is a prefix with one object per write
+(`edits-journal/<time>-<random>.json`, durable once its PUT returns) and `edits-applying.json` lists the objects
+being applied (`ObjectJournal`, same interface).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from curata.atomic import sync_dir
+from curata.storage import StorePath, is_remote
 
 JOURNAL = "edits-journal.jsonl"
 APPLYING = "edits-applying.jsonl"
 _CHUNK = 1 << 16
 
 
-class EditJournal:
+def EditJournal(root: Any) -> LocalJournal | ObjectJournal:
+    """The workspace's journal: a file on local disk, a prefix of objects on object storage."""
+    return ObjectJournal(root) if is_remote(root) else LocalJournal(root)
+
+
+class LocalJournal:
     def __init__(self, root: Path):
         self.path = root / JOURNAL
         self.applying = root / APPLYING
@@ -81,6 +93,66 @@ class EditJournal:
         """The file being applied is now in the tables: forget it."""
         self.applying.unlink(missing_ok=True)
         sync_dir(self.path.parent)
+
+
+class ObjectJournal:
+    """The journal on object storage: one object per write; `applying` lists the objects moved aside."""
+
+    def __init__(self, root: StorePath):
+        self.folder = root / "edits-journal"
+        self.applying = root / "edits-applying.json"
+
+    def pending(self) -> bool:
+        return self.applying.exists() or self.folder.is_dir()
+
+    def append(self, entry: dict[str, Any]) -> None:
+        """One PUT: the write is durable, and whole, once it returns."""
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+        (self.folder / name).write_bytes(json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+
+    def _moved(self) -> list[str]:
+        try:
+            return list(json.loads(self.applying.read_bytes()))
+        except FileNotFoundError:
+            return []
+
+    def _objects(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+        if names is None:
+            names = sorted(path.name for path, _ in self.folder.walk_files())
+        out = []
+        for name in names:
+            try:
+                entry = json.loads((self.folder / name).read_bytes())
+            except (FileNotFoundError, ValueError):  # applied and deleted meanwhile
+                continue
+            if isinstance(entry, dict) and entry.get("batches") and isinstance(entry.get("rows"), list):
+                out.append(entry)
+        return out
+
+    def entries(self) -> list[dict[str, Any]]:
+        return self.applying_entries() + self.waiting_entries()
+
+    def applying_entries(self) -> list[dict[str, Any]]:
+        return self._objects(self._moved())
+
+    def waiting_entries(self) -> list[dict[str, Any]]:
+        moved = set(self._moved())
+        return self._objects(sorted(path.name for path, _ in self.folder.walk_files() if path.name not in moved))
+
+    def rotate(self) -> bool:
+        if self.applying.exists():
+            return False
+        names = sorted(path.name for path, _ in self.folder.walk_files())
+        if not names:
+            return False
+        self.applying.write_bytes(json.dumps(names).encode())
+        return True
+
+    def applied(self) -> None:
+        """Delete the applied writes, then the list (a kill between leaves a list of absent objects: applied)."""
+        for name in self._moved():
+            (self.folder / name).unlink(missing_ok=True)
+        self.applying.unlink(missing_ok=True)
 
 
 def _read(path: Path) -> list[dict[str, Any]]:

@@ -180,7 +180,7 @@ def interactive_map(xy: np.ndarray, labels: Sequence[int] | np.ndarray, ids: Seq
             + (f" (capped at {max_thumbnails}, a sample of every cluster)" if n > max_thumbnails else ""))
     page = (_PAGE.replace("__TITLE__", html.escape(title)).replace("__NOTE__", html.escape(note))
             .replace("__DATA__", _json_for_script(payload)))
-    path = Path(path)
+    path = location(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return {"path": str(path), "items": n, "thumbnails": len(thumbs), "thumbnail_cap_hit": n > max_thumbnails}

@@ -42,6 +42,7 @@ from curata import tables
 from curata.atomic import atomic_write_text, name_file
 from curata.features.base import Extractor
 from curata.features.hash_filter import HashFilter
+from curata.storage import location
 
 TABLE = "vectors.lance"
 # Above this share of the store, a lookup scans the table (streamed) instead of probing the index per hash.
@@ -80,7 +81,7 @@ def write_fragments(target: str, hashes: list[str], vectors: np.ndarray, errors:
     """Write rows as fragment files of the table at `target` (`FeatureStore.fragment_target`) without committing
     them, from any process that can reach it (a Ray worker); returns their metadata as JSON for the committer."""
     lance = tables._lance()
-    HashFilter(Path(target).parent).add([h for h, e in zip(hashes, errors, strict=True) if e is None])
+    HashFilter(location(target).parent).add([h for h, e in zip(hashes, errors, strict=True) if e is None])
     written = lance.fragment.write_fragments(rows_table(hashes, vectors, errors, dim), target,
                                              schema=rows_schema(dim), max_rows_per_file=tables.TARGET_ROWS_PER_FRAGMENT)
     return [json.dumps(f.to_json()) for f in written]

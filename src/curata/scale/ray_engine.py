@@ -174,8 +174,9 @@ def _finish_store(folder: str) -> None:
     """Runs in a Ray task: the store's end-of-run upkeep (the hash index over the run's rows, built or extended),
     so that the memory it takes is a worker's, not the driver's."""
     from curata.features.store import FeatureStore
+    from curata.storage import location
 
-    FeatureStore.in_folder(Path(folder)).finish()
+    FeatureStore.in_folder(location(folder)).finish()
 
 
 def _rewrite_on_ray(tasks: list[Any], uri: str) -> list[Any]:
