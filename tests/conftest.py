@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import subprocess
+import sys
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +214,30 @@ def browser():
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         yield chromium
         chromium.close()
+
+
+SECRET = "curata-test-secret-7c1d9e"  # must never appear in a report, a card, an error or the console
+
+
+@pytest.fixture(scope="module")
+def s3_env(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A real S3-compatible server (`moto_server`, its own process on a free loopback port) and the environment
+    a client reaches it with (`AWS_ALLOW_HTTP`: Lance and obstore refuse plain HTTP otherwise)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"moto_server did not start: {log.read_text()[-1000:]}")
+            time.sleep(0.2)
+        yield {"AWS_ACCESS_KEY_ID": "curata-test-key", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+               "AWS_ALLOW_HTTP": "true"}
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,38 +17,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import write_image
+from conftest import SECRET, write_image
 from curata import objectstore
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.ingest.pipeline import ingest
 from curata.workspace import Workspace
-from test_service_support import Server, free_port
+from test_service_support import Server
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("moto")
 
-SECRET = "curata-test-secret-7c1d9e"  # must never appear in a report, a card, an error or the console
 COLOURS = {"red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 60, 200)}
-
-
-@pytest.fixture(scope="module")
-def s3_env(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """`moto_server` on a free loopback port; the AWS environment a client reaches it with."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"moto_server did not start: {log.read_text()[-1000:]}")
-            time.sleep(0.2)
-        yield {"AWS_ACCESS_KEY_ID": "curata-test-key", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from rich.markup import escape
 from curata.features.base import PluginUnavailable
 from curata.imageio import ImageError
 from curata.ingest.records import SourceError
+from curata.storage import StorageError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -116,7 +117,7 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 _internal(e)
             err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
-        except (BadInput, SourceError, ImageError, PluginUnavailable, FileNotFoundError) as e:
+        except (BadInput, SourceError, ImageError, PluginUnavailable, FileNotFoundError, StorageError) as e:
             # escape(): paths and reasons may hold [brackets] that Rich would read as markup.
             # soft_wrap: one line whatever the terminal width, for scripts that read stderr.
             err.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)

@@ -77,6 +77,25 @@ def _store(base: str) -> Any:
         return store
 
 
+class StorageError(OSError):
+    """Object storage unreachable or refusing (credentials, region, endpoint, permissions): one line, exit 2."""
+
+
+def _call(operation: Callable[..., Any], store: Any, *args: Any, **kwargs: Any) -> Any:
+    """An obstore call whose failures (other than a missing object and a lost condition, which callers handle)
+    become one-line OSErrors naming the store: no debug dump, never a credential."""
+    from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+    try:
+        return operation(store, *args, **kwargs)
+    except (FileNotFoundError, AlreadyExistsError, PreconditionError):
+        raise
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise StorageError(f"object storage refused or could not be reached ({reason[:300]}); check the "
+                           "credentials, region and endpoint in the environment (AWS_*, GOOGLE_*, AZURE_*)") from None
+
+
 class StorePath:
     """A path under an object-store URL, with the `pathlib.Path` methods the workspace code uses."""
 
@@ -160,7 +179,7 @@ class StorePath:
         import obstore
 
         try:
-            return obstore.head(self.store, self.key)
+            return _call(obstore.head, self.store, self.key)
         except FileNotFoundError:
             return None
 
@@ -172,7 +191,8 @@ class StorePath:
         import obstore
 
         prefix = f"{self.key}/" if self.key else None
-        return any(chunk for chunk in obstore.list(self.store, prefix, chunk_size=1))
+        first = _call(lambda store: next(iter(obstore.list(store, prefix, chunk_size=1)), []), self.store)
+        return bool(first)
 
     def exists(self) -> bool:
         return self.is_file() or self.is_dir()
@@ -188,18 +208,18 @@ class StorePath:
         import obstore
 
         try:
-            return bytes(obstore.get(self.store, self.key).bytes())
+            return bytes(_call(obstore.get, self.store, self.key).bytes())
         except FileNotFoundError:
             raise FileNotFoundError(f"object not found: {self}") from None
 
-    def read_text(self, encoding: str = "utf-8") -> str:
-        return self.read_bytes().decode(encoding)
+    def read_text(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self.read_bytes().decode(encoding, errors)
 
     def iterdir(self) -> Iterator[StorePath]:
         """The objects and sub-prefixes directly under this one."""
         import obstore
 
-        listing = obstore.list_with_delimiter(self.store, self.key or None)
+        listing = _call(obstore.list_with_delimiter, self.store, self.key or None)
         for prefix in listing["common_prefixes"]:
             yield StorePath(f"{self._base}/{prefix}")
         for meta in listing["objects"]:
@@ -210,9 +230,9 @@ class StorePath:
         """Every object under this prefix, at any depth, with its size."""
         import obstore
 
-        for chunk in obstore.list(self.store, f"{self.key}/" if self.key else None):
-            for meta in chunk:
-                yield StorePath(f"{self._base}/{meta['path']}"), int(meta["size"])
+        prefix = f"{self.key}/" if self.key else None
+        for meta in _call(lambda store: obstore.list(store, prefix).collect(), self.store):
+            yield StorePath(f"{self._base}/{meta['path']}"), int(meta["size"])
 
     def glob(self, pattern: str) -> Iterator[StorePath]:
         """Objects (and prefixes holding objects) matching `pattern`, one name per `/`-separated part."""
@@ -246,7 +266,7 @@ class StorePath:
     def write_bytes(self, data: bytes) -> int:
         import obstore
 
-        obstore.put(self.store, self.key, data)
+        _call(obstore.put, self.store, self.key, data)
         return len(data)
 
     def write_text(self, text: str, encoding: str = "utf-8") -> int:
@@ -258,7 +278,7 @@ class StorePath:
         from obstore.exceptions import AlreadyExistsError
 
         try:
-            obstore.put(self.store, self.key, data, mode="create")
+            _call(obstore.put, self.store, self.key, data, mode="create")
         except AlreadyExistsError:
             return False
         return True
@@ -275,7 +295,7 @@ class StorePath:
 
         if not missing_ok and self._head() is None:
             raise FileNotFoundError(f"object not found: {self}")
-        obstore.delete(self.store, self.key)
+        _call(obstore.delete, self.store, self.key)
 
     def rmtree(self) -> None:
         """Delete every object under this prefix (and the object of this name, if any)."""
@@ -283,16 +303,16 @@ class StorePath:
 
         keys = [path.key for path, _ in self.walk_files()]
         for start in range(0, len(keys), 1000):
-            obstore.delete(self.store, keys[start:start + 1000])
+            _call(obstore.delete, self.store, keys[start:start + 1000])
         if self.key:
-            obstore.delete(self.store, self.key)
+            _call(obstore.delete, self.store, self.key)
 
     def replace(self, target: StorePath) -> StorePath:
         """Copy, then delete (object storage has no rename; the copy is atomic for readers of `target`)."""
         import obstore
 
-        obstore.copy(self.store, self.key, target.key)
-        obstore.delete(self.store, self.key)
+        _call(obstore.copy, self.store, self.key, target.key)
+        _call(obstore.delete, self.store, self.key)
         return target
 
     rename = replace
@@ -346,14 +366,14 @@ def lease(path: StorePath, on_wait: Callable[[], None] | None = None, lease_s: f
     while not tag:
         body = json.dumps({**me, "at": time.time()}).encode()
         try:
-            tag = obstore.put(path.store, path.key, body, mode="create")["e_tag"] or "-"
+            tag = _call(obstore.put, path.store, path.key, body, mode="create")["e_tag"] or "-"
             break
         except AlreadyExistsError:
             pass
         meta = path._head()
         if meta is not None and time.time() - meta["last_modified"].timestamp() > lease_s:
             try:  # its holder is gone: replace it only if nobody refreshed or took it meanwhile
-                tag = obstore.put(path.store, path.key, body, mode={"e_tag": meta["e_tag"]})["e_tag"] or "-"
+                tag = _call(obstore.put, path.store, path.key, body, mode={"e_tag": meta["e_tag"]})["e_tag"] or "-"
                 break
             except (PreconditionError, FileNotFoundError):
                 continue
@@ -367,7 +387,7 @@ def lease(path: StorePath, on_wait: Callable[[], None] | None = None, lease_s: f
         nonlocal tag
         while not stop.wait(lease_s / 3):
             try:
-                tag = obstore.put(path.store, path.key, json.dumps({**me, "at": time.time()}).encode(),
+                tag = _call(obstore.put, path.store, path.key, json.dumps({**me, "at": time.time()}).encode(),
                                   mode={"e_tag": tag})["e_tag"] or tag
             except OSError:
                 pass  # refreshed at the next tick; a lease lost to an outage is the worst case
@@ -452,6 +472,6 @@ def uploaded_folder(directory: StorePath) -> Iterator[Path]:
         if stale:
             import obstore
 
-            obstore.delete(directory.store, stale)
+            _call(obstore.delete, directory.store, stale)
     finally:
         shutil.rmtree(local, ignore_errors=True)

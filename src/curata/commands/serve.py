@@ -66,8 +66,8 @@ def serve_cmd(
 
     from curata.service.settings import ENV_SETTINGS, Settings
 
-    Workspace(workspace)  # refuses an object-store URI in one line
-    if not workspace.is_dir():
+    root = Workspace(workspace).root  # a folder, or a prefix on object storage
+    if not root.is_dir():
         raise BadInput(f"workspace {workspace} does not exist; run `curata ingest` first")
     if workers < 1 or compute_slots < 1 or not 0 < port < 65536:
         raise BadInput("--workers and --compute-slots must be >= 1 and --port between 1 and 65535")
@@ -77,7 +77,7 @@ def serve_cmd(
         raise BadInput("--body-timeout must be > 0 seconds and --max-auth-failures >= 1")
     loopback = _is_loopback(host)
     hosts = tuple(allowed_host or ()) or ((*LOOPBACK_NAMES, host) if loopback else ())
-    settings = Settings(workspace=workspace.resolve(), api_key_file=api_key_file.resolve() if api_key_file else None,
+    settings = Settings(workspace=root.resolve(), api_key_file=api_key_file.resolve() if api_key_file else None,
                         keys_file=keys_file.resolve() if keys_file else None, allow_writes=allow_writes,
                         max_bulk_edit=max_bulk_edit,
                         cors_origins=tuple(cors_origin or ()), allow_urls=allow_urls,

@@ -7,8 +7,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from curata.service.keys import SCOPES, ApiKey, KeyRing
+from curata.storage import location
 
 ENV_SETTINGS = "CURATA_SERVICE_SETTINGS"  # JSON of Settings, how `curata serve` hands them to uvicorn workers
 ENV_API_KEY = "CURATA_API_KEY"
@@ -16,7 +18,7 @@ ENV_API_KEY = "CURATA_API_KEY"
 
 @dataclass(frozen=True)
 class Settings:
-    workspace: Path = Path("curata-workspace")
+    workspace: Any = Path("curata-workspace")  # a folder, or a StorePath (curata.storage)
     # Authentication: a key read from `api_key_file`, else from $CURATA_API_KEY; None = no authentication.
     api_key_file: Path | None = None
     # Named keys with scopes (read, write), JSON (service/keys.py); used together with the single key above.
@@ -53,7 +55,7 @@ class Settings:
     max_auth_failures: int = 30  # wrong API keys from one client address per minute before 429
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "workspace", Path(self.workspace))
+        object.__setattr__(self, "workspace", location(self.workspace))
         if self.api_key_file is not None:
             object.__setattr__(self, "api_key_file", Path(self.api_key_file))
         if self.keys_file is not None:
@@ -114,4 +116,4 @@ class Settings:
         text = os.environ.get(ENV_SETTINGS)
         if text:
             return cls.from_json(text)
-        return cls(workspace=Path(os.environ.get("CURATA_WORKSPACE", "curata-workspace")))
+        return cls(workspace=location(os.environ.get("CURATA_WORKSPACE", "curata-workspace")))

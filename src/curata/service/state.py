@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 
 from curata import objectstore
+from curata.atomic import CURRENT, folder_view
 from curata.objectstore import is_object_uri
 from curata.service.catalog import ColourCache, ItemsView
 from curata.service.errors import ApiError, hide_paths
 from curata.service.settings import Settings
 from curata.service.writer import EditWriter
-from curata.storage import readable
+from curata.storage import is_remote, readable
 from curata.workspace import Workspace
 
 T = TypeVar("T")
@@ -272,7 +273,7 @@ class ServiceState:
     def bundle_dir(self, name: str) -> Path:
         check_name(name, "bundle")
         directory = self.workspace.root / "models" / name
-        if not (directory / "card.json").is_file():
+        if not (folder_view(directory) / "card.json").is_file():
             known = ", ".join(self.bundle_names()) or "none"
             raise ApiError(404, "unknown_bundle", f"no model bundle named {name!r} (bundles: {known})", "bundle")
         return directory
@@ -280,7 +281,8 @@ class ServiceState:
     def raw_card(self, name: str) -> dict[str, Any] | None:
         """The bundle's card.json as written (classifier bundles and others, e.g. a joint search space)."""
         try:
-            card = json.loads((self.workspace.root / "models" / name / "card.json").read_text(encoding="utf-8"))
+            card = json.loads((folder_view(self.workspace.root / "models" / name) / "card.json").read_text(
+                encoding="utf-8"))
         except (OSError, ValueError):
             return None
         return card if isinstance(card, dict) else None
@@ -397,6 +399,10 @@ class ServiceState:
         if searcher is not None:
             index_dir = self.workspace.root / "index" / searcher.encoder.index_name
             paths += [index_dir, index_dir / "search.json"]
+        if is_remote(self.workspace.root):  # no folder times on object storage: the published generations'
+            paths = sorted((self.workspace.root / "models").glob(f"*/{CURRENT}"))
+            if searcher is not None:
+                paths.append(self.workspace.root / "index" / searcher.encoder.index_name / CURRENT)
         out = []
         for path in paths:
             try:

@@ -1,0 +1,160 @@
+"""A workspace on object storage (`-w s3://bucket/prefix`): a real S3-compatible server (moto, its own process on
+loopback) holds the whole workspace, tables and files. Every stage runs on it and gives what a local workspace
+gives; the lock is one holder at a time across processes and is taken over from a dead holder; a bundle write
+that dies leaves the published bundle whole; journaled edits survive a kill; nothing is written to a local
+folder named after the URI, and the credentials appear nowhere."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+
+import pytest
+
+from conftest import SECRET, write_colour_table
+from curata import storage
+from curata.atomic import CURRENT, folder_view, replace_folder
+from curata.storage import StorePath, lease
+from curata.workspace import Workspace
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto")
+pytest.importorskip("obstore")
+
+BUCKET = "curata-ws"
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_env) -> str:
+    boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                 aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket=BUCKET)
+    return f"s3://{BUCKET}"
+
+
+@pytest.fixture
+def aws(s3_env, bucket, monkeypatch, tmp_path) -> str:
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("CURATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CURATA_FEATURE_CACHE", "off")
+    monkeypatch.setattr(storage, "_stores", {})  # clients are per process and endpoint
+    monkeypatch.chdir(tmp_path)  # a URI folded into a local path would appear here as `s3:/...`
+    return bucket
+
+
+def _cli(*args: str) -> dict | list:
+    from typer.testing import CliRunner
+
+    from curata.cli import app
+
+    done = CliRunner().invoke(app, [*args, "--json"])
+    assert done.exit_code == 0, (args, done.output[-2000:])
+    assert SECRET not in done.output
+    return json.loads(done.output)
+
+
+def test_every_stage_on_a_bucket_gives_what_a_folder_gives(aws, tmp_path):
+    table = write_colour_table(tmp_path / "images", 24, (24, 20), text=True)
+    results = {}
+    for where, ws in (("bucket", f"{aws}/stages"), ("folder", str(tmp_path / "local"))):
+        _cli("ingest", str(table), "-w", ws)
+        _cli("features", "-e", "color_stats", "-w", ws)
+        _cli("train", "classify", "--target", "label", "--features", "color_stats", "--model", "logreg",
+             "--name", "colours", "-w", ws)
+        predicted = _cli("predict", "colours", "--all", "-w", ws)
+        _cli("index", "build", "--model", "zeroshot", "-w", ws)
+        found = _cli("search", "--text", "red", "--model", "zeroshot", "-k", "5", "-w", ws)
+        item = predicted[0]["id"]
+        edited = _cli("edit", item, "--label", "curated", "-w", ws)
+        label_after_edit = Workspace(ws).items(["id", "label"]).set_index("id")["label"][item]
+        _cli("undo", edited["batch"], "-w", ws)
+        results[where] = {
+            "vectors": Workspace(ws).items(["id"]).shape,
+            "predicted": sorted((r["id"], r["prediction"]) for r in predicted),
+            "found": [r["id"] for r in found["hits"]],
+            "edited": label_after_edit,
+            "label": Workspace(ws).items(["id", "label"]).set_index("id")["label"][item],
+            "history": len(_cli("history", "-w", ws)),
+        }
+    assert results["bucket"] == results["folder"]
+    assert results["bucket"]["edited"] == "curated" and results["bucket"]["label"] != "curated"
+    root = StorePath(f"{aws}/stages")
+    names = {path.relative_to(root).parts[0] for path, _ in root.walk_files()}
+    assert {"collection.lance", "features", "models", "index", "reports", "edits.lance"} <= names
+    assert (root / "models" / "colours" / CURRENT).is_file()  # a published generation, not loose files
+    assert not (tmp_path / "s3:").exists()
+    written = "".join(path.read_text(errors="replace") for path, size in root.walk_files()
+                      if path.suffix in (".json", ".html", ".jsonl") and size < 5_000_000)
+    assert SECRET not in written
+
+
+def test_a_bundle_write_that_dies_leaves_the_published_one(aws):
+    directory = StorePath(f"{aws}/bundles/models/b")
+    with replace_folder(directory) as tmp:
+        (tmp / "card.json").write_text('{"v": 1}')
+    with pytest.raises(RuntimeError), replace_folder(directory) as tmp:
+        (tmp / "card.json").write_text('{"v": 2}')
+        raise RuntimeError("killed mid-write")
+    assert json.loads((folder_view(directory) / "card.json").read_text()) == {"v": 1}
+    # A writer that died after uploading its generation, before publishing it: invisible, and deleted by the
+    # next publish once abandoned (its name says when it started).
+    abandoned = f"g{time.time_ns() - 2 * 3600 * 10**9}-0badc0de"
+    (directory / abandoned / "card.json").write_text('{"v": "torn"}')
+    assert json.loads((folder_view(directory) / "card.json").read_text()) == {"v": 1}
+    with replace_folder(directory) as tmp:
+        (tmp / "card.json").write_text('{"v": 3}')
+    assert json.loads((folder_view(directory) / "card.json").read_text()) == {"v": 3}
+    assert sorted(p.name for p in directory.iterdir()) == sorted([CURRENT, (directory / CURRENT).read_text()])
+
+
+def _hold(uri: str, seconds: float, started: multiprocessing.Event) -> None:
+    with lease(StorePath(uri)):
+        started.set()
+        time.sleep(seconds)
+
+
+def test_the_lease_has_one_holder_and_outlives_a_dead_one(aws, s3_env):
+    uri = f"{aws}/leases/.lock"
+    context = multiprocessing.get_context("spawn")
+    started = context.Event()
+    holder = context.Process(target=_hold, args=(uri, 3.0, started))
+    holder.start()
+    assert started.wait(60)
+    waited: list[bool] = []
+    began = time.monotonic()
+    with lease(StorePath(uri), on_wait=lambda: waited.append(True)):
+        assert waited and time.monotonic() - began > 1.0  # held until the other process let go
+    holder.join(30)
+    # A holder killed while holding: its lease is taken over once it stopped refreshing it.
+    started = context.Event()
+    killed = context.Process(target=_hold, args=(uri, 60.0, started))
+    killed.start()
+    assert started.wait(60)
+    killed.kill()
+    killed.join()
+    began = time.monotonic()
+    with lease(StorePath(uri), lease_s=2.0):
+        assert time.monotonic() - began < 30
+    assert not StorePath(uri).exists()  # released
+
+
+def test_journaled_edits_on_a_bucket_survive_a_kill_before_they_are_applied(aws, tmp_path):
+    from curata.curation import Change, Curation, EditJob
+
+    table = write_colour_table(tmp_path / "images", 6, (16, 16))
+    ws = Workspace(f"{aws}/journal")
+    _cli("ingest", str(table), "-w", str(ws.root))
+    items = ws.items(["id", "label"])
+    curation = Curation(ws)
+    job = EditJob(ids=list(items["id"][:2]), changes=[Change("label", "set", "kept")], who="test")
+    curation.apply_many([job], defer=True)  # journaled: one object, nothing applied yet
+    journal = curation.journal
+    assert journal.pending() and len(journal.waiting_entries()) == 1
+    assert journal.rotate() and journal.applying.exists()  # moved aside, then "killed" before applying
+    fresh = Workspace(f"{aws}/journal")  # the next reader applies it
+    labels = fresh.items(["id", "label"]).set_index("id")["label"]
+    assert list(labels[list(items["id"][:2])]) == ["kept", "kept"]
+    assert not Curation(fresh).journal.pending()
+    assert len(_cli("edits", "-w", str(ws.root))) == 2
