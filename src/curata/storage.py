@@ -62,6 +62,10 @@ def is_remote(path: object) -> bool:
     return isinstance(path, StorePath)
 
 
+class StorageError(OSError):
+    """Object storage unreachable or refusing (credentials, region, endpoint, permissions): one line, exit 2."""
+
+
 def _store(base: str) -> Any:
     """One client per bucket and process (`base`: `scheme://bucket`), configured from the environment."""
     with _stores_lock:
@@ -72,13 +76,11 @@ def _store(base: str) -> Any:
             try:
                 store = from_url(base)
             except Exception as e:  # obstore's messages name the URL and the reason, never a secret
-                raise OSError(f"cannot reach {base}: {e}") from e
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise StorageError(f"cannot open object storage at {base} ({reason[:300]}); check the credentials, "
+                                   "region and endpoint in the environment (AWS_*, GOOGLE_*, AZURE_*)") from None
             _stores[base] = store
         return store
-
-
-class StorageError(OSError):
-    """Object storage unreachable or refusing (credentials, region, endpoint, permissions): one line, exit 2."""
 
 
 def _call(operation: Callable[..., Any], store: Any, *args: Any, **kwargs: Any) -> Any:
