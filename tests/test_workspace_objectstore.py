@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 
+import numpy as np
 import pytest
 
 from conftest import SECRET, write_colour_table
@@ -158,3 +160,36 @@ def test_journaled_edits_on_a_bucket_survive_a_kill_before_they_are_applied(aws,
     assert list(labels[list(items["id"][:2])]) == ["kept", "kept"]
     assert not Curation(fresh).journal.pending()
     assert len(_cli("edits", "-w", str(ws.root))) == 2
+
+
+@pytest.mark.slow
+def test_ray_workers_write_the_feature_table_in_the_bucket(aws, s3_env, tmp_path):
+    """`features --engine ray` with the workspace in the bucket: the actors write their fragments and hash runs
+    into it, the driver commits, and the vectors equal the local engine's on a local workspace."""
+    import subprocess
+    import sys
+
+    from curata.features.engine import load_matrix, make_extractor
+
+    table = write_colour_table(tmp_path / "images", 12, (20, 16))
+    env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled", "CURATA_FEATURE_CACHE": "off",
+           "CURATA_CACHE": str(tmp_path / "cache")}
+    remote, local = f"{aws}/ray", str(tmp_path / "local")
+    for ws, engine in ((remote, ["--engine", "ray", "--ray-cpus", "2"]), (local, [])):
+        for args in (["ingest", str(table), "-w", ws, "-q"],
+                     ["features", "-e", "color_stats", "-w", ws, "-q", *engine]):
+            done = subprocess.run([sys.executable, "-m", "curata.cli", *args], env=env, capture_output=True,
+                                  text=True, timeout=300, check=False, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert SECRET not in done.stdout + done.stderr
+    matrices = {}
+    for ws in (remote, local):
+        workspace = Workspace(ws)
+        ids = list(workspace.items(["id"])["id"])
+        matrix, errors = load_matrix(workspace, make_extractor("color_stats"))
+        assert not any(errors)
+        matrices[ws] = (ids, matrix)
+    assert matrices[remote][0] == matrices[local][0]
+    np.testing.assert_allclose(matrices[remote][1], matrices[local][1], rtol=1e-6)
+    runs = list(StorePath(f"{remote}/features").glob("*/hashes/run-*.npy"))
+    assert runs and not (tmp_path / "s3:").exists()
