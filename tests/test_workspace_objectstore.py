@@ -193,3 +193,40 @@ def test_ray_workers_write_the_feature_table_in_the_bucket(aws, s3_env, tmp_path
     np.testing.assert_allclose(matrices[remote][1], matrices[local][1], rtol=1e-6)
     runs = list(StorePath(f"{remote}/features").glob("*/hashes/run-*.npy"))
     assert runs and not (tmp_path / "s3:").exists()
+
+
+@pytest.mark.slow
+def test_the_service_serves_and_edits_a_bucket_workspace(aws, s3_env, tmp_path):
+    """`curata serve -w s3://…`: items, a thumbnail, a search and edits through the writer; the server killed
+    right after answering the edits, the next reader has every one of them."""
+    import signal
+
+    import httpx
+
+    from test_service_support import Server
+
+    table = write_colour_table(tmp_path / "images", 9, (20, 16), text=True)
+    ws = f"{aws}/served"
+    _cli("ingest", str(table), "-w", ws)
+    _cli("index", "build", "--model", "zeroshot", "-w", ws)
+    server = Server(ws, "--allow-writes", env={**s3_env, "CURATA_CACHE": str(tmp_path / "cache")},
+                    log=tmp_path / "server.log").wait()
+    try:
+        listed = httpx.get(f"{server.url}/v1/items", params={"limit": 50}, timeout=30).json()
+        assert listed["total"] == 9
+        first = listed["items"][0]["id"]
+        thumb = httpx.get(f"{server.url}/v1/item/thumbnail", params={"id": first, "size": 32}, timeout=30)
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+        found = httpx.get(f"{server.url}/v1/search/text", params={"q": "red", "k": 3}, timeout=60)
+        assert found.status_code == 200 and len(found.json()["results"]) == 3
+        for n in range(3):
+            done = httpx.post(f"{server.url}/v1/edits", headers={"X-Curata-Client": "test"}, timeout=30,
+                              json={"ids": [first], "changes": {"add_tags": [f"served-{n}"]}})
+            assert done.status_code == 200, done.text
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+    finally:
+        server.stop()
+    tags = Workspace(ws).items(["id", "tags"]).set_index("id")["tags"][first]
+    assert {"served-0", "served-1", "served-2"} <= set(tags)
+    assert SECRET not in (tmp_path / "server.log").read_text(errors="replace")

@@ -9,9 +9,9 @@ k-means clusters of the image embeddings, named, scored against the algorithm, m
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,9 @@ from curata.cluster import cluster_workspace
 from curata.demo.generate import generate_collection
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.ingest.pipeline import IngestOptions, ingest
+from curata.paths import cache_dir
 from curata.progress import SILENT, Reporter
+from curata.storage import is_remote
 from curata.tasks.runner import TrainOptions
 from curata.tasks.runner import run as run_task
 from curata.vectors import l2_rows
@@ -88,6 +90,8 @@ def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     out_dir = workspace.root / "demo-collection"
+    if is_remote(out_dir):  # images are drawn as local files: beside the cache, each workspace its own folder
+        out_dir = cache_dir() / "demo-collections" / hashlib.sha256(str(out_dir).encode()).hexdigest()[:16]
     total = [0]
     advance = None
 
@@ -98,7 +102,7 @@ def run_demo(workspace: Workspace, *, per_algorithm: int = 60, size: int = 256, 
         advance(done - total[0])
         total[0] = done
 
-    generated = generate_collection(Path(out_dir), per_algorithm=per_algorithm, size=size, seed=seed,
+    generated = generate_collection(out_dir, per_algorithm=per_algorithm, size=size, seed=seed,
                                     progress=progress)
     timings["generate"] = time.perf_counter() - started
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -24,13 +23,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curata.atomic import replace_folder
+from curata.atomic import folder_view, replace_folder
 from curata.features.base import REGISTRY, Extractor, ItemError
 from curata.features.shared_cache import give_shared, shared_store, take_shared
 from curata.features.store import FeatureStore, store_dirname
 from curata.imageio import ImageError, load_image
 from curata.paths import default_threads
 from curata.progress import SILENT, Reporter
+from curata.storage import rmtree
 from curata.workspace import Workspace
 
 PART_SIZE = 2048  # items per written part: bounds memory, and the work lost if a run is killed
@@ -216,12 +216,12 @@ def ensure_fitted(extractor: Extractor, workspace: Workspace, items: pd.DataFram
         return ""
     state_dir = workspace.dir("models") / "extractors" / store_dirname(extractor.key)
     if refit:
-        shutil.rmtree(state_dir, ignore_errors=True)
-    fit_file = state_dir / "fit.json"
+        rmtree(state_dir)
+    fit_file = folder_view(state_dir) / "fit.json"
     if fit_file.exists():
-        extractor.load(state_dir)
+        extractor.load(folder_view(state_dir))
         return json.loads(fit_file.read_text())["fit_id"]
-    shutil.rmtree(state_dir, ignore_errors=True)  # state without fit.json: an older run died while saving it
+    rmtree(state_dir)  # state without fit.json: an older run died while saving it
     if items.empty:
         raise ValueError(f"{extractor.name} must be fitted on the collection, and the collection is empty")
     if extractor.modality == "text":
@@ -447,7 +447,7 @@ def _feature_store(workspace: Workspace, extractor: Extractor) -> FeatureStore:
     fit_id = ""
     if extractor.needs_fit:
         state_dir = workspace.root / "models" / "extractors" / store_dirname(extractor.key)
-        fit_file = state_dir / "fit.json"
+        fit_file = folder_view(state_dir) / "fit.json"
         if not fit_file.exists():
             raise ValueError(f"{extractor.name} has not been fitted in {workspace.root}; run `curata features`")
         fit_id = json.loads(fit_file.read_text())["fit_id"]

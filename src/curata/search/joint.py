@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curata.atomic import replace_folder
+from curata.atomic import folder_view, replace_folder
 from curata.features.base import Extractor
 from curata.features.engine import compute, load_matrix, make_extractor, text_hash
 from curata.features.store import FeatureStore
 from curata.ingest.nft import nft1000_caption
 from curata.progress import SILENT, Reporter
 from curata.search.captions import ItemCaptions, item_captions, masked_variants
+from curata.storage import is_remote
 from curata.workspace import Workspace
 
 KIND = "joint_space"
@@ -418,8 +419,9 @@ class JointSpace:
     def load(cls, directory: Path) -> JointSpace:
         from curata.tasks.bundle import read_card_json
 
-        directory = Path(directory)
+        directory = directory if is_remote(directory) else Path(directory)
         card = read_card_json(directory, "a joint-space bundle")
+        files = folder_view(directory)  # the folder itself, or its published generation copied from the bucket
         if card.get("kind") != KIND:
             raise ValueError(f"{directory.name} is a {card.get('kind') or card.get('task') or 'model'} bundle, "
                              "not a joint space (train one with `curata joint train`)")
@@ -429,10 +431,10 @@ class JointSpace:
             if current != enc["key"]:
                 raise ValueError(f"joint space {directory.name} was trained on {enc['key']} but this installation "
                                  f"computes {current}; retrain it")
-        weights = directory / "heads.pt"
+        weights = files / "heads.pt"
         retrain = (f"retrain it with `curata joint train --features {card['encoders']['image']['extractor']},"
                    f"{card['encoders']['text']['extractor']} --name {directory.name}`")
-        npz = directory / HEADS_NPZ
+        npz = files / HEADS_NPZ
         if npz.is_file() and card.get("heads_npz"):
             # The numpy copy: no torch. Both files are checked against the digests the card recorded, so a
             # damaged bundle is named, not half used.
@@ -460,7 +462,7 @@ class JointSpace:
         return cls(model, card, directory, heads=heads, logit_scale=float(model.logit_scale.detach()))
 
     def split(self) -> dict[str, list[str]]:
-        path = (self.directory or Path()) / "split.json"
+        path = folder_view(self.directory or Path()) / "split.json"
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
@@ -495,7 +497,7 @@ def load_joint(workspace: Workspace, name: str | None = None) -> JointSpace:
         name = bundles[0][0]
     path = Path(name)
     directory = path if path.is_dir() and (path / "card.json").exists() else workspace.root / "models" / name
-    if not (directory / "card.json").exists():
+    if not (folder_view(directory) / "card.json").exists():
         raise ValueError(f"no model named {name!r} in {workspace.root / 'models'}")
     return JointSpace.load(directory)
 

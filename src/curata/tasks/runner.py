@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from curata import objectstore
+from curata.atomic import folder_view
 from curata.budget import memory_budget, rows_within_budget
 from curata.evaluate.cv import CVResult, chosen_model, comparison_table, cross_validate, take
 from curata.evaluate.splits import held_out, make_folds
@@ -480,7 +481,7 @@ def bundle_extractors(card: Card, bundle_dir: Path) -> dict[str, Any]:
     for name in card.features:
         extractor = make_extractor(name)
         if extractor.needs_fit:
-            state = bundle_dir / "extractors" / name
+            state = folder_view(bundle_dir) / "extractors" / name
             if not state.is_dir():
                 raise BundleError(f"bundle {bundle_dir} lacks the fitted state of '{name}'")
             extractor.load(state)
