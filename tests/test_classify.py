@@ -261,3 +261,15 @@ def test_pixel_art_gets_pixel_features_by_default(tmp_path):
         assert list(protocol["features"]) == want, task
     assert prepare(ws, TrainOptions(task="tags", folds=2, min_tag_count=2))[0].model == "ridge"
     assert prepare(ws, TrainOptions(task="tags", folds=2, min_tag_count=2, features=["color_stats"]))[0].model is None
+
+
+def test_the_probe_fits_classes_smaller_than_its_inner_folds():
+    """Three items per class and three outer folds leave two per class in each training part: the probe's inner
+    cross-validation (3 folds) takes two instead of failing inside scikit-learn; one item is one clear line."""
+    from curata.tasks.classify import probe
+
+    x, y = blobs(np.eye(4) * 6, ["a", "b", "c", "d"], per_class=2, seed=0)
+    model = BlockClassifier(blocks=["emb"], model=probe()).fit(x, y)
+    assert (model.predict(x) == y).mean() == 1.0
+    with pytest.raises(ValueError, match="single training item"):
+        BlockClassifier(blocks=["emb"], model=probe()).fit({"emb": x["emb"][::2]}, y[::2])

@@ -6,12 +6,14 @@ folder named after the URI, and the credentials appear nowhere."""
 
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import SECRET, write_colour_table
@@ -171,7 +173,7 @@ def test_ray_workers_write_the_feature_table_in_the_bucket(aws, s3_env, tmp_path
 
     from curata.features.engine import load_matrix, make_extractor
 
-    table = write_colour_table(tmp_path / "images", 12, (20, 16))
+    table = write_colour_table(tmp_path / "images", 24, (20, 16))
     env = {**os.environ, **s3_env, "RAY_AUTH_MODE": "disabled", "CURATA_FEATURE_CACHE": "off",
            "CURATA_CACHE": str(tmp_path / "cache")}
     remote, local = f"{aws}/ray", str(tmp_path / "local")
@@ -193,6 +195,17 @@ def test_ray_workers_write_the_feature_table_in_the_bucket(aws, s3_env, tmp_path
     np.testing.assert_allclose(matrices[remote][1], matrices[local][1], rtol=1e-6)
     runs = list(StorePath(f"{remote}/features").glob("*/hashes/run-*.npy"))
     assert runs and not (tmp_path / "s3:").exists()
+    # A bundle published in the bucket, predicted by Ray actors, the parts written to the bucket too.
+    for args in (["train", "classify", "--features", "color_stats", "--model", "logreg", "--name", "c",
+                  "-w", remote],
+                 ["predict", "c", "--all", "--engine", "ray", "--ray-cpus", "2", "--output", f"{aws}/predictions",
+                  "-w", remote]):
+        done = subprocess.run([sys.executable, "-m", "curata.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=300, check=False, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+    parts = [str(p) for p in StorePath(f"{aws}/predictions").glob("part-*.parquet")]
+    predicted = pd.concat([pd.read_parquet(io.BytesIO(StorePath(p).read_bytes())) for p in parts])
+    assert sorted(predicted["id"]) == sorted(matrices[remote][0]) and predicted["error"].isna().all()
 
 
 @pytest.mark.slow

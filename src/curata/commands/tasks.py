@@ -272,9 +272,9 @@ def predict_cmd(
     ray_cpus: RayCpusOpt = None,
     ray_actors: RayActorsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images per model batch with --engine ray.")] = 32,
-    output: Annotated[Path | None, typer.Option(help="With --engine ray: a new folder to write the predictions "
-                                                "to as Parquet parts (id, image, prediction, tags, scores, "
-                                                "error) instead of printing them.")] = None,
+    output: Annotated[str | None, typer.Option(help="With --engine ray: a new folder (or s3://… prefix) to write "
+                                               "the predictions to as Parquet parts (id, image, prediction, "
+                                               "tags, scores, error) instead of printing them.")] = None,
     top: Annotated[int, typer.Option(help="Scores of this many classes per item (0: every class).")] = 3,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,

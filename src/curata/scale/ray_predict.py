@@ -16,6 +16,7 @@ each batch's input order, not the whole input's (the id and image columns say wh
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
@@ -29,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curata.atomic import atomic_write_bytes
 from curata.features.base import Extractor
 from curata.features.engine import PART_SIZE
 from curata.imageio import load_image
@@ -42,6 +44,7 @@ from curata.scale.runtime import (
     quiet_data_context,
     ray_runtime,
 )
+from curata.storage import location
 from curata.tasks.bundle import load_bundle
 from curata.tasks.runner import bundle_extractors, extract_blocks, predict_blocks
 from curata.workspace import Workspace
@@ -266,10 +269,9 @@ def _collect(results: Any, run: PredictRun, keep_rows: bool, output: Path | None
 
 
 def _write_part(output: Path, table: pa.Table) -> None:
-    name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
-    tmp = output / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(output / f"{name}.parquet")
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    atomic_write_bytes(output / f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet", buffer.getvalue())
 
 
 def predict_ray(bundle_dir: Path, inputs: Workspace | Path | str | list[Path | str], *, texts: str | None = None,
@@ -283,11 +285,12 @@ def predict_ray(bundle_dir: Path, inputs: Workspace | Path | str | list[Path | s
     started = time.perf_counter()
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    task, card = load_bundle(Path(bundle_dir))
-    extractors = bundle_extractors(card, Path(bundle_dir))  # checks versions, loads fitted state: fails early
+    bundle_dir = location(bundle_dir)  # a folder, or a bundle published in a bucket workspace
+    task, card = load_bundle(bundle_dir)
+    extractors = bundle_extractors(card, bundle_dir)  # checks versions, loads fitted state: fails early
     keep_rows = output is None if keep_rows is None else keep_rows
     if output is not None:
-        output = Path(output)
+        output = location(output)  # a folder, or a prefix on object storage: Ray Data writes either
         if output.exists() and any(output.glob("part-*.parquet")):
             raise ValueError(f"output folder {output} already holds prediction parts; give a new folder")
         output.mkdir(parents=True, exist_ok=True)
@@ -297,7 +300,7 @@ def predict_ray(bundle_dir: Path, inputs: Workspace | Path | str | list[Path | s
 
         pool = actor_pool(actors)
         source = _inputs(inputs, texts, batch_size, pool.actors)
-        advance = reporter.task(f"predict {Path(bundle_dir).name} (ray)", source.total)
+        advance = reporter.task(f"predict {bundle_dir.name} (ray)", source.total)
         results = source.dataset.map_batches(
             PredictActor,
             fn_constructor_kwargs={"task": task, "card": card, "extractors": extractors, "threads": pool.threads,
@@ -314,7 +317,7 @@ def predict_ray(bundle_dir: Path, inputs: Workspace | Path | str | list[Path | s
             advance(0)
             results.write_parquet(str(output), min_rows_per_file=PART_SIZE,
                                   filename_provider=_part_names())
-            errors = pq.read_table(output, columns=["error"])["error"]
+            errors = pq.read_table(str(output), columns=["error"])["error"]
             run.items, run.errors = len(errors), len(errors) - errors.null_count
             advance(run.items)
         else:

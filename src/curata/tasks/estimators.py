@@ -98,6 +98,20 @@ def check_labels(y: Any, *, min_per_class: int = 1, who: str = "the model") -> n
     return y
 
 
+def fit_inner_cv(model: Any, y: np.ndarray) -> Any:
+    """`model` with every inner cross-validation given as a fold count (`cv=3`, e.g. the probe's
+    LogisticRegressionCV) cut to the smallest class's size: an outer fold of a small class leaves fewer items
+    than that, and a stratified split would fail. A class of one item cannot be split at all: one line."""
+    smallest = int(np.unique(y, return_counts=True)[1].min())
+    folds = {name: v for name, v in model.get_params().items()
+             if (name == "cv" or name.endswith("__cv")) and isinstance(v, int) and not isinstance(v, bool)}
+    too_many = {name: v for name, v in folds.items() if v > smallest}
+    if too_many and smallest < 2:
+        raise ValueError("a class has a single training item, and the model tunes on an inner cross-validation: "
+                         "add items, use fewer folds (--folds), or drop the class (--min-per-class)")
+    return model.set_params(**{name: smallest for name in too_many}) if too_many else model
+
+
 def inner_folds(y: np.ndarray, max_splits: int, seed: int) -> StratifiedKFold:
     """A seeded stratified k-fold of the training data, with fewer folds when the smallest class is small."""
     smallest = int(np.unique(y, return_counts=True)[1].min())
@@ -171,7 +185,7 @@ class BlockClassifier(ClassifierMixin, BaseEstimator):
         matrix = self._matrix(x)
         if matrix.shape[0] != len(y):
             raise ValueError(f"{matrix.shape[0]} feature rows but {len(y)} labels")
-        self.model_ = clone(self.model if self.model is not None else default_logreg())
+        self.model_ = fit_inner_cv(clone(self.model if self.model is not None else default_logreg()), y)
         if self.balance:  # concat_blocks lays the blocks out in sorted name order
             widths = tuple(int(np.asarray(x[name]).shape[1]) for name in sorted(self.blocks))
             self.model_ = make_pipeline(BlockBalancer(widths), self.model_)
