@@ -243,3 +243,38 @@ def test_the_service_serves_and_edits_a_bucket_workspace(aws, s3_env, tmp_path):
     tags = Workspace(ws).items(["id", "tags"]).set_index("id")["tags"][first]
     assert {"served-0", "served-1", "served-2"} <= set(tags)
     assert SECRET not in (tmp_path / "server.log").read_text(errors="replace")
+
+
+def test_downloaded_images_are_kept_as_objects_of_the_bucket_workspace(aws, tmp_path):
+    """A URL list ingested into a bucket workspace: each downloaded image becomes an object under the
+    workspace's `cache/images/`, and the item points at it (so any node reads it), not at this machine's file."""
+    import functools
+    import http.server
+    import threading
+
+    from conftest import write_image
+
+    served = tmp_path / "served"
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        write_image(served / f"p{i}.png", color=colour)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:  # stderr is the CLI's output under CliRunner
+            pass
+
+    handler = functools.partial(Quiet, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("".join(f"http://127.0.0.1:{server.server_address[1]}/p{i}.png\n" for i in range(3)))
+        ws = f"{aws}/downloads"
+        _cli("ingest", str(urls), "-w", ws)
+    finally:
+        server.shutdown()
+        server.server_close()
+    images = sorted(Workspace(ws).items(["image"])["image"])
+    assert len(images) == 3 and all(image.startswith(f"{ws}/cache/images/") for image in images)
+    assert sorted(StorePath(image).read_bytes() for image in images) == \
+        sorted((served / f"p{i}.png").read_bytes() for i in range(3))
+    _cli("features", "-e", "color_stats", "-w", ws)  # read back from the bucket

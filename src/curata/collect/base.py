@@ -11,6 +11,7 @@ the journal skips the metadata already fetched, the download cache skips the ima
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,7 +26,9 @@ from curata.ingest.download import DownloadError, DownloadPolicy, fetch_json
 from curata.ingest.pipeline import IngestOptions, ingest_records
 from curata.ingest.records import RawRecord
 from curata.ingest.report import IngestReport
+from curata.paths import cache_dir
 from curata.progress import SILENT, Reporter
+from curata.storage import is_remote
 from curata.workspace import Workspace
 
 from .journal import Journal, fingerprint_key
@@ -141,8 +144,12 @@ class MetadataSession:
 
 
 def open_journal(workspace: Workspace, collector: str, fingerprint: dict[str, Any]) -> Journal:
-    """The journal of this query in ``<workspace>/cache/collect/``."""
+    """The journal of this query in ``<workspace>/cache/collect/`` (a workspace on object storage, which cannot
+    append: in the local cache, one folder per workspace; a resumed run on another machine starts over)."""
     folder = workspace.dir("cache") / "collect"
+    if is_remote(folder):
+        folder = cache_dir() / "collect" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
     return Journal(folder / f"{collector}-{fingerprint_key(fingerprint)}.jsonl", fingerprint)
 
 

@@ -28,7 +28,9 @@ from curata.ingest.records import RawRecord, SourceError
 from curata.ingest.report import Entry, IngestReport
 from curata.ingest.table import TABLE_SUFFIXES, ColumnMap, read_table
 from curata.ingest.urls import URL_LIST_SUFFIXES, read_url_list
+from curata.paths import cache_dir
 from curata.progress import SILENT, Reporter
+from curata.storage import is_remote
 from curata.workspace import Workspace
 
 FORMATS = ("auto", "folder", "table", "nft", "urls")
@@ -119,14 +121,32 @@ def _fetch_remote(records: list[RawRecord], workspace: Workspace, policy: Downlo
     if not remote:
         return
     advance = reporter.task("downloading images", len(remote))
-    results = download_all([r.image for r in remote], workspace.dir("cache") / "images", policy,
-                           progress=lambda _result: advance(1))
+    folder = workspace.dir("cache") / "images"
+    # Downloads resume from local files; a workspace on object storage then keeps each image as an object
+    # (`cache/images/<key>`, one PUT, skipped when there already), so every node reads it from the bucket.
+    local = (cache_dir() / "downloads" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+             if is_remote(folder) else folder)
+    local.mkdir(parents=True, exist_ok=True)
+    results = download_all([r.image for r in remote], local, policy, progress=lambda _result: advance(1))
+    stored: dict[Path, Any] = {}
+    if is_remote(folder):
+        with ThreadPoolExecutor(8) as pool:  # uploads overlap: each is one request's latency
+            stored = dict(pool.map(lambda path: (path, _keep_object(path, folder)),
+                                   {r.path for r in results if r.status in ("ok", "cached") and r.path is not None}))
     for record, result in zip(remote, results, strict=True):
         record.meta.setdefault("url", record.image)
         if result.status in ("ok", "cached") and result.path is not None:
-            record.image = str(result.path)
+            record.image = str(stored.get(result.path, result.path))
         else:
             record.error = ("download_failed", result.reason or "download failed")
+
+
+def _keep_object(path: Path, folder: Any) -> Any:
+    """A downloaded image as an object under `folder` (not uploaded again when it is there already)."""
+    stored = folder / path.name
+    if not stored.is_file():
+        stored.write_bytes(path.read_bytes())
+    return stored
 
 
 @dataclass
