@@ -278,3 +278,22 @@ def test_downloaded_images_are_kept_as_objects_of_the_bucket_workspace(aws, tmp_
     assert sorted(StorePath(image).read_bytes() for image in images) == \
         sorted((served / f"p{i}.png").read_bytes() for i in range(3))
     _cli("features", "-e", "color_stats", "-w", ws)  # read back from the bucket
+
+
+def test_two_processes_ingesting_into_one_bucket_workspace_lose_nothing(aws, s3_env, tmp_path):
+    """Two `curata ingest` processes at once, each with its own table, into the same bucket workspace: the
+    lease makes their commits take turns, so the collection holds both tables' items."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **s3_env, "CURATA_CACHE": str(tmp_path / "cache")}
+    tables = [write_colour_table(tmp_path / f"part{n}", 8, (12 + n, 10)) for n in range(2)]
+    ws = f"{aws}/concurrent"
+    runs = [subprocess.Popen([sys.executable, "-m", "curata.cli", "ingest", str(table), "--source-name", f"p{n}",
+                              "-w", ws, "-q"], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+            for n, table in enumerate(tables)]
+    for run in runs:
+        assert run.wait(120) == 0, run.stderr.read()[-2000:]
+    ids = set(Workspace(ws).items(["id"])["id"])
+    assert len(ids) == 16 and {i.split("/")[0] for i in ids} == {"p0", "p1"}
+    assert not StorePath(f"{ws}/.lock").exists()  # released by both

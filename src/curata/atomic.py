@@ -148,29 +148,41 @@ def _abandoned(generation: str, after_s: float = 3600.0) -> bool:
 def folder_view(directory: Path | StorePath) -> Path:
     """A local folder holding what `replace_folder` last published at `directory`: the folder itself on local
     disk; on object storage, the current generation copied once into the cache (generations never change, so
-    later reads in any process reuse the copy). A folder never published gives a path that does not exist."""
+    later reads in any process reuse the copy; the copies of the generations it replaced are deleted). A folder
+    never published gives a path that does not exist."""
     if not is_remote(directory):
         return Path(directory)
     from curata.paths import cache_dir
 
-    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:24]
-    try:
-        generation = (directory / CURRENT).read_text().strip()
-    except FileNotFoundError:
-        return cache_dir() / "folders" / digest / "unpublished"
-    local = cache_dir() / "folders" / digest / generation
-    if not local.is_dir():
-        staged = local.with_name(f".{generation}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        for path, _ in (directory / generation).walk_files():
-            target = staged / path.relative_to(directory / generation)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(path.read_bytes())
+    copies = cache_dir() / "folders" / hashlib.sha256(str(directory).encode()).hexdigest()[:24]
+    for _ in range(3):  # a writer may publish, and delete the generation being copied, meanwhile
+        try:
+            generation = (directory / CURRENT).read_text().strip()
+        except FileNotFoundError:
+            return copies / "unpublished"
+        local = copies / generation
+        if local.is_dir():
+            return local
+        staged = copies / f".{generation}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            for path, _ in (directory / generation).walk_files():
+                target = staged / path.relative_to(directory / generation)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(path.read_bytes())
+        except FileNotFoundError:
+            shutil.rmtree(staged, ignore_errors=True)
+            continue
         staged.mkdir(parents=True, exist_ok=True)
         try:
             staged.rename(local)
         except OSError:  # another process copied it first
             shutil.rmtree(staged, ignore_errors=True)
-    return local
+        for entry in copies.iterdir():  # older generations, and copies a killed process left half done
+            found = _STAGED.search(entry.name)
+            if entry.name != generation and (not entry.name.startswith(".") or (found and writer_gone(found.group(1)))):
+                shutil.rmtree(entry, ignore_errors=True)
+        return local
+    raise OSError(f"{directory} was republished three times while it was being read; try again")
 
 
 def sync_dir(directory: Path) -> None:

@@ -212,7 +212,7 @@ class Curation:
         journaled meanwhile. Whoever changes the collection otherwise (ingest, rollback, compaction) calls this
         under the workspace lock first, so no commit of theirs runs beside an apply. Returns whether there was
         anything to apply."""
-        if not self.journal.pending() and not self.pending.exists():
+        if not self.journal.pending() and not self.pending.is_file():
             return False
         self._apply_journal(None, compact_above, holding_lock)
         return True
@@ -398,7 +398,7 @@ class Curation:
         """The journal file being applied, if any (under the apply lock): its log rows in one append (skipped
         when a kill came after it), then the items' newest values in one collection commit (idempotent), then
         the file is deleted."""
-        if not self.journal.applying.exists():
+        if not self.journal.applying.is_file():
             return
         entries = self.journal.applying_entries()
         if entries:

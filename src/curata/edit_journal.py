@@ -103,7 +103,7 @@ class ObjectJournal:
         self.applying = root / "edits-applying.json"
 
     def pending(self) -> bool:
-        return self.applying.exists() or self.folder.is_dir()
+        return self.applying.is_file() or self.folder.is_dir()
 
     def append(self, entry: dict[str, Any]) -> None:
         """One PUT: the write is durable, and whole, once it returns."""
@@ -140,7 +140,7 @@ class ObjectJournal:
         return self._objects(sorted(path.name for path, _ in self.folder.walk_files() if path.name not in moved))
 
     def rotate(self) -> bool:
-        if self.applying.exists():
+        if self.applying.is_file():
             return False
         names = sorted(path.name for path, _ in self.folder.walk_files())
         if not names:

@@ -8,12 +8,12 @@ The workspace's Lance tables are opened by URI and read and written in place by 
 writing a local folder named `s3:`.
 
 What differs from a folder, and how the code copes:
-- a PUT is atomic and there is no rename: a file is written whole in one PUT (`atomic_write_text` does that),
+- a PUT is atomic and there is no rename: a file is written whole in one PUT (`atomic_write_bytes` does that),
   and a folder that must change atomically (a model bundle) is written by `atomic.replace_folder` as a new
   generation and published by one PUT of its pointer;
 - there is no `flock`: `lease` holds a lock object created with a conditional PUT (create only if absent),
   refreshed while held and taken over once its holder stopped refreshing it (a killed process);
-- there is no append: appenders (`history.jsonl`, the edit journal) read and rewrite the object under the lock.
+- there is no append: the edit journal and the collection's history write one object per entry.
 
 Credentials, region and endpoint come from the environment as the cloud's own tools read them
 (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP` for a
@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -148,7 +149,8 @@ class StorePath:
 
     @property
     def parent(self) -> StorePath:
-        return StorePath(f"{self._base}/{PurePosixPath(self.key).parent}".rstrip("/.").rstrip("/"))
+        parent = PurePosixPath(self.key).parent.as_posix()
+        return StorePath(self._base if parent == "." else f"{self._base}/{parent}")
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -274,17 +276,6 @@ class StorePath:
     def write_text(self, text: str, encoding: str = "utf-8") -> int:
         return self.write_bytes(text.encode(encoding))
 
-    def create_exclusive(self, data: bytes) -> bool:
-        """PUT only if no object is there (one conditional request); False if one was."""
-        import obstore
-        from obstore.exceptions import AlreadyExistsError
-
-        try:
-            _call(obstore.put, self.store, self.key, data, mode="create")
-        except AlreadyExistsError:
-            return False
-        return True
-
     def mkdir(self, parents: bool = False, exist_ok: bool = False, mode: int = 0o777) -> None:
         """Nothing to do: a prefix exists once an object is written under it."""
 
@@ -357,28 +348,25 @@ def rmtree(path: Path | StorePath) -> None:
 def lease(path: StorePath, on_wait: Callable[[], None] | None = None, lease_s: float = LEASE_S
           ) -> Iterator[None]:
     """Hold the lock object `path` for the block: created with a conditional PUT, so one holder at a time
-    across every node; refreshed every third of `lease_s` while held; taken over when its holder stopped
-    refreshing it for `lease_s` (a process killed while holding it); deleted on exit."""
+    across every node; refreshed every third of `lease_s` while held (a PUT conditional on its ETag); taken over
+    (conditionally too) once its ETag has not changed for `lease_s` of this machine's time, i.e. its holder
+    stopped refreshing it (a killed process). Clocks of other machines are never compared. Deleted on exit."""
     import obstore
-    from obstore.exceptions import AlreadyExistsError, PreconditionError
+    from obstore.exceptions import PreconditionError
 
     me = {"holder": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"}
+    seen: tuple[str, float] | None = None  # the holder's ETag, and when this process first saw it
     waited = False
-    tag = ""
-    while not tag:
-        body = json.dumps({**me, "at": time.time()}).encode()
-        try:
-            tag = _call(obstore.put, path.store, path.key, body, mode="create")["e_tag"] or "-"
+    while True:
+        tag = _take(path, me, None)
+        if tag is not None:
             break
-        except AlreadyExistsError:
-            pass
         meta = path._head()
-        if meta is not None and time.time() - meta["last_modified"].timestamp() > lease_s:
-            try:  # its holder is gone: replace it only if nobody refreshed or took it meanwhile
-                tag = _call(obstore.put, path.store, path.key, body, mode={"e_tag": meta["e_tag"]})["e_tag"] or "-"
+        if meta is not None:
+            if seen is None or seen[0] != meta["e_tag"]:
+                seen = (meta["e_tag"], time.monotonic())
+            elif time.monotonic() - seen[1] > lease_s and (tag := _take(path, me, meta["e_tag"])) is not None:
                 break
-            except (PreconditionError, FileNotFoundError):
-                continue
         if not waited and on_wait is not None:
             on_wait()
         waited = True
@@ -389,12 +377,13 @@ def lease(path: StorePath, on_wait: Callable[[], None] | None = None, lease_s: f
         nonlocal tag
         while not stop.wait(lease_s / 3):
             try:
-                tag = _call(obstore.put, path.store, path.key, json.dumps({**me, "at": time.time()}).encode(),
-                                  mode={"e_tag": tag})["e_tag"] or tag
+                body = json.dumps({**me, "at": time.time()}).encode()
+                tag = _call(obstore.put, path.store, path.key, body, mode={"e_tag": tag} if tag else "overwrite"
+                            )["e_tag"] or tag
+            except PreconditionError:
+                return  # taken over: this process stalled past the lease
             except OSError:
                 pass  # refreshed at the next tick; a lease lost to an outage is the worst case
-            except Exception:  # PreconditionError: taken over (this process stalled past the lease)
-                return
 
     keeper = threading.Thread(target=refresh, name=f"curata-lease-{path.name}", daemon=True)
     keeper.start()
@@ -403,25 +392,42 @@ def lease(path: StorePath, on_wait: Callable[[], None] | None = None, lease_s: f
     finally:
         stop.set()
         keeper.join()
-        try:
+        with suppress(OSError, ValueError):
             if json.loads(path.read_bytes()).get("holder") == me["holder"]:
                 path.unlink(missing_ok=True)
-        except (OSError, ValueError):
-            pass
+
+
+def _take(path: StorePath, me: dict[str, str], replacing: str | None) -> str | None:
+    """Create the lock object (`replacing` None), or replace the one with that ETag; its new ETag ("" where the
+    store gives none), or None when another process won."""
+    import obstore
+    from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+    body = json.dumps({**me, "at": time.time()}).encode()
+    try:
+        mode: Any = "create" if replacing is None else {"e_tag": replacing}
+        put = _call(obstore.put, path.store, path.key, body, mode=mode)
+    except (AlreadyExistsError, PreconditionError, FileNotFoundError):
+        return None
+    return put["e_tag"] or ""
 
 
 @contextmanager
-def try_lock(path: Path | StorePath) -> Iterator[bool]:
-    """Hold the lock at `path` if nobody does (yields True), else yield False at once: a local `flock`, or a
-    lease object on object storage."""
+def try_lock(path: Path | StorePath, stale_s: float = 10 * LEASE_S) -> Iterator[bool]:
+    """Hold the lock at `path` if nobody does (yields True), else yield False at once: a local `flock`, or a lock
+    object on object storage (one a killed holder left is taken over once older than `stale_s`, by the store's
+    clock: the holders are short upkeep jobs)."""
     if isinstance(path, StorePath):
-        if path.create_exclusive(b"{}"):
-            try:
-                yield True
-            finally:
+        me = {"holder": f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"}
+        held = _take(path, me, None) is not None
+        if not held and (meta := path._head()) is not None and (
+                datetime.now(UTC) - meta["last_modified"]).total_seconds() > stale_s:
+            held = _take(path, me, meta["e_tag"]) is not None
+        try:
+            yield held
+        finally:
+            if held:
                 path.unlink(missing_ok=True)
-        else:
-            yield False
         return
     import fcntl
 

@@ -67,7 +67,8 @@ def _versions() -> dict[str, str]:
 def check_replaceable(directory: Path) -> None:
     """Refuse to replace a folder that is not a bundle (a bundle named `extractors` would wipe the fitted
     extractor state); replacing a bundle of either kind is fine."""
-    if directory.is_dir() and not {p.name for p in folder_view(directory).iterdir()} <= BUNDLE_FILES:
+    files = folder_view(directory)  # on object storage: the published generation (none yet: nothing to replace)
+    if files.is_dir() and not {p.name for p in files.iterdir()} <= BUNDLE_FILES:
         raise BundleError(f"{directory} exists and is not a model bundle; refusing to replace it (choose another "
                           "--name)")
 
