@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -297,3 +298,22 @@ def test_two_processes_ingesting_into_one_bucket_workspace_lose_nothing(aws, s3_
     ids = set(Workspace(ws).items(["id"])["id"])
     assert len(ids) == 16 and {i.split("/")[0] for i in ids} == {"p0", "p1"}
     assert not StorePath(f"{ws}/.lock").exists()  # released by both
+
+
+def test_store_paths_name_like_paths_and_never_become_local_ones():
+    """The names of a StorePath follow PurePosixPath's; one handed to a local-only call (open, os.fspath) is a
+    TypeError, never a local folder named `s3:`."""
+    from curata.storage import is_uri, location
+
+    root = location("s3://bucket/ws/")
+    assert isinstance(root, StorePath) and str(root) == "s3://bucket/ws" and root.key == "ws"
+    bundle = root / "models" / "m1"
+    assert (bundle.name, bundle.parent, bundle.parent.parent.parent) == ("m1", root / "models", StorePath("s3://bucket"))
+    assert (root / "a.tar.gz").suffix == ".gz" and (root / "card.json").with_name("x.json") == root / "x.json"
+    assert (root / "a" / "b").relative_to(root).as_posix() == "a/b"
+    assert is_uri("gs://b/p") and is_uri("az://c/p") and not is_uri("/tmp/x") and not is_uri("file:///tmp/x")
+    assert isinstance(location("/tmp/x"), Path) and isinstance(location(Path("rel")), Path)
+    with pytest.raises(TypeError):
+        open(root / "x.json")  # noqa: SIM115 - the call must fail before opening anything
+    with pytest.raises(TypeError):
+        os.fspath(root)

@@ -1,4 +1,5 @@
-"""The workspace: a plain folder holding a collection and everything computed from it.
+"""The workspace: a folder holding a collection and everything computed from it, or the same layout under a
+prefix on object storage (`s3://bucket/prefix`: `curata.storage`).
 
     curata-workspace/
       collection.lance/    the items table, a versioned Lance table (curata.collection)

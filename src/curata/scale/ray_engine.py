@@ -158,12 +158,16 @@ def _rewrite_fragments(task: Any, uri: str) -> Any:
 
 
 def _give_back_memory() -> None:
-    """Return the memory a window freed to the system: glibc keeps freed blocks of its many arenas, so the
-    driver's resident size grew by each window's leftovers (Linux only; elsewhere a no-op)."""
+    """Return the memory a window freed to the system: glibc keeps freed blocks of its many arenas, and Arrow's
+    pool (mimalloc) its freed pages, so the driver's resident size grew by each window's leftovers (malloc_trim:
+    Linux only; elsewhere a no-op)."""
     import ctypes
     import gc
 
+    import pyarrow as pa
+
     gc.collect()
+    pa.default_memory_pool().release_unused()
     trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # this process's own symbols: glibc's, if any
     if trim is not None:
         trim(0)
