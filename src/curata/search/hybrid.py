@@ -202,8 +202,6 @@ class LexicalIndex:
     """BM25 over token documents plus tag postings and the phrase matcher (see the module doc)."""
 
     def __init__(self, payload: dict[str, Any]):
-        from scipy import sparse
-
         if payload.get("format") != FORMAT:
             raise ValueError(f"unknown lexical index format {payload.get('format')!r}")
         self.ids: list[str] = list(payload["ids"])
@@ -214,7 +212,8 @@ class LexicalIndex:
         n = len(self.ids)
         self.own = [set(t) for t in payload["tags"]]
         self.predicted = [set(t) for t in payload["predicted"]]
-        # BM25 weights per (item, term), precomputed: a query sums a few columns.
+        # BM25 weights per (item, term), precomputed and laid out by term (a sparse matrix by column, in plain
+        # numpy: scipy's import alone cost a command-line search 0.2 s): a query adds a few terms' rows.
         vocabulary: dict[str, int] = {}
         rows, cols = [], []
         lengths = np.zeros(n, np.float64)
@@ -224,15 +223,17 @@ class LexicalIndex:
             for token in tokens:
                 rows.append(i)
                 cols.append(vocabulary.setdefault(token, len(vocabulary)))
-        tf = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n, max(len(vocabulary), 1)))
-        tf.sum_duplicates()
-        df = np.bincount(tf.indices, minlength=tf.shape[1]).astype(np.float64)
+        terms = max(len(vocabulary), 1)
+        pairs, tf = np.unique(np.asarray(cols, np.int64) * max(n, 1) + np.asarray(rows, np.int64),
+                              return_counts=True)  # sorted by term, then item: each (item, term) once
+        term_of, item_of = np.divmod(pairs, max(n, 1))
+        df = np.bincount(term_of, minlength=terms).astype(np.float64)
         idf = np.log1p((n - df + 0.5) / (df + 0.5))
         norm = BM25_K1 * (1 - BM25_B + BM25_B * lengths / max(lengths.mean() if n else 1.0, 1e-9))
-        counts = np.diff(tf.indptr)
-        data = tf.data.astype(np.float64)
-        data = idf[tf.indices] * data * (BM25_K1 + 1) / (data + np.repeat(norm, counts))
-        self.weights = sparse.csr_matrix((data.astype(np.float32), tf.indices, tf.indptr), shape=tf.shape).tocsc()
+        tf = tf.astype(np.float64)
+        self.term_items = item_of.astype(np.int64)
+        self.term_weights = (idf[term_of] * tf * (BM25_K1 + 1) / (tf + norm[item_of])).astype(np.float32)
+        self.term_start = np.searchsorted(term_of, np.arange(terms + 1))
         self.vocabulary = vocabulary
         # Tag postings: tag -> (item positions, weight 1 for an own tag, PREDICTED_WEIGHT for a predicted one).
         postings: dict[str, tuple[list[int], list[float]]] = {}
@@ -304,9 +305,11 @@ class LexicalIndex:
 
     def bm25(self, query: str) -> np.ndarray:
         columns = [self.vocabulary[w] for w in dict.fromkeys(words(query)) if w in self.vocabulary]
-        if not columns:
-            return np.zeros(len(self.ids), np.float32)
-        return np.asarray(self.weights[:, columns].sum(axis=1)).ravel()
+        scores = np.zeros(len(self.ids), np.float32)
+        for column in columns:  # within one term each item appears once
+            start, stop = self.term_start[column], self.term_start[column + 1]
+            scores[self.term_items[start:stop]] += self.term_weights[start:stop]
+        return scores
 
     def mask(self, filters: dict[str, str | list[str] | tuple[str, ...]] | None) -> np.ndarray | None:
         if not filters:
