@@ -69,6 +69,7 @@ def test_every_stage_on_a_bucket_gives_what_a_folder_gives(aws, tmp_path):
         _cli("train", "classify", "--target", "label", "--features", "color_stats", "--model", "logreg",
              "--name", "colours", "-w", ws)
         predicted = _cli("predict", "colours", "--all", "-w", ws)
+        queues = _cli("review", "-w", ws)  # the queues' counts: reads the history and the newest bundles
         _cli("index", "build", "--model", "zeroshot", "-w", ws)
         found = _cli("search", "--text", "red", "--model", "zeroshot", "-k", "5", "-w", ws)
         item = predicted[0]["id"]
@@ -82,6 +83,7 @@ def test_every_stage_on_a_bucket_gives_what_a_folder_gives(aws, tmp_path):
             "edited": label_after_edit,
             "label": Workspace(ws).items(["id", "label"]).set_index("id")["label"][item],
             "history": len(_cli("history", "-w", ws)),
+            "queues": {queue: (counts["left"], counts["done"]) for queue, counts in queues.items()},
         }
     assert results["bucket"] == results["folder"]
     assert results["bucket"]["edited"] == "curated" and results["bucket"]["label"] != "curated"

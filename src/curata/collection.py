@@ -548,12 +548,19 @@ class Collection:
             fh.write(line + "\n")
 
     def _logged_lines(self) -> list[str]:
+        return list(self.logged_lines())
+
+    def logged_lines(self, newest_first: bool = False) -> Iterator[str]:
+        """What `_log` wrote, one JSON text per commit, oldest first (or newest first: on object storage an
+        object is read only when the caller asks for the next one)."""
         if is_remote(self.history_path):
             folder = self.root / "history.d"
-            return [path.read_text() for path in sorted(folder.iterdir())] if folder.is_dir() else []
-        if not self.history_path.exists():
-            return []
-        return self.history_path.read_text(encoding="utf-8").splitlines()
+            paths = sorted(folder.iterdir(), reverse=newest_first) if folder.is_dir() else []
+            yield from (path.read_text() for path in paths)
+            return
+        if self.history_path.exists():
+            lines = self.history_path.read_text(encoding="utf-8").splitlines()
+            yield from reversed(lines) if newest_first else lines
 
     def history(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest `limit` versions, newest first: Lance's version list joined with what curata logged."""

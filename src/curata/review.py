@@ -44,7 +44,9 @@ import pyarrow as pa
 
 from curata import tables
 from curata.atomic import atomic_write_text
+from curata.collection import Collection
 from curata.curation import Curation, EditJob, EditResult, changes_from
+from curata.storage import is_remote
 from curata.tasks.bundle import newest_card
 from curata.workspace import Workspace
 
@@ -453,17 +455,30 @@ def _content_version(workspace: Workspace) -> int:
     """The collection version of its newest commit that was not a curation edit (history.jsonl read from the
     end): ingests, replaces and rollbacks change what the predictions cover, edits only what is filtered."""
     try:
-        with open(workspace.root / "history.jsonl", "rb") as fh:
-            for line in _lines_backwards(fh):
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue  # a torn line after a crash
-                if isinstance(entry, dict) and entry.get("action") != "edit" and "version" in entry:
-                    return int(entry["version"])
+        if is_remote(workspace.root):  # one object per commit (`Collection.logged_lines`)
+            lines: Iterator[Any] = Collection(workspace.root).logged_lines(newest_first=True)
+            for line in lines:
+                if (version := _content_entry(line)) is not None:
+                    return version
+        else:
+            with open(workspace.root / "history.jsonl", "rb") as fh:
+                for line in _lines_backwards(fh):
+                    if (version := _content_entry(line)) is not None:
+                        return version
     except OSError:
         pass
     return workspace.collection.version  # no history: every commit counts
+
+
+def _content_entry(line: str | bytes) -> int | None:
+    """The version a history line names when its commit was not a curation edit (None: an edit, or torn)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None  # a torn line after a crash
+    if isinstance(entry, dict) and entry.get("action") != "edit" and "version" in entry:
+        return int(entry["version"])
+    return None
 
 
 def _lines_backwards(fh: Any, block: int = 65536) -> Iterator[bytes]:

@@ -206,7 +206,9 @@ class StorePath:
         if meta is None:
             raise FileNotFoundError(f"object not found: {self}")
         mtime = meta["last_modified"].timestamp()
-        return os.stat_result((0o100644, 0, 0, 1, 0, 0, int(meta["size"]), mtime, mtime, mtime))
+        ns = int(mtime * 1e9)
+        return os.stat_result((0o100644, 0, 0, 1, 0, 0, int(meta["size"]), int(mtime), int(mtime), int(mtime),
+                               mtime, mtime, mtime, ns, ns, ns))
 
     def read_bytes(self) -> bytes:
         import obstore
