@@ -311,6 +311,10 @@ class MiniLMText(Extractor):
                 self._tokenizer = tok
             return self._tokenizer
 
+    def warm(self) -> None:
+        """Open the ONNX session and the tokenizer now: a search does it while it loads its index."""
+        _ = self.session, self.tokenizer
+
     def _encode(self, texts: list[str]) -> np.ndarray:
         """(len(texts), 384) embeddings of non-blank texts, in the order given."""
         session, tok = self.session, self.tokenizer

@@ -63,6 +63,12 @@ class QueryEncoder(ABC):
     @abstractmethod
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
 
+    def warm_text(self) -> None:
+        """Get the text encoder ready for the first query (its model session), where it has such a step."""
+        warm = getattr(getattr(self, "_text", None), "warm", None)
+        if warm is not None:
+            warm()
+
     @abstractmethod
     def encode_images(self, images: list[np.ndarray]) -> np.ndarray: ...
 

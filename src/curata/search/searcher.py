@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,11 @@ def _read_sidecar(directory: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return None
+
+
+def _warm(encoder: QueryEncoder) -> None:
+    with contextlib.suppress(Exception):  # a model that cannot open says so at the first query, in its thread
+        encoder.warm_text()
 
 
 def encode_chunk_rows(encoder: QueryEncoder) -> int:
@@ -177,22 +183,31 @@ class Searcher:
         from curata.search.index import IndexErrorBadInput, VectorIndex
 
         encoder = make_encoder(workspace, model)
-        directory = _index_dir(workspace, encoder)
-        sidecar = _read_sidecar(directory)
-        if sidecar is None:
-            raise ValueError(f"no search index for model {encoder.name!r} in {workspace.root / 'index'}; "
-                             "build it with `curata index build`")
-        built = sidecar.get("encoder", {})
-        if not _same_model(built, encoder.card):
-            raise ValueError(f"the index in {directory} was built with {built.get('name')!r} "
-                             f"(version {built.get('version')!r}), not with the query encoder {encoder.name!r} "
-                             f"(version {encoder.card.get('version')!r}); rebuild it with `curata index build`")
+        # The text model's session (~0.15-0.25 s, native code) opens beside the index, lexical part and items;
+        # joined before returning or raising (a native thread still running at exit aborts the process).
+        warming = threading.Thread(target=_warm, args=(encoder,), name="curata-warm-text", daemon=True)
+        warming.start()
         try:
-            index = VectorIndex.load(directory)
-        except IndexErrorBadInput as e:
-            raise IndexErrorBadInput(f"{e}; rebuild it with `curata index build`") from e
-        lexical, notes = _open_lexical(workspace, directory)
-        return cls(workspace, encoder, index, workspace.items(ITEM_COLUMNS), lexical, notes)
+            directory = _index_dir(workspace, encoder)
+            sidecar = _read_sidecar(directory)
+            if sidecar is None:
+                raise ValueError(f"no search index for model {encoder.name!r} in {workspace.root / 'index'}; "
+                                 "build it with `curata index build`")
+            built = sidecar.get("encoder", {})
+            if not _same_model(built, encoder.card):
+                raise ValueError(f"the index in {directory} was built with {built.get('name')!r} "
+                                 f"(version {built.get('version')!r}), not with the query encoder "
+                                 f"{encoder.name!r} (version {encoder.card.get('version')!r}); rebuild it with "
+                                 "`curata index build`")
+            try:
+                index = VectorIndex.load(directory)
+            except IndexErrorBadInput as e:
+                raise IndexErrorBadInput(f"{e}; rebuild it with `curata index build`") from e
+            lexical, notes = _open_lexical(workspace, directory)
+            items = workspace.items(ITEM_COLUMNS)
+        finally:
+            warming.join()
+        return cls(workspace, encoder, index, items, lexical, notes)
 
     @property
     def card(self) -> dict[str, Any]:
