@@ -373,3 +373,21 @@ def test_numpy_embedding_equals_the_torch_heads(hidden):
     got = space.embed_texts(x)
     np.testing.assert_allclose(np.delete(got, 4, 0), np.delete(want, 4, 0), atol=1e-5)
     assert not got[4].any() and got.dtype == np.float32
+
+
+def test_a_search_that_fails_at_open_leaves_no_thread_running(tmp_path: Path) -> None:
+    """The text model's session opens in a thread while the searcher loads. When `open` fails at once (no
+    index), that thread must be finished before the error leaves `open`: a native thread still inside ONNX
+    Runtime when the command exits aborted the process ("terminate called without an active exception", about
+    one run in four) instead of printing the one-line error."""
+    import threading
+
+    from conftest import write_colour_table
+    from curata.search.searcher import Searcher
+
+    table = write_colour_table(tmp_path / "images", 4, (8, 8), text=True)
+    ws = Workspace(tmp_path / "ws")
+    ingest(table, ws)
+    with pytest.raises(ValueError, match="no search index"):
+        Searcher.open(ws, "zeroshot")
+    assert not [t.name for t in threading.enumerate() if t.name == "curata-warm-text" and t.is_alive()]
