@@ -319,3 +319,28 @@ def test_store_paths_name_like_paths_and_never_become_local_ones():
         open(root / "x.json")  # noqa: SIM115 - the call must fail before opening anything
     with pytest.raises(TypeError):
         os.fspath(root)
+
+
+def test_a_damaged_feature_table_in_the_bucket_is_repaired_by_the_next_run(aws, tmp_path):
+    """A fragment of the bucket's feature table overwritten with garbage: a reader names it, the next `features`
+    run drops it,
+    rewrites the table in place (a bucket cannot rename a folder) and computes those items again."""
+    from curata.features.engine import load_matrix, make_extractor
+
+    table = write_colour_table(tmp_path / "images", 6, (16, 16))
+    ws = f"{aws}/damaged"
+    _cli("ingest", str(table), "-w", ws)
+    _cli("features", "-e", "color_stats", "-w", ws)
+    before, _ = load_matrix(Workspace(ws), make_extractor("color_stats"))
+    fragments = list(StorePath(f"{ws}/features").glob("*/vectors.lance/data/*.lance"))
+    assert fragments
+    fragments[0].write_bytes(b"garbage" * 20)
+    from curata.features.store import CorruptPart
+
+    with pytest.raises(CorruptPart, match="damaged fragment"):  # a reader names the table and the fix
+        load_matrix(Workspace(ws), make_extractor("color_stats"))
+    (run,) = _cli("features", "-e", "color_stats", "-w", ws)
+    assert run["computed"] == 6 and any("damaged" in note for note in run["notes"])
+    after, errors = load_matrix(Workspace(ws), make_extractor("color_stats"))
+    assert not any(errors)
+    np.testing.assert_allclose(after, before, rtol=1e-6)

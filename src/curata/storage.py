@@ -254,18 +254,14 @@ class StorePath:
                 yield self / candidate
 
     def open(self, mode: str = "r", encoding: str | None = "utf-8", **_: Any) -> Any:
-        """A file object: read modes hold the whole object; write modes PUT it whole when closed; append
-        rewrites it with the new bytes after the old (the caller holds the workspace lock)."""
+        """A file object: read modes hold the whole object; write modes PUT it whole when closed (there is no
+        append on object storage)."""
         if mode in ("r", "rt"):
             return io.StringIO(self.read_text(encoding or "utf-8"))
         if mode == "rb":
             return io.BytesIO(self.read_bytes())
-        if mode in ("w", "wt", "a", "at", "wb", "ab"):
-            before = b""
-            if mode.startswith("a"):
-                with suppress(FileNotFoundError):
-                    before = self.read_bytes()
-            return _Upload(self, before, text="b" not in mode, encoding=encoding or "utf-8")
+        if mode in ("w", "wt", "wb"):
+            return _Upload(self, text="b" not in mode, encoding=encoding or "utf-8")
         raise ValueError(f"mode {mode!r} is not supported on object storage ({self})")
 
     # Writing --------------------------------------------------------------------------------
@@ -302,24 +298,13 @@ class StorePath:
         if self.key:
             _call(obstore.delete, self.store, self.key)
 
-    def replace(self, target: StorePath) -> StorePath:
-        """Copy, then delete (object storage has no rename; the copy is atomic for readers of `target`)."""
-        import obstore
-
-        _call(obstore.copy, self.store, self.key, target.key)
-        _call(obstore.delete, self.store, self.key)
-        return target
-
-    rename = replace
-
 
 class _Upload(io.BytesIO):
     """A writable file whose bytes are PUT as one object when it is closed without an error."""
 
-    def __init__(self, path: StorePath, before: bytes, text: bool, encoding: str):
+    def __init__(self, path: StorePath, text: bool, encoding: str):
         super().__init__()
         self._path, self._text, self._encoding = path, text, encoding
-        super().write(before)
 
     def write(self, data: Any) -> int:  # type: ignore[override]
         return super().write(data.encode(self._encoding) if self._text else data)

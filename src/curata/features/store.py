@@ -42,7 +42,7 @@ from curata import tables
 from curata.atomic import atomic_write_text, name_file
 from curata.features.base import Extractor
 from curata.features.hash_filter import HashFilter
-from curata.storage import location
+from curata.storage import is_remote, location
 
 TABLE = "vectors.lance"
 # Above this share of the store, a lookup scans the table (streamed) instead of probing the index per hash.
@@ -383,8 +383,15 @@ class FeatureStore:
         return dropped
 
     def _rewrite(self, table: pa.Table) -> None:
-        """Replace the table by `table` (verified row count, then an atomic folder swap)."""
+        """Replace the table by `table` (verified row count, then an atomic folder swap; on object storage, which
+        cannot rename a folder, one overwrite commit of the table in place, atomic as every Lance commit)."""
         self.forget_plan_mark()  # rows may have been dropped: the next plan checks every item again
+        if is_remote(self.table_path):
+            dataset = tables.write(table, self.table_path, mode="overwrite")
+            if len(table):
+                dataset.create_scalar_index("hash", "BTREE", replace=True)
+            self.hash_filter.build(pc.filter(table["hash"], table["error"].is_null()).to_pylist())
+            return
         staged = self.path / f".{TABLE}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             dataset = tables.write(table, staged, mode="create")
