@@ -653,9 +653,7 @@ class Collection:
         """Cheap change detection for readers that cache (the service), without opening the table: every
         commit (rollbacks included) adds a manifest to `_versions/`, so the count and the end names change."""
         try:
-            versions = self.path / "_versions"  # on object storage: one LIST of the manifests
-            entries = versions.iterdir() if is_remote(versions) else os.scandir(versions)
-            names = [e.name for e in entries if e.name.endswith(".manifest")]
+            names = [e.name for e in (self.path / "_versions").iterdir() if e.name.endswith(".manifest")]
         except OSError:
             return (-1, "", "")
         return (len(names), min(names, default=""), max(names, default=""))

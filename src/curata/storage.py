@@ -416,6 +416,25 @@ def try_lock(path: Path | StorePath, stale_s: float = 10 * LEASE_S) -> Iterator[
             if held:
                 path.unlink(missing_ok=True)
         return
+    with _flock(path, wait=False) as held:
+        yield held
+
+
+@contextmanager
+def hold(path: Path | StorePath, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the exclusive lock at `path`, waiting for it (`on_wait` is called once if another process holds
+    it): a local `flock`, released when the file closes (also when the process dies), or a `lease`."""
+    if isinstance(path, StorePath):
+        with lease(path, on_wait):
+            yield
+        return
+    with _flock(path, wait=True, on_wait=on_wait):
+        yield
+
+
+@contextmanager
+def _flock(path: Path, wait: bool, on_wait: Callable[[], None] | None = None) -> Iterator[bool]:
+    """An exclusive `flock` on a local lock file: taken at once (True), else waited for (`wait`) or not (False)."""
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -423,8 +442,12 @@ def try_lock(path: Path | StorePath, stale_s: float = 10 * LEASE_S) -> Iterator[
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
-            return
+            if not wait:
+                yield False
+                return
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         yield True
 
 

@@ -7,7 +7,6 @@ version readable and at worst some unreferenced files, which `compact` cleans up
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from curata.storage import is_remote, rmtree
+from curata.storage import rmtree
 
 # Small fragments (one per `features` flush, one per ingest) are merged past this many.
 COMPACT_ABOVE_FRAGMENTS = 32
@@ -50,9 +49,7 @@ def session() -> Any:
 def exists(path: Path) -> bool:
     """Whether a table was committed at `path` (a folder without a manifest is a create that died first)."""
     try:
-        names = (e.name for e in (path / "_versions").iterdir()) if is_remote(path) else \
-            (e.name for e in os.scandir(path / "_versions"))
-        return any(name.endswith(".manifest") for name in names)
+        return any(e.name.endswith(".manifest") for e in (path / "_versions").iterdir())  # a folder or a prefix
     except OSError:
         return False
 

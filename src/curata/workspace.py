@@ -14,7 +14,6 @@ prefix on object storage (`s3://bucket/prefix`: `curata.storage`).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -27,7 +26,7 @@ import pandas as pd
 
 from curata.atomic import atomic_write_text
 from curata.collection import Collection, Upsert
-from curata.storage import StorePath, lease, location
+from curata.storage import StorePath, hold, location
 
 DEFAULT_WORKSPACE = "curata-workspace"
 SUBDIRS = ("features", "models", "index", "reports", "cache")
@@ -128,20 +127,8 @@ class Workspace:
     def lock(self, name: str = "", on_wait: Callable[[], None] | None = None) -> Iterator[None]:
         """Hold an exclusive lock across processes: the collection's (`.lock`), or a named one (`.lock-<name>`,
         e.g. one per feature extractor). `on_wait` is called once if another process holds it."""
-        path = self.root / (f".lock-{name}" if name else ".lock")
-        if isinstance(path, StorePath):  # no flock on object storage: a lease object (curata.storage.lease)
-            with lease(path, on_wait):
-                yield
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(fh, fcntl.LOCK_EX)
-            yield  # released when the file closes (also when the process dies)
+        with hold(self.root / (f".lock-{name}" if name else ".lock"), on_wait):  # a flock, or a lease on a bucket
+            yield
 
     # Reports --------------------------------------------------------------------------------
     def write_report(self, kind: str, payload: dict[str, Any]) -> Path:

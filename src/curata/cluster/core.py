@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from curata.storage import is_remote
+from curata.storage import is_remote, location
 from curata.vectors import l2_rows
 
 METHODS = ("kmeans", "gmm", "agglomerative", "spectral", "hdbscan")
@@ -388,7 +388,7 @@ def plot_k_curve(curve: KCurve, path: str | Path, title: str = "") -> Path:
 def save_figure(fig: Any, path: str | Path) -> Path:
     """Lay out, write (creating the folder) and close a matplotlib figure."""
     fig.tight_layout()
-    path = path if is_remote(path) else Path(path)
+    path = location(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_remote(path):  # matplotlib writes files or file objects: one PUT of the drawn bytes
         buffer = io.BytesIO()

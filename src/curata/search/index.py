@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from curata.atomic import folder_view, replace_folder
-from curata.storage import is_remote
+from curata.storage import location
 
 FORMAT = "curata-vector-index/1"
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
@@ -569,7 +569,7 @@ class VectorIndex:
         """Write the index to `directory` atomically: a staging folder renamed into place (an existing
         index there is replaced; any other non-empty folder is refused). `extra`: more text files (name ->
         content) written inside, so a caller's sidecar is replaced together with the index."""
-        directory = directory if is_remote(directory) else Path(directory)
+        directory = location(directory)
         if directory.exists() and (not directory.is_dir() or (
                 any(directory.iterdir()) and not (folder_view(directory) / "index.json").exists())):
             raise IndexErrorBadInput(f"{directory} exists and is not a vector index folder; refusing to replace it")
@@ -597,7 +597,7 @@ class VectorIndex:
     @classmethod
     def load(cls, directory: str | Path) -> VectorIndex:
         """Open an index saved with `save`; IndexErrorBadInput when missing or corrupt."""
-        directory = folder_view(directory if is_remote(directory) else Path(directory))
+        directory = folder_view(location(directory))
         state_file = directory / "index.json"
         if not state_file.exists():
             raise IndexErrorBadInput(f"no vector index at {directory} (no index.json)")

@@ -43,7 +43,7 @@ from curata.features.store import FeatureStore
 from curata.ingest.nft import nft1000_caption
 from curata.progress import SILENT, Reporter
 from curata.search.captions import ItemCaptions, item_captions, masked_variants
-from curata.storage import is_remote
+from curata.storage import location
 from curata.workspace import Workspace
 
 KIND = "joint_space"
@@ -419,7 +419,7 @@ class JointSpace:
     def load(cls, directory: Path) -> JointSpace:
         from curata.tasks.bundle import read_card_json
 
-        directory = directory if is_remote(directory) else Path(directory)
+        directory = location(directory)
         card = read_card_json(directory, "a joint-space bundle")
         files = folder_view(directory)  # the folder itself, or its published generation copied from the bucket
         if card.get("kind") != KIND:
