@@ -58,9 +58,9 @@ def test_missing_asks_the_index_only_about_hashes_the_runs_hold(store, monkeypat
     asked: list[int] = []
     probe = FeatureStore._computed
 
-    def counting(self, dataset, among=None):
+    def counting(self, dataset, among=None, scan=True):
         asked.append(-1 if among is None else len(among))
-        return probe(self, dataset, among)
+        return probe(self, dataset, among, scan)
 
     monkeypatch.setattr(FeatureStore, "_computed", counting)
     wanted = [h(i) for i in range(15, 20)] + [h(i) for i in range(1000, 1020)]  # 3 stored, 2 failed, 20 new
@@ -77,6 +77,12 @@ def test_missing_asks_the_index_only_about_hashes_the_runs_hold(store, monkeypat
     assert store.missing([h(i) for i in range(2000, 2090)]).all() and asked == [0]
     asked.clear()
     assert store.missing([h(i) for i in range(300)]).sum() == 2 and asked == [-1]  # most of the store: a scan
+    asked.clear()
+    # Without scans (the Ray driver's windows): the runs, then index probes, as large as the question only.
+    assert store.missing([h(i) for i in range(300)], scan=False).sum() == 2 and asked == [298]
+    (store.path / hash_filter.FOLDER / hash_filter.COMPLETE).unlink()
+    asked.clear()
+    assert store.missing(wanted, scan=False).tolist() == missing.tolist() and asked == [25]
 
 
 def test_a_key_the_runs_hold_without_a_row_is_still_missing(store):

@@ -236,8 +236,8 @@ def test_the_driver_plans_window_by_window(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tables, "compact", not_on_the_driver)
     jobs = []
-    real = ray_engine.frame_dataset
-    monkeypatch.setattr(ray_engine, "frame_dataset", lambda frame, *a: jobs.append(len(frame)) or real(frame, *a))
+    real = ray_engine._window_batches
+    monkeypatch.setattr(ray_engine, "_window_batches", lambda todo, rows: jobs.append(len(todo)) or real(todo, rows))
     run = compute_ray(make_extractor("color_stats"), ws, batch_size=2)
     assert (run.items, run.computed, run.cached, run.errors) == (200, 100, 100, 0)
     assert len(jobs) >= 4 and sum(jobs) == 100 and max(jobs) <= 30

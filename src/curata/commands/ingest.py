@@ -57,8 +57,9 @@ def print_ingest_report(report: IngestReport, max_rows: int = 30) -> None:
     if len(report.collections) > 1 or (report.format == "nft" and report.collections):
         console.print("  collections: " + ", ".join(f"{escape(name)} ({count})"
                                                     for name, count in report.collections.items()))
-    notes = Counter(note for e in report.ok for note in e.notes)
-    for note, count in notes.most_common():
+    if report.commits > 1:
+        console.print(f"  committed in {report.commits} parts (a part is kept if a later one fails)")
+    for note, count in report.note_counts.most_common():
         console.print(f"  [yellow]note[/] {count} x {escape(note)}")
     for entry in report.skipped[:max_rows]:
         console.print(f"  [yellow]skipped[/] {escape(entry.ref)}: {escape(entry.reason)}")

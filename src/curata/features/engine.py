@@ -281,7 +281,8 @@ class ComputePlan:
                                           version=self.version)
         while (items := next(pages, None)) is not None:
             keys = item_keys(items, self.extractor)
-            missing = self.store.missing(keys)  # repairs a damaged table: its dropped items are missing again
+            # No scan of the whole store (which grows window after window): the driver's memory stays flat.
+            missing = self.store.missing(keys, scan=False)  # repairs a damaged table: its dropped items are missing
             if mark is not None and self.store.plan_mark() is None:  # so check every item, from the start
                 mark, missing_items, self.run.computed, self.checked = None, 0, 0, 0
                 pages = self.collection.iter_read(self.columns, batch_rows=self.window, fragments=self.through,

@@ -151,45 +151,53 @@ class FeatureStore:
         dataset = self._dataset()
         return 0 if dataset is None else dataset.count_rows()
 
-    def missing(self, hashes: list[str] | np.ndarray) -> np.ndarray:
+    def missing(self, hashes: list[str] | np.ndarray, *, scan: bool = True) -> np.ndarray:
         """Which of `hashes` have no computed vector. Failed rows count as missing, so a rerun retries them
         (a missing model or a full disk must not be cached forever). Called by the writers before computing:
-        a damaged table is repaired here (its unreadable fragments dropped, their items then missing)."""
+        a damaged table is repaired here (its unreadable fragments dropped, their items then missing).
+
+        `scan=False`: never answer by reading the whole hash column, however large a share of the store the
+        question is (probes by the runs and the index instead): what the caller holds then grows with the
+        question, not with the store (the Ray driver, planning window after window of a growing store)."""
         try:
-            ok = self._computed_among(hashes)
+            ok = self._computed_among(hashes, scan)
         except CorruptPart:
             self.repair()
-            ok = self._computed_among(hashes)
+            ok = self._computed_among(hashes, scan)
         if ok is None or not len(hashes):
             return np.ones(len(hashes), bool)
         return ~pc.is_in(pa.array(hashes, pa.string()), value_set=ok).to_numpy(zero_copy_only=False)
 
-    def _computed_among(self, hashes: list[str] | np.ndarray) -> pa.Array | None:
+    def _computed_among(self, hashes: list[str] | np.ndarray, scan: bool = True) -> pa.Array | None:
         """`_computed(hashes)`, with the store's hash runs ruling out the hashes it certainly lacks (new items,
         mostly), so only the others are probed in the index. A question about much of the store is answered by
-        one scan of the hash column, as are questions while the runs are missing or damaged (they are rebuilt
-        from that scan)."""
+        one scan of the hash column (unless `scan` is off), as are questions while the runs are missing or
+        damaged (they are rebuilt from that scan)."""
         dataset = self._dataset()
         if dataset is None:
             return None
         if not len(hashes):
             return pa.array([], pa.string())
         runs = self.hash_filter
-        maybe = None if len(hashes) > SCAN_SHARE * dataset.count_rows() else runs.contains(list(hashes))
+        large = scan and len(hashes) > SCAN_SHARE * dataset.count_rows()
+        maybe = None if large else runs.contains(list(hashes))
         if maybe is not None:
-            return self._computed(dataset, np.asarray(hashes, dtype=object)[maybe])
+            return self._computed(dataset, np.asarray(hashes, dtype=object)[maybe], scan)
+        if not scan:
+            return self._computed(dataset, hashes, scan)
         every = self._computed(dataset)
         if not runs.readable():
             with contextlib.suppress(OSError):  # a read-only workspace: the index keeps answering
                 runs.build(every.to_pylist())
         return every
 
-    def _computed(self, dataset: Any, among: list[str] | np.ndarray | None = None) -> pa.Array:
-        """Hashes with a computed vector: all of them, or those of `among` (a few, through the index)."""
+    def _computed(self, dataset: Any, among: list[str] | np.ndarray | None = None, scan: bool = True) -> pa.Array:
+        """Hashes with a computed vector: all of them, or those of `among` (a few, through the index; many, by a
+        scan of the hash column unless `scan` is off)."""
         computed = pc.field("error").is_null()
         if among is not None and not len(among):
             return pa.array([], pa.string())
-        if among is None or len(among) > SCAN_SHARE * dataset.count_rows():
+        if among is None or (scan and len(among) > SCAN_SHARE * dataset.count_rows()):
             table = self._scan(dataset, columns=["hash"], filter=computed)
         else:
             wanted = list(dict.fromkeys(among))
@@ -198,7 +206,6 @@ class FeatureStore:
                                       for i in range(0, len(wanted), LOOKUP_CHUNK)])
         return table["hash"].combine_chunks()  # duplicates are harmless to `is_in`
 
-    # Incremental planning -------------------------------------------------------------------
     def plan_mark(self) -> set[int] | None:
         """The collection fragments whose every item is known to have its vector in this store (see
         `Collection.fragment_ids`), or None: plan from the whole collection."""

@@ -8,15 +8,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from curata import objectstore
 from curata.collection import Item, items_to_frame
@@ -34,6 +38,9 @@ from curata.storage import is_remote
 from curata.workspace import Workspace
 
 FORMATS = ("auto", "folder", "table", "nft", "urls")
+# Records verified and committed at a time: what the process holds does not grow with the source (about 4 KB a
+# record while its part is in flight), and a killed run keeps the parts committed.
+INGEST_WINDOW = 10_000
 TABLE_NAMES = ("labels.csv", "metadata.csv", "items.csv", "labels.tsv", "items.parquet", "items.jsonl")
 
 
@@ -113,14 +120,17 @@ def default_source_name(source: Path) -> str:
     return name or "source"
 
 
-def _fetch_remote(records: list[RawRecord], workspace: Workspace, policy: DownloadPolicy,
-                  reporter: Reporter) -> None:
+def _remote(records: list[RawRecord]) -> list[RawRecord]:
+    """The records whose image is a URL to download (an object URI is read where it is)."""
+    return [r for r in records if r.error is None and r.image and "://" in r.image
+            and not objectstore.is_object_uri(r.image)]
+
+
+def _fetch_remote(remote: list[RawRecord], workspace: Workspace, policy: DownloadPolicy,
+                  advance: Callable[[int], Any]) -> None:
     """Replace URL images by cached local files, or set the record's error."""
-    remote = [r for r in records if r.error is None and r.image and "://" in r.image
-              and not objectstore.is_object_uri(r.image)]
     if not remote:
         return
-    advance = reporter.task("downloading images", len(remote))
     folder = workspace.dir("cache") / "images"
     # Downloads resume from local files; a workspace on object storage then keeps each image as an object
     # (`cache/images/<key>`, one PUT, skipped when there already), so every node reads it from the bucket.
@@ -186,16 +196,16 @@ def check_image(path: str, max_pixels: int, max_file_bytes: int) -> CheckedImage
 
 
 def _check_all(records: list[RawRecord], options: IngestOptions, advance: Callable[[int], Any],
-               report: IngestReport) -> list[CheckedImage]:
-    """Every record's image checked, in order: in threads here, or in Ray tasks (`report.nodes` says how many
-    nodes ran them)."""
+               nodes: set[str]) -> list[CheckedImage]:
+    """Every record's image checked, in order: in threads here, or in Ray tasks (the nodes that ran them are
+    added to `nodes`)."""
     paths = [r.image or "" for r in records]
     if options.engine == "ray":
         from curata.scale.ray_ingest import check_images_ray
 
-        checked, report.nodes = check_images_ray(paths, options.max_pixels, options.max_file_bytes,
-                                                 address=options.ray_address, num_cpus=options.ray_cpus,
-                                                 advance=advance)
+        checked, ran_on = check_images_ray(paths, options.max_pixels, options.max_file_bytes,
+                                           address=options.ray_address, num_cpus=options.ray_cpus, advance=advance)
+        nodes |= ran_on
         return checked
     if options.engine != "local":
         raise ValueError(f"unknown engine '{options.engine}'; choose local or ray")
@@ -209,6 +219,43 @@ def _check_all(records: list[RawRecord], options: IngestOptions, advance: Callab
         return list(pool.map(check, paths))
 
 
+class _SeenIds:
+    """The item ids of the parts already ingested, as sorted 64-bit keys (8 bytes an id, not a Python string):
+    a duplicate id in a later part is still found. Two different ids share a key with probability ~n^2 / 2^65
+    (3e-6 at 10 M ids); such an id would be rejected as a duplicate, by its name in the report."""
+
+    def __init__(self) -> None:
+        self._runs: list[np.ndarray] = []
+
+    @staticmethod
+    def _keys(ids: Iterable[str]) -> np.ndarray:
+        return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
+                            for i in ids), dtype=np.uint64)
+
+    def seen(self, item_id: str) -> bool:
+        (key,) = self._keys([item_id])
+        return any(len(run) and run[min(np.searchsorted(run, key), len(run) - 1)] == key for run in self._runs)
+
+    def add(self, ids: Iterable[str]) -> None:
+        self._runs.append(np.unique(self._keys(ids)))
+        if len(self._runs) > 8:  # merged now and then: lookups probe every run
+            self._runs = [np.unique(np.concatenate(self._runs))]
+
+
+def _windows(records: Iterable[RawRecord], size: int) -> tuple[Iterator[list[RawRecord]], int | None]:
+    """The records in lists of `size`, and how many there are when that is known without reading past the
+    first list (a list of records, or a source that fits in one part), else None."""
+    if isinstance(records, list):
+        return (records[i:i + size] for i in range(0, len(records), size)), len(records)
+    it = iter(records)
+    first = list(itertools.islice(it, size))
+    after = next(it, None)
+    if after is None:
+        return iter([first]), len(first)
+    rest = itertools.chain([after], it)
+    return itertools.chain([first], iter(lambda: list(itertools.islice(rest, size)), [])), None
+
+
 def ingest(source: str | Path, workspace: Workspace, options: IngestOptions | None = None,
            reporter: Reporter = SILENT) -> IngestReport:
     """Ingest one source into the workspace and return the report (also written to reports/)."""
@@ -219,75 +266,142 @@ def ingest(source: str | Path, workspace: Workspace, options: IngestOptions | No
     if fmt not in FORMATS:
         raise SourceError(f"unknown format '{fmt}' (choose from {', '.join(FORMATS)})")
     source_name = options.source_name or default_source_name(source)
-    records = list(read_records(source, fmt, options))
-    return ingest_records(records, workspace, options, reporter, source=str(source), fmt=fmt,
-                          source_name=source_name, started=started)
+    return ingest_records(read_records(source, fmt, options), workspace, options, reporter, source=str(source),
+                          fmt=fmt, source_name=source_name, started=started)
 
 
-def ingest_records(records: list[RawRecord], workspace: Workspace, options: IngestOptions | None = None,
+def ingest_records(records: Iterable[RawRecord], workspace: Workspace, options: IngestOptions | None = None,
                    reporter: Reporter = SILENT, *, source: str, fmt: str, source_name: str | None = None,
                    started: float | None = None) -> IngestReport:
-    """Ingest records built in memory (the collectors' hook): download, verify, upsert, report.
+    """Ingest records (a reader's stream, or records built in memory: the collectors' hook): download, verify,
+    upsert, report, INGEST_WINDOW records at a time.
 
-    ``source`` and ``fmt`` are what the report names; ids are ``<source_name>/<local id>``, with
-    ``source_name`` defaulting to ``options.source_name``.
+    Each part is one commit, so what the process holds does not grow with the source, and a run killed midway
+    keeps the parts it committed (running it again finds them unchanged). A source of up to INGEST_WINDOW
+    records is one commit, as before. ``source`` and ``fmt`` are what the report names; ids are
+    ``<source_name>/<local id>``, with ``source_name`` defaulting to ``options.source_name``.
     """
     options = options or IngestOptions()
     started = time.perf_counter() if started is None else started
     source_name = source_name or options.source_name
     if not source_name:
         raise ValueError("ingest_records needs a source name (the prefix of item ids)")
-    _fetch_remote(records, workspace, options.download, reporter)
-
-    advance = reporter.task(f"verifying {source_name}", len(records))
-    to_check = [r for r in records if r.error is None and r.skip is None and r.image]
-    for r in records:
-        if r.error is None and r.skip is None and not r.image:
-            r.error = ("missing_image", "no image for this record")
-
+    if options.engine not in ("local", "ray"):
+        raise ValueError(f"unknown engine '{options.engine}'; choose local or ray")
     report = IngestReport(source=source, format=fmt, engine=options.engine)
-    checked = dict(zip(map(id, to_check), _check_all(to_check, options, advance, report), strict=True))
-    advance(len(records) - len(to_check))
+    windows, total = _windows(records, INGEST_WINDOW)
+    progress = _Progress(reporter, f"verifying {source_name}", total)
+    part = _Part(options, source_name, report, _SeenIds())
+    if options.engine == "ray":  # one runtime for every part (started by the first part's checks)
+        from curata.scale.runtime import ray_runtime
 
-    items: list[Item] = []
-    first_seen: dict[str, str] = {}
-    for record in records:
-        item_id = f"{source_name}/{record.local_id}"
-        if record.skip is not None:  # not an item, but never dropped without a line in the report
-            report.entries.append(Entry(record.ref, item_id, "skipped", *record.skip))
-            continue
-        result = checked.get(id(record))
-        error = record.error or (result.error if result else None)
-        if error is None and item_id in first_seen:
-            error = ("duplicate_id", f"id '{record.local_id}' already used by {first_seen[item_id]}")
-        if error is not None:
-            report.entries.append(Entry(record.ref, item_id, "error", error[0], error[1], record.notes))
-            continue
-        assert result is not None
-        first_seen[item_id] = record.ref
-        notes = [*record.notes, *result.notes]
-        if not record.text:
-            notes.append("empty text")
-        report.entries.append(Entry(record.ref, item_id, "ok", "ok", "", notes))
-        items.append(Item(
-            id=item_id, source=source_name,
-            collection=options.collection or record.collection or source_name,
-            image=record.image if objectstore.is_object_uri(record.image) else os.path.abspath(record.image or ""),
-            image_sha256=result.sha256,
-            width=result.width, height=result.height, image_mode=result.mode, image_format=result.format,
-            text=record.text, captions=record.captions, label=record.label, tags=record.tags,
-            attributes=record.attributes, split=record.split, meta=record.meta,
-        ))
-    if items and not any(item.text for item in items):
-        # An image-only source: "empty text" on every item says nothing the source does not (kept where only
-        # some items lack a text, which is worth a look).
-        for entry in report.entries:
-            if "empty text" in entry.notes:
-                entry.notes = [n for n in entry.notes if n != "empty text"]
-    report.collections = dict(Counter(item.collection for item in items).most_common())
-    upsert = workspace.upsert_items(items_to_frame(items), f"ingest {source_name}")
-    report.added, report.updated, report.unchanged = upsert.added, upsert.updated, upsert.unchanged
-    report.kept_edits = upsert.kept_edits
+        runtime: Any = ray_runtime(options.ray_address, options.ray_cpus, lazy=True)
+    else:
+        runtime = contextlib.nullcontext()
+    nodes: set[str] = set()
+    collections: Counter[str] = Counter()
+    with runtime:
+        for window in windows:
+            remote = _remote(window)
+            _fetch_remote(remote, workspace, options.download, progress.downloads(len(remote)))
+            items = part.build(window, _checked(window, options, progress.verify, nodes))
+            collections.update(item.collection for item in items)
+            upsert = workspace.upsert_items(items_to_frame(items), f"ingest {source_name}")
+            report.added += upsert.added
+            report.updated += upsert.updated
+            report.unchanged += upsert.unchanged
+            report.kept_edits += upsert.kept_edits
+            report.commits += upsert.version is not None
+            del window, remote, items
+    report.nodes = len(nodes)
+    report.collections = dict(collections.most_common())
     report.seconds = time.perf_counter() - started
     workspace.write_report("ingest", report.to_dict())
     return report
+
+
+def _checked(window: list[RawRecord], options: IngestOptions, advance: Callable[[int], Any],
+             nodes: set[str]) -> dict[int, CheckedImage]:
+    """The check of each record of a part that has an image to check, by `id(record)`; records without one get
+    their error here."""
+    to_check = [r for r in window if r.error is None and r.skip is None and r.image]
+    for r in window:
+        if r.error is None and r.skip is None and not r.image:
+            r.error = ("missing_image", "no image for this record")
+    checked = dict(zip(map(id, to_check), _check_all(to_check, options, advance, nodes), strict=True))
+    advance(len(window) - len(to_check))
+    return checked
+
+
+class _Progress:
+    """The run's bars, made once for all its parts: verifying (with the total when it is known) and downloading
+    (made by the first part with URLs; its total is known when that part is the whole source)."""
+
+    def __init__(self, reporter: Reporter, description: str, total: int | None):
+        self.reporter = reporter
+        self.one_part = total is not None and total <= INGEST_WINDOW
+        self.verify = reporter.task(description, total)
+        self._downloads: Callable[[int], Any] | None = None
+
+    def downloads(self, count: int) -> Callable[[int], Any]:
+        if count and self._downloads is None:
+            self._downloads = self.reporter.task("downloading images", count if self.one_part else None)
+        return self._downloads or (lambda _n: None)
+
+
+@dataclass
+class _Part:
+    """Turns one part's records and checks into items and report entries. Holds what must carry over from one
+    part to the next: the ids seen (duplicates), and whether the source has text at all."""
+
+    options: IngestOptions
+    source_name: str
+    report: IngestReport
+    seen: _SeenIds
+    image_only: bool | None = None  # decided by the first part with items: an image-only source
+
+    def build(self, window: list[RawRecord], checked: dict[int, CheckedImage]) -> list[Item]:
+        items: list[Item] = []
+        entries: list[Entry] = []
+        without_text: list[Entry] = []
+        first_seen: dict[str, str] = {}
+        for record in window:
+            item_id = f"{self.source_name}/{record.local_id}"
+            if record.skip is not None:  # not an item, but never dropped without a line in the report
+                entries.append(Entry(record.ref, item_id, "skipped", *record.skip))
+                continue
+            result = checked.get(id(record))
+            error = record.error or (result.error if result else None)
+            if error is None and item_id in first_seen:
+                error = ("duplicate_id", f"id '{record.local_id}' already used by {first_seen[item_id]}")
+            elif error is None and self.seen.seen(item_id):
+                error = ("duplicate_id", f"id '{record.local_id}' already used by an earlier record of the source")
+            if error is not None:
+                entries.append(Entry(record.ref, item_id, "error", error[0], error[1], record.notes))
+                continue
+            assert result is not None
+            first_seen[item_id] = record.ref
+            entry = Entry(record.ref, item_id, "ok", "ok", "", [*record.notes, *result.notes])
+            entries.append(entry)
+            if not record.text:
+                without_text.append(entry)
+            items.append(Item(
+                id=item_id, source=self.source_name,
+                collection=self.options.collection or record.collection or self.source_name,
+                image=record.image if objectstore.is_object_uri(record.image) else os.path.abspath(record.image or ""),
+                image_sha256=result.sha256,
+                width=result.width, height=result.height, image_mode=result.mode, image_format=result.format,
+                text=record.text, captions=record.captions, label=record.label, tags=record.tags,
+                attributes=record.attributes, split=record.split, meta=record.meta,
+            ))
+        if self.image_only is None and items:
+            # An image-only source (its first part with items has no text): "empty text" on every item says
+            # nothing the source does not. Kept where only some items lack a text, which is worth a look.
+            self.image_only = not any(item.text for item in items)
+        if not self.image_only:
+            for entry in without_text:
+                entry.notes.append("empty text")
+        for entry in entries:
+            self.report.add(entry)
+        self.seen.add(first_seen)
+        return items

@@ -1,10 +1,17 @@
-"""The ingest report: one entry per record read, `ok` or the precise reason it was rejected."""
+"""The ingest report: every rejected or skipped record with its precise reason, and the accepted ones.
+
+A source of millions of records must not hold millions of entries (the Ray driver's memory stays flat): the
+accepted records are listed up to LISTED_OK and counted beyond it, with their notes counted too. Rejected and
+skipped records are always listed: they are what the user has to act on.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+LISTED_OK = 10_000  # accepted records listed one by one; the rest are counted (`unlisted_ok`, `note_counts`)
 
 
 @dataclass
@@ -30,10 +37,31 @@ class IngestReport:
     collections: dict[str, int] = field(default_factory=dict)  # accepted items per collection
     engine: str = "local"  # where images were verified: "local" threads or "ray" tasks
     nodes: int = 0  # with engine "ray": the Ray nodes whose tasks verified images
+    unlisted_ok: int = 0  # accepted records past LISTED_OK, counted, not listed
+    note_counts: Counter[str] = field(default_factory=Counter)  # each note over every accepted record
+    ok_with_notes: int = 0  # accepted records with at least one note, listed or not
+    commits: int = 0  # collection commits: one per part of the source (`curata.ingest.pipeline.INGEST_WINDOW`)
+    listed_ok: int = field(default=0, repr=False)  # accepted records in `entries`
+
+    def add(self, entry: Entry) -> None:
+        """Record one record's outcome (an accepted one past LISTED_OK is only counted)."""
+        if entry.status == "ok":
+            self.note_counts.update(entry.notes)
+            self.ok_with_notes += bool(entry.notes)
+            if self.listed_ok >= LISTED_OK:
+                self.unlisted_ok += 1
+                return
+            self.listed_ok += 1
+        self.entries.append(entry)
 
     @property
     def ok(self) -> list[Entry]:
+        """The accepted records listed (all of them up to LISTED_OK; `ok_count` counts every one)."""
         return [e for e in self.entries if e.status == "ok"]
+
+    @property
+    def ok_count(self) -> int:
+        return self.listed_ok + self.unlisted_ok
 
     @property
     def errors(self) -> list[Entry]:
@@ -44,13 +72,14 @@ class IngestReport:
         return [e for e in self.entries if e.status == "skipped"]
 
     def summary(self) -> dict[str, Any]:
+        records = len(self.entries) + self.unlisted_ok
         return {
             "source": self.source,
             "format": self.format,
-            "records": len(self.entries),
-            "ok": len(self.ok),
+            "records": records,
+            "ok": self.ok_count,
             "errors": len(self.errors),
-            "with_notes": sum(1 for e in self.ok if e.notes),
+            "with_notes": self.ok_with_notes,
             "error_codes": dict(Counter(e.code for e in self.errors)),
             "skipped": len(self.skipped),
             "skipped_codes": dict(Counter(e.code for e in self.skipped)),
@@ -61,8 +90,10 @@ class IngestReport:
             "collections": dict(self.collections),
             "engine": self.engine,
             **({"nodes": self.nodes} if self.engine == "ray" else {}),
+            **({"unlisted_ok": self.unlisted_ok} if self.unlisted_ok else {}),
+            "commits": self.commits,
             "seconds": round(self.seconds, 3),
-            "items_per_second": round(len(self.entries) / self.seconds, 1) if self.seconds else None,
+            "items_per_second": round(records / self.seconds, 1) if self.seconds else None,
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """`ingest --engine ray`: the images of a source verified and hashed in Ray tasks.
 
 Verification (open, full decode, pixel cap, sha256) is the CPU-bound part of an ingest of millions of images;
-everything else (reading the source, duplicate ids, the report, the one commit of the collection) stays on the
-driver, exactly as the local engine does it (`curata.ingest.pipeline.ingest_records`). Each task checks a chunk
+everything else (reading the source, duplicate ids, the report, the commit of each part of the source) stays on
+the driver, exactly as the local engine does it (`curata.ingest.pipeline.ingest_records`, which calls this once
+per part, in one Ray runtime for the whole run). Each task checks a chunk
 of paths with the local engine's own `check_image`, so a bad file gets the same code and reason, and returns
 only the small per-image results (hash, size, mode, notes or error): the driver never receives pixels. At most
 two tasks per cluster CPU are in flight, so a huge source does not queue millions of task specs at once.
@@ -35,13 +36,13 @@ def _check_chunk(paths: Sequence[str], max_pixels: int, max_file_bytes: int) -> 
 
 def check_images_ray(paths: Sequence[str], max_pixels: int, max_file_bytes: int, *, address: str | None = None,
                      num_cpus: int | None = None, advance: Callable[[int], Any] = lambda _n: None
-                     ) -> tuple[list[CheckedImage], int]:
-    """Each path's check (as `check_image` gives it), in the order of `paths`, and how many Ray nodes ran them.
+                     ) -> tuple[list[CheckedImage], set[str]]:
+    """Each path's check (as `check_image` gives it), in the order of `paths`, and the Ray nodes that ran them.
 
     `address`: an existing cluster; without it a local runtime with `num_cpus` CPUs is started and stopped
     (unless Ray is already initialised in this process)."""
     if not paths:
-        return [], 0
+        return [], set()
     with ray_runtime(address, num_cpus):
         import ray
 
@@ -68,4 +69,4 @@ def check_images_ray(paths: Sequence[str], max_pixels: int, max_file_bytes: int,
             nodes.add(node)
             advance(len(checked))
             submit()
-    return [c for start in sorted(results) for c in results[start]], len(nodes)
+    return [c for start in sorted(results) for c in results[start]], nodes
