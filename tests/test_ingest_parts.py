@@ -62,11 +62,11 @@ def test_a_run_killed_midway_keeps_the_parts_it_committed(tmp_path, tiny_parts, 
     real = Workspace.upsert_items
     calls = []
 
-    def dies_on_the_second_part(self, frame, what="ingest"):
+    def dies_on_the_second_part(self, frame, what="ingest", **kwargs):
         calls.append(len(frame))
         if len(calls) == 2:
             raise KeyboardInterrupt  # a Ctrl-C (or a kill) during the second part
-        return real(self, frame, what)
+        return real(self, frame, what, **kwargs)
 
     monkeypatch.setattr(Workspace, "upsert_items", dies_on_the_second_part)
     with pytest.raises(KeyboardInterrupt):
@@ -167,3 +167,41 @@ def test_ray_ingest_in_parts_uses_one_runtime(tmp_path, tiny_parts, monkeypatch)
     report = ingest(tmp_path / "items.csv", Workspace(tmp_path / "ws"), IngestOptions(engine="ray", ray_cpus=2))
     assert (report.commits, report.nodes, report.summary()["ok"]) == (3, 1, 9)
     assert len(starts) == 1 and not ray.is_initialized() and runtime._held == 0
+
+
+def test_a_new_source_in_parts_is_not_probed_unless_another_commit_lands_between(tmp_path, tiny_parts, monkeypatch):
+    """A source new to the collection: its later parts skip the id probe (only this run committed since).
+    When another writer commits between two parts (here: an item with an id of the third part), the probe is
+    made again, so that item is updated, not stored twice."""
+    from curata.collection import Collection
+    from curata.ingest.pipeline import ingest_records
+    from curata.ingest.records import RawRecord
+
+    paths = _images(tmp_path / "img", 10)
+    pd.DataFrame({"id": [f"t{i}" for i in range(10)], "image": [str(p) for p in paths],
+                  "text": [f"token {i}" for i in range(10)]}).to_csv(tmp_path / "items.csv", index=False)
+    ws = Workspace(tmp_path / "ws")
+    first = ingest(tmp_path / "items.csv", ws, IngestOptions(source_name="other"))  # another source: not ours
+    probes = []
+    real_probe = Collection._stored_hashes
+    monkeypatch.setattr(Collection, "_stored_hashes", lambda self, d, ids: probes.append(len(ids)) or
+                        real_probe(self, d, ids))
+    report = ingest(tmp_path / "items.csv", ws, IngestOptions(source_name="mine"))
+    assert first.commits == 3 and report.commits == 3 and probes == []  # parts 2 and 3 of a new source: no probe
+    assert report.added == 10 and len(ws.items()) == 20
+
+    real_upsert = Workspace.upsert_items
+
+    def meanwhile(self, frame, what="ingest", **kwargs):
+        out = real_upsert(self, frame, what, **kwargs)
+        if frame["id"].iloc[0] == "late/t0":  # after the first part: another writer stores an id of part 3
+            intruder = RawRecord(ref="other:1", local_id="t9", image=str(paths[9]), text="written meanwhile")
+            ingest_records([intruder], ws, IngestOptions(source_name="late"), source="other", fmt="table")
+        return out
+
+    monkeypatch.setattr(Workspace, "upsert_items", meanwhile)
+    late = ingest(tmp_path / "items.csv", ws, IngestOptions(source_name="late"))
+    assert probes  # the version moved under the run: its later parts were probed
+    items = ws.items()
+    assert (items["id"] == "late/t9").sum() == 1 and late.added == 9 and late.updated == 1
+    assert items.set_index("id").loc["late/t9", "text"] == "token 9"

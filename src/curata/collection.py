@@ -228,6 +228,9 @@ class Upsert:
     unchanged: int
     version: int | None  # the commit this upsert made; None when nothing changed
     kept_edits: int = 0  # updated items whose curated values were kept over the source's new ones
+    # Made on the `new_ids_at` fast path (no other commit since): the version after this one, at which the
+    # caller's further new ids are still new. None once anything else committed: the caller probes from then on.
+    new_ids_at: int | None = None
 
 
 def _fragment_scan(dataset: Any, fragments: Sequence[int] | None) -> dict[str, Any] | None:
@@ -353,6 +356,14 @@ class Collection:
         if rows:
             yield pa.Table.from_batches(pending).to_pandas()
 
+    def has_id_prefix(self, prefix: str) -> bool:
+        """Whether any stored id starts with `prefix` (a range probe of the id index)."""
+        dataset = self._dataset()
+        if dataset is None or not prefix:
+            return dataset is not None and dataset.count_rows() > 0
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the first string after every one starting with prefix
+        return dataset.count_rows(filter=(pc.field("id") >= prefix) & (pc.field("id") < end)) > 0
+
     def by_ids(self, ids: list[str], columns: list[str] | None = None, where: pc.Expression | None = None
                ) -> pd.DataFrame:
         """The rows of these ids (absent ones left out; `where`: also matching this), through the id index:
@@ -363,9 +374,12 @@ class Collection:
         return pd.concat(frames, ignore_index=True) if frames else self.read(columns).iloc[:0]
 
     # Writing --------------------------------------------------------------------------------
-    def upsert(self, frame: pd.DataFrame, what: str = "ingest") -> Upsert:
+    def upsert(self, frame: pd.DataFrame, what: str = "ingest", *, new_ids_at: int | None = None) -> Upsert:
         """Merge `frame` by id as one commit. Rows identical to the stored ones count as unchanged (so a
-        re-ingest is idempotent and commits nothing); the caller holds the workspace lock."""
+        re-ingest is idempotent and commits nothing); the caller holds the workspace lock.
+
+        `new_ids_at`: the caller knows that none of the frame's ids was stored at that version (an ingest of a
+        source new to the collection, in parts); while the table is still at it, the ids are not probed."""
         frame = frame.drop_duplicates("id", keep="last").reset_index(drop=True)
         if not len(frame):
             return Upsert(0, 0, 0, None)
@@ -374,9 +388,13 @@ class Collection:
         if dataset is None:
             self._create(table)
             self._log("create", what, len(frame), 0, 0)
-            return Upsert(len(frame), 0, 0, self.version)
+            version = self.version
+            return Upsert(len(frame), 0, 0, version, new_ids_at=version if new_ids_at is not None else None)
         dataset = self.upgrade(dataset)  # a table written before curation: its columns first (rows must match)
-        stored = self._stored_hashes(dataset, frame["id"].tolist())
+        # Probing 10,000 ids in a large table costs time and memory; ids known new need none. Any commit since
+        # (another writer, the edits applied first) and the probe is made as always.
+        unseen = new_ids_at is not None and int(dataset.version) == new_ids_at
+        stored = (pd.Series(dtype="float64") if unseen else self._stored_hashes(dataset, frame["id"].tolist()))
         known = stored.reindex(frame["id"]).to_numpy()
         new_hash = table["row_hash"].to_numpy()
         present = ~pd.isna(known)
@@ -399,7 +417,8 @@ class Collection:
             raise
         self._after_write()
         self._log("upsert", what, added, updated, unchanged, **({"kept_edits": kept} if kept else {}))
-        return Upsert(added, updated, unchanged, self.version, kept)
+        version = self.version
+        return Upsert(added, updated, unchanged, version, kept, new_ids_at=version if unseen else None)
 
     def replace(self, frame: pd.DataFrame, what: str = "replace") -> int:
         """Make `frame` the whole collection (one commit; earlier versions stay restorable)."""

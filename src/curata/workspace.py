@@ -91,14 +91,15 @@ class Workspace:
         """Whether any active item has a text (image-only collections default to image features)."""
         return len(self.collection.read(["id"], "text IS NOT NULL AND text != ''", limit=1, active_only=True)) > 0
 
-    def upsert_items(self, frame: pd.DataFrame, what: str = "ingest") -> Upsert:
-        """`add_items`, with the whole outcome (the commit, how many items kept a curator's edit)."""
+    def upsert_items(self, frame: pd.DataFrame, what: str = "ingest", *, new_ids_at: int | None = None) -> Upsert:
+        """`add_items`, with the whole outcome (the commit, how many items kept a curator's edit). `new_ids_at`:
+        see `Collection.upsert`."""
         self.create()
         with self.lock():
             table = Collection(self.root)
             table.convert_parquet()  # a workspace written before Lance: its items first
             self.apply_edits()
-            return table.upsert(frame, what)
+            return table.upsert(frame, what, new_ids_at=new_ids_at)
 
     def add_items(self, frame: pd.DataFrame, what: str = "ingest") -> tuple[int, int, int]:
         """Upsert items by id as one commit; returns (added, updated, unchanged). Holds the workspace lock, so

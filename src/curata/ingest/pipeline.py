@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from curata import objectstore
-from curata.collection import Item, items_to_frame
+from curata.collection import Collection, Item, items_to_frame
 from curata.imageio import DEFAULT_MAX_PIXELS, ImageError, verify_image
 from curata.ingest.download import DownloadPolicy, download_all
 from curata.ingest.folder import looks_like_image, read_image_folder
@@ -300,13 +300,17 @@ def ingest_records(records: Iterable[RawRecord], workspace: Workspace, options: 
         runtime = contextlib.nullcontext()
     nodes: set[str] = set()
     collections: Counter[str] = Counter()
+    # A source new to the collection (no id with its prefix) needs no probe of its ids while only this run
+    # commits: ids are "<source>/...", and a part's ids are new to the parts before (`_SeenIds`).
+    new_at = None if total is not None and total <= INGEST_WINDOW else _new_source_version(workspace, source_name)
     with runtime:
         for window in windows:
             remote = _remote(window)
             _fetch_remote(remote, workspace, options.download, progress.downloads(len(remote)))
             items = part.build(window, _checked(window, options, progress.verify, nodes))
             collections.update(item.collection for item in items)
-            upsert = workspace.upsert_items(items_to_frame(items), f"ingest {source_name}")
+            upsert = workspace.upsert_items(items_to_frame(items), f"ingest {source_name}", new_ids_at=new_at)
+            new_at = upsert.new_ids_at  # None once another commit came between: probed from then on
             report.added += upsert.added
             report.updated += upsert.updated
             report.unchanged += upsert.unchanged
@@ -318,6 +322,18 @@ def ingest_records(records: Iterable[RawRecord], workspace: Workspace, options: 
     report.seconds = time.perf_counter() - started
     workspace.write_report("ingest", report.to_dict())
     return report
+
+
+def _new_source_version(workspace: Workspace, source_name: str) -> int | None:
+    """The collection's version when it holds no item of this source (None: it does, or the check failed)."""
+    from curata.collection import CollectionError
+
+    table = Collection(workspace.root)
+    try:
+        version = table.version
+        return None if table.has_id_prefix(f"{source_name}/") else version
+    except (CollectionError, OSError):
+        return None  # the upsert reports a damaged table itself
 
 
 def _checked(window: list[RawRecord], options: IngestOptions, advance: Callable[[int], Any],
