@@ -15,9 +15,11 @@ Protocol (printed with the results):
     logistic regression on effnet_lite0 + minilm, confident-learning thresholds) ranks items. Reported:
     precision and recall of the flagged set against the flipped items, and precision of the top-N
     (N = items flipped); a random ranking would have precision = --noise.
-  * content words: on coco_mini (159 COCO photos; `categories` ingested as tags, effnet_lite0 features),
-    `curata.describe.evaluate_content_words` — 5-fold (seed 0), every photo held out once; its content
-    words (ImageNet head of effnet_lite0, popularity prior from the other folds) become COCO categories
+  * content words: on coco_mini (159 COCO photos; `categories` ingested as tags, effnet_lite0 features and
+    their views, effnet_lite0_views), `curata.describe.evaluate_content_words` — 5-fold (seed 0), every
+    photo held out once; its content words (ImageNet head of effnet_lite0, pooled over the whole image and
+    its corner crops, as describe reads them when a workspace has the views; the whole image alone is
+    reported beside; popularity prior from the other folds) become COCO categories
     through the WordNet mapping of `curata.describe.vocabulary` and are ranked by probability mass;
     precision@5, recall@5 and hit@5 against its COCO categories, next to the popularity baseline (the
     5 most frequent categories of the other folds for every photo), the prior variants, the neighbours'
@@ -42,7 +44,7 @@ import numpy as np
 
 from accuracy import prepare  # the same workspace preparation as the accuracy benchmark
 from curata.describe import evaluate_keywords
-from curata.describe.content import CONTENT_EMBEDDING, PRIORS, ContentWords, features_to_logits
+from curata.describe.content import CONTENT_EMBEDDING, CONTENT_VIEWS, PRIORS, ContentWords, features_to_logits
 from curata.describe.evaluate import evaluate_content_words
 from curata.features.engine import compute, load_matrix, make_extractor
 from curata.ingest.pipeline import IngestOptions, ingest
@@ -56,7 +58,8 @@ SUITES = ("demo", "filthy_peasants", "cryptopunks", "flipkart", "coco_mini")
 
 
 def prepare_coco(data: Path, root: Path):
-    """coco_mini as a workspace: labels.csv ingested with its `categories` as tags, effnet_lite0 computed."""
+    """coco_mini as a workspace: labels.csv ingested with its `categories` as tags, effnet_lite0 and its views
+    (`effnet_lite0_views`, what the content words read when a workspace has them) computed."""
     source = data / "coco_mini"
     if not source.is_dir():
         print(f"skipped coco_mini: {source} not found")
@@ -65,6 +68,7 @@ def prepare_coco(data: Path, root: Path):
     with rich_reporter() as reporter:
         ingest(source, ws, IngestOptions(columns=ColumnMap(tags="categories")), reporter)
         compute(make_extractor(CONTENT_EMBEDDING), ws, reporter=reporter)
+        compute(make_extractor(CONTENT_VIEWS), ws, reporter=reporter)
     return ws
 
 

@@ -25,7 +25,7 @@ from curata.describe.keywords import Keyword
 from curata.describe.sentence import make_sentence
 from curata.describe.vocabulary import COCO_CATEGORIES, imagenet_words
 from curata.features.efficientnet import EfficientNetLite0, calibration_images
-from curata.features.engine import compute, make_extractor
+from curata.features.engine import compute, load_matrix, make_extractor
 from curata.ingest.pipeline import IngestOptions, ingest
 from curata.ingest.table import ColumnMap
 from curata.workspace import Workspace
@@ -48,6 +48,10 @@ def test_vocabulary_is_readable_and_maps_to_coco():
     assert sum(r["coco"] == "dog" for r in WORDS) > 100  # every breed is a COCO dog
     assert WORDS[index_of("jersey")]["coco"] == "person"  # clothes are worn by people
     assert WORDS[21]["word"] == "kite" and WORDS[21]["coco"] == "bird"  # the bird kite is no toy kite
+    # A COCO category that is two WordNet senses: ImageNet's dining table is the table laid for a meal, its soup
+    # and mixing bowls are serving dishes, and both map (they did not when one sense was looked up).
+    assert WORDS[index_of("dining table")]["coco"] == WORDS[index_of("desk")]["coco"] == "dining table"
+    assert WORDS[index_of("soup bowl")]["coco"] == WORDS[index_of("mixing bowl")]["coco"] == "bowl"
     assert coco_matrix().sum() == sum(bool(r["coco"]) for r in WORDS)
     assert related("golden retriever", "dog") and related("Persian cat", "cat") and not related("dog", "sofa")
 
@@ -189,3 +193,45 @@ def test_content_words_over_the_memory_budget_agree(photos, monkeypatch):
     for a, b in zip(dense.describe_items(ids), small.describe_items(ids), strict=True):
         assert [k["keyword"] for k in a["keywords"] if "content" in k["source"]] == \
             [k["keyword"] for k in b["keywords"] if "content" in k["source"]]
+
+
+@pytest.mark.slow
+def test_content_words_read_the_views_where_the_workspace_has_them(tmp_path):
+    """`effnet_lite0_views`: each class's best probability over the whole image and its corner crops. Once a
+    workspace has it, describe's content words, their prior and the COCO evaluation read it instead of the whole
+    image's logits (reported beside them)."""
+    from curata.describe.content import CONTENT_VIEWS, softmax
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    lines = ["path,categories"]
+    for i, image in enumerate(calibration_images(12, 200, seed=5)):
+        Image.fromarray(image).save(folder / f"p{i:02d}.png")
+        lines.append(f"p{i:02d}.png,{'dog;person' if i % 2 else 'cup;dining table'}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    ws = Workspace(tmp_path / "ws")
+    ingest(folder, ws, IngestOptions(columns=ColumnMap(tags="categories")))
+    compute(make_extractor("effnet_lite0"), ws)
+    assert Describer.open(ws, DescribeOptions(content_prior="none")).content.embedding == "effnet_lite0"
+
+    views, plain = make_extractor(CONTENT_VIEWS), EfficientNetLite0()
+    image = calibration_images(1, 300, seed=8)[0]
+    pooled = views.transform([views.prepare(image)])[0]
+    assert pooled.shape == (1000,) and np.allclose(views.transform([image])[0], pooled, atol=1e-5)
+    whole = softmax(plain.features_and_logits([plain.prepare(image)])[1])[0]
+    assert np.all(np.exp(pooled) >= whole - 1e-5)  # the whole image is one of the views
+    assert np.exp(pooled).sum() > 1.0  # and the crops see other things, more sure of them
+
+    compute(views, ws)
+    describer = Describer.open(ws, DescribeOptions(content_prior="none"))
+    assert describer.content.embedding == CONTENT_VIEWS and CONTENT_VIEWS in describer.sources["content"]
+    item = ws.items().iloc[0]
+    stored = load_matrix(ws, views, ws.items().iloc[[0]])[0]
+    expected = [k.keyword for k in describer.content.keywords(stored, 10)[0]]
+    got = [k["keyword"] for k in describer.describe_items([item["id"]], top_k=10)[0]["keywords"]
+           if k["source"] == "content"]
+    assert got and got == [w for w in expected if w in got][:len(got)]
+    assert describer.describe_images([image])[0]["sentence"].startswith("A picture of ")  # views of an upload
+    result = evaluate_content_words(ws, k=5, folds=3)
+    assert result["protocol"]["embedding"] == CONTENT_VIEWS
+    assert {"content words", "content words, whole image only"} <= set(result["sources"])

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from curata.budget import matrix_bytes, memory_budget, rows_within_budget
-from curata.describe.content import CONTENT_EMBEDDING, ContentWords, features_to_logits, open_content
+from curata.describe.content import ContentWords, content_logits, open_content
 from curata.describe.keywords import Keyword, merge, tag_keywords
 from curata.describe.neighbours import IndexedNeighbourVotes, NeighbourVotes
 from curata.describe.sentence import make_sentence
@@ -88,9 +88,10 @@ class Describer:
         self._embedder = make_extractor(options.embedding)
         self._clip: tuple[Any, Any] | None = None
         self.content = content
-        # The content words need effnet_lite0 features; other neighbour spaces compute them per image.
-        self._content_embedder = (None if content is None or options.embedding == CONTENT_EMBEDDING
-                                  else make_extractor(CONTENT_EMBEDDING))
+        # The content words read effnet_lite0's head, or its views where the workspace has them
+        # (`content.embedding`): computed per image unless they are the neighbour space's own vectors.
+        self._content_embedder = (None if content is None or options.embedding == content.embedding
+                                  else make_extractor(content.embedding))
 
     @classmethod
     def open(cls, workspace: Workspace, options: DescribeOptions | None = None, *,
@@ -132,7 +133,7 @@ class Describer:
         if self.votes is not None:
             out["neighbours"] = f"{self.options.neighbours} nearest in {self.options.embedding}"
         if self.content is not None:
-            out["content"] = (f"ImageNet head of {CONTENT_EMBEDDING}, popularity prior over "
+            out["content"] = (f"ImageNet head of {self.content.embedding}, popularity prior over "
                               f"{self.content.n_reference} items")
         if self.options.clip_path:
             out["clip"] = str(self.options.clip_path)
@@ -223,7 +224,7 @@ class Describer:
                 features = vectors
             else:
                 features = self._content_embedder.transform([self._content_embedder.prepare(im) for im in images])
-            for i, words in enumerate(self.content.keywords(features_to_logits(features), top_k)):
+            for i, words in enumerate(self.content.keywords(content_logits(self.content.embedding, features), top_k)):
                 groups[i].append(words)
         neighbour_lists: list[list[tuple[str, float]]] = [[] for _ in images]
         if self.votes is not None:

@@ -26,7 +26,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from curata.describe.content import CONTENT_EMBEDDING, PRIORS, ContentWords, coco_matrix, features_to_logits
+from curata.describe.content import (
+    CONTENT_EMBEDDING,
+    CONTENT_VIEWS,
+    PRIORS,
+    ContentWords,
+    coco_matrix,
+    content_embedding,
+    content_logits,
+    features_to_logits,
+)
 from curata.describe.keywords import EMPTY_VALUES, merge, tag_display, tag_keywords
 from curata.describe.neighbours import NeighbourVotes
 from curata.describe.vocabulary import COCO_CATEGORIES
@@ -140,12 +149,21 @@ def evaluate_content_words(workspace: Workspace, *, k: int = 5, folds: int = 5, 
     items, matrix = items[ok].reset_index(drop=True), matrix[ok]
     tags = [list(t) for t in items["tags"]]
     t0 = time.perf_counter()
-    logits = features_to_logits(matrix)
+    whole_logits = features_to_logits(matrix)
+    # The content words read what `describe` reads: the views where the workspace has them for every item
+    # evaluated (then the whole-image words are reported beside them), else the whole image's logits.
+    embedding = content_embedding(workspace, items)
+    views, view_errors = load_matrix(workspace, make_extractor(CONTENT_VIEWS), items)
+    if embedding == CONTENT_VIEWS and all(e is None for e in view_errors):
+        logits = content_logits(CONTENT_VIEWS, views)
+    else:
+        embedding, logits = CONTENT_EMBEDDING, whole_logits
     fold_of = np.random.default_rng(seed).permutation(len(items)) % folds
     mappable = set(np.array(COCO_CATEGORIES)[coco_matrix().sum(axis=0) > 0])
     # "content words" uses `mode`; the other priors are reported beside it.
     variants = [m for m in PRIORS if m != mode]
-    sources = ("popularity baseline", "content words", *(f"content words, prior {m}" for m in variants),
+    whole = ("content words, whole image only",) if embedding == CONTENT_VIEWS else ()
+    sources = ("popularity baseline", "content words", *(f"content words, prior {m}" for m in variants), *whole,
                "neighbours", "content + neighbours")
     ranked: dict[str, list[list[str]]] = {name: [[] for _ in tags] for name in sources}
     for fold in range(folds):
@@ -157,6 +175,10 @@ def evaluate_content_words(workspace: Workspace, *, k: int = 5, folds: int = 5, 
         for m in (mode, *variants):
             scores = ContentWords.fit(logits[ref], mode=m, temperature=temperature).coco_scores(logits[test])
             results["content words" if m == mode else f"content words, prior {m}"] = rank_coco(scores, k)
+        if whole:
+            scores = ContentWords.fit(whole_logits[ref], mode=mode, temperature=temperature).coco_scores(
+                whole_logits[test])
+            results[whole[0]] = rank_coco(scores, k)
         votes = NeighbourVotes(items["id"].iloc[ref].tolist(), matrix[ref], ref_tags, [None] * len(ref),
                                k=neighbours, min_tag_count=1)
         neighbour_kw = votes.vote(matrix[test], top=k)
@@ -169,7 +191,7 @@ def evaluate_content_words(workspace: Workspace, *, k: int = 5, folds: int = 5, 
     truth = [set(t) for t in tags]
     true_labels = [t for tl in tags for t in tl]
     return {
-        "protocol": {"items": len(items), "folds": folds, "seed": seed, "k": k, "embedding": CONTENT_EMBEDDING,
+        "protocol": {"items": len(items), "folds": folds, "seed": seed, "k": k, "embedding": embedding,
                      "prior": mode, "temperature": temperature, "neighbours": neighbours,
                      "mean true categories per item": round(float(np.mean([len(t) for t in truth])), 2),
                      # The best any ranking can do: an item with 2 true categories scores at most 2/k.

@@ -45,19 +45,22 @@ COCO_CATEGORIES = (
 )
 # COCO's names spelled the way WordNet lists them (spelling and compounds only; the sense is WordNet's
 # most frequent one, or the one named by "lemma#n" where the most frequent sense is another kind of
-# thing: a kite that flies, not the bird; a computer mouse; a dining table, not a table of figures; the
-# fruit, not the banana plant; a cake to eat; COCO's "cow" is any cattle and its "cat" a house cat).
+# thing: a kite that flies, not the bird; a computer mouse; the fruit, not the banana plant; a cake to
+# eat; COCO's "cow" is any cattle and its "cat" a house cat). "+" joins two senses a COCO category
+# covers: a dining table is WordNet's table as furniture and its table laid for a meal (ImageNet's
+# "dining table" is the second); a bowl is the vessel and the serving dish (ImageNet's soup and mixing
+# bowls are the second).
 COCO_LEMMAS = {
     "motorcycle": "motorcycle", "airplane": "airplane", "tv": "television_receiver", "couch": "sofa",
     "cell phone": "cellular_telephone", "hair drier": "hand_blower",
-    "sports ball": "ball", "potted plant": "pot_plant", "dining table": "table#2", "remote": "remote_control",
+    "sports ball": "ball", "potted plant": "pot_plant", "dining table": "table#2+table#3", "remote": "remote_control",
     "teddy bear": "teddy", "skis": "ski", "wine glass": "wineglass", "kite": "kite#3", "mouse": "mouse#4",
     "microwave": "microwave#2", "toilet": "toilet#2", "tie": "necktie", "baseball glove": "baseball_mitt",
     "tennis racket": "tennis_racket", "fire hydrant": "fireplug", "stop sign": "stop_sign",
     "parking meter": "parking_meter", "traffic light": "traffic_light", "baseball bat": "baseball_bat",
     "hot dog": "hotdog#2", "donut": "doughnut#2", "cake": "cake#3", "toaster": "toaster#2", "book": "book#2",
     "banana": "banana#2", "broccoli": "broccoli#2", "carrot": "carrot#3", "cow": "cattle",
-    "cat": "domestic_cat",
+    "cat": "domestic_cat", "bowl": "bowl#1+bowl#3",
 }
 # ImageNet has almost no classes of people (a scuba diver, a groom, a ballplayer), the most frequent COCO
 # category: a class under WordNet's "clothing" (jersey, suit, sombrero) stands for "person", since clothes
@@ -145,13 +148,19 @@ def _is_binomial(name: str) -> bool:
     return len(words) == 2 and words[0][:1].isupper() and words[1].islower() and words[1].isalpha()
 
 
-def _coco_synsets(wn: _WordNet) -> dict[str, str]:
+def _coco_synsets(wn: _WordNet) -> dict[str, list[str]]:
+    """Each COCO category's WordNet synsets: one sense, or the several COCO_LEMMAS joins with "+" (a COCO
+    category that is two WordNet senses: a bowl to hold food and one to serve it)."""
     out = {}
     for name in COCO_CATEGORIES:
-        lemma, _, sense = COCO_LEMMAS.get(name, name.replace(" ", "_")).partition("#")
-        senses = wn.senses.get(lemma.lower())
-        if senses:  # WordNet 3.0 has no "stop sign" and no "parking meter": those map to no class
-            out[name] = senses[int(sense) - 1 if sense else 0]
+        synsets = []
+        for spec in COCO_LEMMAS.get(name, name.replace(" ", "_")).split("+"):
+            lemma, _, sense = spec.partition("#")
+            senses = wn.senses.get(lemma.lower())
+            if senses:  # WordNet 3.0 has no "stop sign" and no "parking meter": those map to no class
+                synsets.append(senses[int(sense) - 1 if sense else 0])
+        if synsets:
+            out[name] = synsets
     return out
 
 
@@ -163,7 +172,7 @@ def build_table(folder: Path, classes: list[str]) -> list[dict[str, str]]:
     for offset, lemmas in wn.lemmas.items():
         by_lemmas.setdefault(frozenset(lemma.lower() for lemma in lemmas), []).append(offset)
         by_first.setdefault(lemmas[0].lower(), []).append(offset)
-    coco = {synset: name for name, synset in _coco_synsets(wn).items()}
+    coco = {synset: name for name, synsets in _coco_synsets(wn).items() for synset in synsets}
     clothing = wn.senses[WORN_BY_PEOPLE][0]
     rows = []
     for index, names in enumerate(classes):

@@ -65,7 +65,8 @@ _BUILTIN_MODULES = {
     "object_palette": "object_palette", "orb_bovw": "local", "sift_bovw": "local",
     "pixels": "pixels", "pixels_onehot": "pixels", "tfidf": "text", "minilm": "text", "word2vec": "text",
     **{n: "efficientnet" for n in ("effnet_lite", "effnet_lite0", "effnet_lite0_int8", "effnet_lite2",
-                                   "effnet_lite0_logits", "effnet_lite0_tta", "effnet_lite2_tta")},
+                                   "effnet_lite0_logits", "effnet_lite0_tta", "effnet_lite2_tta",
+                                   "effnet_lite0_views")},
     **{n: "plugins" for n in ("hf_clip_image", "hf_clip_text", "hf_vision", "open_clip", "timm")},
     "image": "raw_image",
 }

@@ -310,7 +310,8 @@ def ingest_records(records: Iterable[RawRecord], workspace: Workspace, options: 
             items = part.build(window, _checked(window, options, progress.verify, nodes))
             collections.update(item.collection for item in items)
             upsert = workspace.upsert_items(items_to_frame(items), f"ingest {source_name}", new_ids_at=new_at)
-            new_at = upsert.new_ids_at  # None once another commit came between: probed from then on
+            if upsert.version is not None:  # None once another commit came between: probed from then on
+                new_at = upsert.new_ids_at
             report.added += upsert.added
             report.updated += upsert.updated
             report.unchanged += upsert.unchanged
