@@ -63,8 +63,8 @@ WRITE_ROWS = 512  # items an actor writes as one fragment: a few hundred fragmen
 
 
 def write_rows(batch_size: int, items: int, actors: int) -> int:
-    """Rows per Ray Data batch, i.e. per fragment file, in whole model batches: WRITE_ROWS, or fewer so that
-    every actor gets four batches or more (a small job is not one actor's work while the others wait)."""
+    """Rows per actor call, i.e. per fragment file, in whole model batches: WRITE_ROWS, or fewer so that every
+    actor gets four calls or more (a small window is not one actor's work while the others wait)."""
     rows = min(WRITE_ROWS, max(batch_size, math.ceil(items / (actors * 4))))
     return max(batch_size, rows // batch_size * batch_size)
 
