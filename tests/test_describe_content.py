@@ -122,14 +122,13 @@ def test_precision_at_k_and_rankings_on_a_hand_built_example():
     assert is_coco_tagged([["dog", "person"], ["cup"]]) and not is_coco_tagged([["hair=red"]])
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Workspace:
-    """Drawn photo-like images (gradients, grain, discs) without traits; half tagged with COCO names."""
-    root = tmp_path_factory.mktemp("content")
+def photo_workspace(root, n: int, side: int, seed: int) -> Workspace:
+    """Drawn photo-like images (gradients, grain, discs) without traits, half tagged with COCO names, ingested
+    into `root / "ws"` with effnet_lite0 computed."""
     folder = root / "photos"
     folder.mkdir()
     lines = ["path,categories,text"]
-    for i, image in enumerate(calibration_images(24, 160, seed=11)):
+    for i, image in enumerate(calibration_images(n, side, seed=seed)):
         Image.fromarray(image).save(folder / f"p{i:02d}.png")
         lines.append(f"p{i:02d}.png,{'dog;person' if i % 2 else 'cup;dining table'},drawing {i}")
     (folder / "labels.csv").write_text("\n".join(lines) + "\n")
@@ -137,6 +136,11 @@ def photos(tmp_path_factory) -> Workspace:
     ingest(folder, ws, IngestOptions(columns=ColumnMap(tags="categories")))
     compute(make_extractor("effnet_lite0"), ws)
     return ws
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Workspace:
+    return photo_workspace(tmp_path_factory.mktemp("content"), 24, 160, seed=11)
 
 
 @pytest.mark.slow
@@ -202,16 +206,7 @@ def test_content_words_read_the_views_where_the_workspace_has_them(tmp_path):
     image's logits (reported beside them)."""
     from curata.describe.content import CONTENT_VIEWS, softmax
 
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    lines = ["path,categories"]
-    for i, image in enumerate(calibration_images(12, 200, seed=5)):
-        Image.fromarray(image).save(folder / f"p{i:02d}.png")
-        lines.append(f"p{i:02d}.png,{'dog;person' if i % 2 else 'cup;dining table'}")
-    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    ws = Workspace(tmp_path / "ws")
-    ingest(folder, ws, IngestOptions(columns=ColumnMap(tags="categories")))
-    compute(make_extractor("effnet_lite0"), ws)
+    ws = photo_workspace(tmp_path, 12, 200, seed=5)
     assert Describer.open(ws, DescribeOptions(content_prior="none")).content.embedding == "effnet_lite0"
 
     views, plain = make_extractor(CONTENT_VIEWS), EfficientNetLite0()
