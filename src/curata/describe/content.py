@@ -215,15 +215,6 @@ def content_logits(embedding: str, matrix: np.ndarray) -> np.ndarray:
     return np.asarray(matrix, np.float32) if embedding == CONTENT_VIEWS else features_to_logits(matrix)
 
 
-def content_embedding(workspace: Workspace, items: pd.DataFrame) -> str:
-    """CONTENT_VIEWS when the workspace has it for at least half of `items`, else CONTENT_EMBEDDING."""
-    from curata.features.engine import iter_matrix, make_extractor
-
-    found = sum(sum(e is None for e in errors) for _, _, errors in
-                iter_matrix(workspace, make_extractor(CONTENT_VIEWS), items))
-    return CONTENT_VIEWS if len(items) and found >= len(items) / 2 else CONTENT_EMBEDDING
-
-
 PRIOR_SAMPLE = 5000  # items (seeded sample) the popularity prior is averaged over
 TRAIT_SHARE = 0.5  # at least this share of items with `trait=value` tags: an NFT-style collection
 
@@ -256,13 +247,16 @@ def open_content(workspace: Workspace, items: pd.DataFrame | None = None, *, ena
         return None
     if sample.empty:
         return ContentWords(mode=mode, alpha=alpha, temperature=temperature)
-    embedding = content_embedding(workspace, sample)
-    # Streamed in budget-sized chunks: the sample's matrix need not fit the memory budget at once.
-    total, n = np.zeros(N_CLASSES), 0
-    for _, matrix, errors in iter_matrix(workspace, make_extractor(embedding), sample):
-        ok = np.array([e is None for e in errors], bool)
-        if ok.any():
-            total += softmax(content_logits(embedding, matrix[ok]), temperature).sum(axis=0)
-            n += int(ok.sum())
+    # The views where the workspace has them for at least half the sample, else the whole image's logits; each
+    # read once, streamed in budget-sized chunks (the sample's matrix need not fit the memory budget at once).
+    for embedding in (CONTENT_VIEWS, CONTENT_EMBEDDING):
+        total, n = np.zeros(N_CLASSES), 0
+        for _, matrix, errors in iter_matrix(workspace, make_extractor(embedding), sample):
+            ok = np.array([e is None for e in errors], bool)
+            if ok.any():
+                total += softmax(content_logits(embedding, matrix[ok]), temperature).sum(axis=0)
+                n += int(ok.sum())
+        if embedding == CONTENT_EMBEDDING or n >= len(sample) / 2:
+            break
     return ContentWords(total / n if n else None, n, mode=mode, alpha=alpha, temperature=temperature,
                         embedding=embedding)

@@ -32,7 +32,6 @@ from curata.describe.content import (
     PRIORS,
     ContentWords,
     coco_matrix,
-    content_embedding,
     content_logits,
     features_to_logits,
 )
@@ -152,10 +151,9 @@ def evaluate_content_words(workspace: Workspace, *, k: int = 5, folds: int = 5, 
     whole_logits = features_to_logits(matrix)
     # The content words read what `describe` reads: the views where the workspace has them for every item
     # evaluated (then the whole-image words are reported beside them), else the whole image's logits.
-    embedding = content_embedding(workspace, items)
     views, view_errors = load_matrix(workspace, make_extractor(CONTENT_VIEWS), items)
-    if embedding == CONTENT_VIEWS and all(e is None for e in view_errors):
-        logits = content_logits(CONTENT_VIEWS, views)
+    if all(e is None for e in view_errors):
+        embedding, logits = CONTENT_VIEWS, content_logits(CONTENT_VIEWS, views)
     else:
         embedding, logits = CONTENT_EMBEDDING, whole_logits
     fold_of = np.random.default_rng(seed).permutation(len(items)) % folds
