@@ -220,3 +220,15 @@ def test_a_table_unreadable_midway_stops_with_one_line_and_keeps_the_parts_befor
     assert len(ws.items()) in (4, 8)  # whole parts only
     (tmp_path / "items.csv").write_text(body)
     assert ingest(tmp_path / "items.csv", ws).summary()["ok"] == 10 and len(ws.items()) == 10
+
+
+def test_a_part_with_no_accepted_record_does_not_stop_the_next(tmp_path, tiny_parts):
+    """A first part of missing files only: the ids seen so far are none, and the later parts (with a duplicate
+    id across them) are checked as usual."""
+    paths = _images(tmp_path / "img", 5)
+    rows = [{"id": f"gone{i}", "image": str(tmp_path / f"missing{i}.png")} for i in range(4)]
+    rows += [{"id": f"t{i}", "image": str(p)} for i, p in enumerate(paths)] + [{"id": "t0", "image": str(paths[1])}]
+    pd.DataFrame(rows).to_csv(tmp_path / "items.csv", index=False)
+    report = ingest(tmp_path / "items.csv", Workspace(tmp_path / "ws"))
+    codes = [e.code for e in report.errors]
+    assert codes == ["missing_file"] * 4 + ["duplicate_id"] and report.summary()["ok"] == 5

@@ -359,8 +359,8 @@ class Collection:
     def has_id_prefix(self, prefix: str) -> bool:
         """Whether any stored id starts with `prefix` (a range probe of the id index)."""
         dataset = self._dataset()
-        if dataset is None or not prefix:
-            return dataset is not None and dataset.count_rows() > 0
+        if dataset is None:
+            return False
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # the first string after every one starting with prefix
         return dataset.count_rows(filter=(pc.field("id") >= prefix) & (pc.field("id") < end)) > 0
 

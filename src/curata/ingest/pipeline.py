@@ -232,12 +232,18 @@ class _SeenIds:
         return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
                             for i in ids), dtype=np.uint64)
 
-    def seen(self, item_id: str) -> bool:
-        (key,) = self._keys([item_id])
-        return any(len(run) and run[min(np.searchsorted(run, key), len(run) - 1)] == key for run in self._runs)
+    def seen(self, ids: list[str]) -> np.ndarray:
+        """For each id, whether an earlier part had it."""
+        keys = self._keys(ids)
+        found = np.zeros(len(keys), bool)
+        for run in self._runs:
+            found |= run[np.minimum(np.searchsorted(run, keys), len(run) - 1)] == keys
+        return found
 
     def add(self, ids: Iterable[str]) -> None:
-        self._runs.append(np.unique(self._keys(ids)))
+        keys = np.unique(self._keys(ids))
+        if len(keys):  # a part with no accepted record adds no (empty, unsearchable) run
+            self._runs.append(keys)
         if len(self._runs) > 8:  # merged now and then: lookups probe every run
             self._runs = [np.unique(np.concatenate(self._runs))]
 
@@ -382,8 +388,9 @@ class _Part:
         entries: list[Entry] = []
         without_text: list[Entry] = []
         first_seen: dict[str, str] = {}
-        for record in window:
-            item_id = f"{self.source_name}/{record.local_id}"
+        ids = [f"{self.source_name}/{record.local_id}" for record in window]
+        earlier = self.seen.seen(ids)  # one pass over the part, not a lookup per record
+        for record, item_id, in_earlier_part in zip(window, ids, earlier, strict=True):
             if record.skip is not None:  # not an item, but never dropped without a line in the report
                 entries.append(Entry(record.ref, item_id, "skipped", *record.skip))
                 continue
@@ -391,7 +398,7 @@ class _Part:
             error = record.error or (result.error if result else None)
             if error is None and item_id in first_seen:
                 error = ("duplicate_id", f"id '{record.local_id}' already used by {first_seen[item_id]}")
-            elif error is None and self.seen.seen(item_id):
+            elif error is None and in_earlier_part:
                 error = ("duplicate_id", f"id '{record.local_id}' already used by an earlier record of the source")
             if error is not None:
                 entries.append(Entry(record.ref, item_id, "error", error[0], error[1], record.notes))
